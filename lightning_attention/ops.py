@@ -1,0 +1,170 @@
+"""The custom ops (`torch.ops.lightning_attention.*`): fake kernels, registered autograd,
+the d slope reduction, NVTX ranges, and the call into the chosen backend.
+
+The backend is chosen before the op (api.py) and passed in as a string, so that the op is
+one graph node for torch.compile whatever serves it. Empty inputs (B, H or N = 0) are
+answered here, so backends only ever see non-empty tensors.
+"""
+import contextlib
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .checks import state_dtype
+from .layout import empty_like_layout
+
+
+def _nvtx(name: str, x: Tensor):
+    """An NVTX range when LIGHTNING_ATTENTION_NVTX=1 or under emit_nvtx/the profiler."""
+    if x.is_cuda and (os.environ.get("LIGHTNING_ATTENTION_NVTX") == "1"
+                      or torch.autograd._profiler_enabled()):
+        return torch.cuda.nvtx.range(name)
+    return contextlib.nullcontext()
+
+
+def _no_state(x: Tensor) -> Tensor:
+    """Custom ops cannot return None: an empty float32 tensor stands for 'no state'."""
+    return x.new_empty(0, dtype=torch.float32)
+
+
+def _num_states(q: Tensor, cu_seqlens: Optional[Tensor]) -> int:
+    return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def _is_empty(q: Tensor, v: Tensor) -> bool:
+    return q.numel() == 0 or v.numel() == 0
+
+
+# ----------------------------------------------------------------------------- forward
+
+@torch.library.custom_op("lightning_attention::fwd", mutates_args=())
+def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
+        initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], scale: float,
+        output_final_state: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """(o (B, H, N, E) in q's layout, final_state float32 or an empty tensor)."""
+    if _is_empty(q, v):
+        o = empty_like_layout(q, v.shape[-1]).zero_()
+        if not output_final_state:
+            return o, _no_state(q)
+        B, H, _, D = q.shape
+        state = (initial_state.clone() if initial_state is not None else
+                 q.new_zeros(_num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
+        return o, state
+    with _nvtx(f"lightning_attn.fwd.{backend}", q):
+        o, state = backends.get(backend).fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
+                                             output_final_state)
+    return o, (state if state is not None else _no_state(q))
+
+
+@fwd.register_fake
+def _(q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, backend):
+    o = empty_like_layout(q, v.shape[-1])
+    if not output_final_state:
+        return o, _no_state(q)
+    H, D, E = q.shape[1], q.shape[3], v.shape[3]
+    return o, q.new_empty(_num_states(q, cu_seqlens), H, D, E, dtype=state_dtype(q))
+
+
+# ---------------------------------------------------------------------------- backward
+
+@torch.library.custom_op("lightning_attention::bwd", mutates_args=())
+def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+        slope: Optional[Tensor], initial_state: Optional[Tensor],
+        cu_seqlens: Optional[Tensor], scale: float, backend: str
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv in the layouts of q, k, v; d initial_state, or empty without one)."""
+    if _is_empty(q, v):
+        dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
+        if initial_state is None:
+            return dq, dk, dv, _no_state(q)
+        ds0 = dfinal_state.clone() if dfinal_state is not None else torch.zeros_like(initial_state)
+        return dq, dk, dv, ds0
+    with _nvtx(f"lightning_attn.bwd.{backend}", q):
+        dq, dk, dv, ds0 = backends.get(backend).bwd(do, dfinal_state, q, k, v, slope, scale,
+                                                     initial_state, cu_seqlens)
+    return dq, dk, dv, (ds0 if ds0 is not None else _no_state(q))
+
+
+@bwd.register_fake
+def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, backend):
+    grads = tuple(empty_like_layout(x, x.shape[-1]) for x in (q, k, v))
+    ds0 = torch.empty_like(initial_state) if initial_state is not None else _no_state(q)
+    return (*grads, ds0)
+
+
+def _slope_grad(q, k, dq, dk, initial_state, ds0, final_state, dfinal_state, cu_seqlens):
+    """dL/d slope from the true gradients (λ = exp(-slope), t = position in its sequence):
+
+        dL/d log λ = Σ_t t (q_t·dq_t − k_t·dk_t) + <S_init, dS_init> + (n − 1) <dS_final, S_final>
+
+    summed over the batch (n: the sequence's length). Derivation: every pair (t, s) of
+    o_t carries λ^{t-s}, so its log-λ derivative is (t − s) times its term; t·q·dq counts
+    t, −s·k·dk takes s away; the initial and final states bring the two boundary terms.
+    """
+    N = q.shape[2]
+    pos = torch.arange(N, device=q.device)
+    if cu_seqlens is not None:
+        starts = cu_seqlens.long()
+        seq = torch.searchsorted(starts[1:], pos, right=True).clamp(max=starts.numel() - 2)
+        pos = pos - starts[seq]
+    acc = state_dtype(q)
+    per_token = (q * dq).sum(-1, dtype=acc) - (k * dk).sum(-1, dtype=acc)
+    dlog = (per_token.double() * pos.double()).sum(dim=(0, 2))
+    if initial_state is not None:
+        dlog = dlog + (initial_state.double() * ds0.double()).sum(dim=(0, 2, 3))
+    if dfinal_state is not None:
+        lengths = (N if cu_seqlens is None else (cu_seqlens[1:] - cu_seqlens[:-1]).double())
+        inner = (final_state.double() * dfinal_state.double()).sum(dim=(2, 3))  # (num_states, H)
+        if cu_seqlens is None:
+            dlog = dlog + (N - 1) * inner.sum(0)
+        else:
+            dlog = dlog + ((lengths - 1).clamp(min=0)[:, None] * inner).sum(0)
+    return -dlog
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, backend = inputs
+    _, final_state = output
+    ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens, final_state)
+    ctx.scale, ctx.backend, ctx.output_final_state = scale, backend, output_final_state
+
+
+def _backward(ctx, do, dfinal_state):
+    q, k, v, slope, initial_state, cu_seqlens, final_state = ctx.saved_tensors
+    if not ctx.output_final_state:
+        dfinal_state = None
+    elif dfinal_state is not None:
+        dfinal_state = dfinal_state.to(final_state.dtype).contiguous()
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    dq, dk, dv, ds0 = bwd(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens,
+                          ctx.scale, ctx.backend)
+    dslope = None
+    if slope is not None and ctx.needs_input_grad[3]:
+        dslope = _slope_grad(q, k, dq, dk, initial_state, ds0, final_state, dfinal_state,
+                             cu_seqlens).to(slope.dtype)
+    ds0 = ds0 if initial_state is not None and ctx.needs_input_grad[4] else None
+    return dq, dk, dv, dslope, ds0, None, None, None, None
+
+
+fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------ decode
+
+@torch.library.custom_op("lightning_attention::decode", mutates_args=("state",))
+def decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[Tensor],
+           scale: float, backend: str) -> Tensor:
+    """One token: state ← λ state + kᵀv in place; returns o = scale · q state, (B, H, E)."""
+    if _is_empty(q, v):
+        return q.new_empty(*q.shape[:2], v.shape[-1])
+    with _nvtx(f"lightning_attn.decode.{backend}", q):
+        return backends.get(backend).decode(q, k, v, state, slope, scale)
+
+
+@decode.register_fake
+def _(q, k, v, state, slope, scale, backend):
+    return q.new_empty(*q.shape[:2], v.shape[-1])
