@@ -1,0 +1,130 @@
+"""Shared pieces of the Triton backend: lazy kernel compilation (GPU or interpreter),
+the segment plan that splits sequences for parallelism, and the varlen segment table.
+
+Sequences are cut into *segments* of `seg` tokens (a multiple of the block size BT).
+Segment g of the flattened list belongs to sequence `i` and is its `j`-th segment; for
+fixed-length batches g = b * NS + j, for `cu_seqlens` a small table built on the device
+(no host synchronisation) maps g -> (i, j), with -1 marking unused tail entries.
+"""
+import os
+
+import torch
+import triton
+
+#: Block (chunk) size of the kernels: tokens per tensor-core tile.
+BT = 64
+
+#: Launch tunables (a benchmark may override them): warps and pipeline stages per kernel,
+#: and a fixed segment length (None: planned from the shape and the multiprocessor count).
+CONFIG = {
+    "out_warps": 8, "out_stages": 2,
+    "state_warps": 8, "state_stages": 2,
+    "bwd_warps": 8, "bwd_stages": 2,
+    "seg": None,
+}
+
+
+def interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class LazyKernel:
+    """A Triton kernel compiled on first launch, for the GPU or, when TRITON_INTERPRET=1
+    at launch time (not import time), for Triton's CPU interpreter."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._jit = {}
+
+    def __getitem__(self, grid):
+        mode = interpret()
+        k = self._jit.get(mode)
+        if k is None:
+            if mode:
+                from triton.runtime.interpreter import InterpretedFunction
+                k = InterpretedFunction(self.fn)
+            else:
+                k = triton.jit(self.fn)
+            self._jit[mode] = k
+        return k[grid]
+
+
+def kernel(fn):
+    return LazyKernel(fn)
+
+
+def next_pow2(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def num_sms(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8
+
+
+def dot_prec(dtype) -> str:
+    # float32 inputs get exact float32 products (tf32 would cost ~3e-4 relative error).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def plan_segment(n_tokens: int, n_streams: int, device, seg=None) -> int:
+    """Segment length (a power of two >= 4*BT) such that n_streams * segments gives a few
+    programs per multiprocessor; `n_tokens` is the longest a sequence can be."""
+    if seg is not None:
+        return max(BT, int(seg) // BT * BT)
+    env = os.environ.get("LIGHTNING_ATTENTION_TRITON_SEG")
+    if env:
+        return max(BT, int(env) // BT * BT)
+    target = 4 * num_sms(device)
+    per_stream = max(1, -(-target // max(n_streams, 1)))  # segments wanted per sequence
+    seg = next_pow2(-(-max(n_tokens, 1) // per_stream))
+    return int(min(max(seg, 4 * BT), 8192))
+
+
+class SegTable:
+    """Where each segment lies. `varlen` tensors are int32 on the device (None otherwise):
+    seq_of[g], j_of[g] (G,), bos[i], eos[i], first[i] (num_seqs,)."""
+
+    def __init__(self, N, B, seg, cu_seqlens):
+        self.seg = seg
+        self.N = N
+        if cu_seqlens is None:
+            self.varlen = False
+            self.nseqs = B
+            self.NS = max(1, -(-N // seg))
+            self.G = B * self.NS
+            self.single = self.NS == 1
+            dummy = torch.empty(1, dtype=torch.int32, device="cpu")
+            self.seq_of = self.j_of = self.bos = self.eos = self.first = None
+            self._dummy = dummy
+        else:
+            self.varlen = True
+            nseqs = cu_seqlens.numel() - 1
+            self.nseqs = nseqs
+            self.NS = 1
+            cu = cu_seqlens.to(torch.int64).clamp(0, N)  # malformed offsets are clamped
+            bos = cu[:-1]
+            eos = torch.maximum(cu[1:], bos)
+            nseg = ((eos - bos + seg - 1) // seg).clamp_min(1)
+            cum = torch.cumsum(nseg, 0)
+            self.G = -(-N // seg) + nseqs  # an upper bound read from shapes only
+            g = torch.arange(self.G, device=cu.device, dtype=torch.int64)
+            seq = torch.searchsorted(cum, g, right=True)
+            valid = seq < nseqs
+            seqc = seq.clamp_max(max(nseqs - 1, 0))
+            first = cum - nseg
+            j = g - first[seqc]
+            self.seq_of = torch.where(valid, seq, -1).to(torch.int32)
+            self.j_of = torch.where(valid, j, 0).to(torch.int32)
+            self.bos = bos.to(torch.int32)
+            self.eos = eos.to(torch.int32)
+            self.first = first.to(torch.int32)
+            self.single = seg >= N
+
+    def args(self, device):
+        """The four table pointers for a kernel launch (placeholders when not varlen)."""
+        if not self.varlen:
+            d = torch.empty(1, dtype=torch.int32, device=device)
+            return d, d, d, d
+        return self.seq_of, self.j_of, self.bos, self.eos

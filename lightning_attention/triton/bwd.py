@@ -1,0 +1,185 @@
+"""Backward of the block form.
+
+With G_t = dL/dS_t = c q_t^T do_t + lam G_{t+1} (G_{N-1} also gets dfinal_state):
+  dq_t = c do_t S_t^T                    -> the forward's pass 2 with (q, k, v) = (do, v, k)
+                                            and the forward's states read transposed;
+  dv_t = k_t G_t,  dk_t = v_t G_t^T      -> `_seg_dkdv_kernel`, walking blocks backwards;
+  d initial_state = lam G_0.
+Within a block [t0, t0+L) the carry Cr = lam G_{t0+L} (dfinal_state for the last block):
+  dV = c ((K Q^T) .* M^T) dO + diag(lam^(L-1-i)) K Cr
+  dK = c ((V dO^T) .* M^T) Q + diag(lam^(L-1-i)) V Cr^T
+  Cr <- lam^L Cr + c (diag(lam^(i+1)) Q)^T dO.
+Segments get their carries from a reverse pass 1 + scan (fwd.seg_states, REVERSE).
+No atomics: when E needs several V tiles, each tile writes its dK part in float32 and the
+parts are summed in a fixed order.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import empty_like_layout
+from . import _common as C
+from ._common import BT, kernel
+from . import fwd as F
+
+
+def _seg_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, slope_ptr, dfin_ptr, cr_ptr, dinit_ptr,
+    seq_ptr, segj_ptr, bos_ptr, eos_ptr,
+    N, H, K, V, SEG, NS,
+    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+    s_dkp, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn,
+    scale,
+    HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, HAS_DECAY: tl.constexpr,
+    VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dK (part iv, or whole when one V tile) and dV[:, tile iv] of one segment."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    NVT = tl.cdiv(V, BV)
+    g = pid // NVT
+    iv = pid % NVT
+    if VARLEN:
+        i_seq = tl.load(seq_ptr + g)
+        if i_seq < 0:
+            return
+        j = tl.load(segj_ptr + g)
+        bos = tl.load(bos_ptr + i_seq)
+        eos = tl.load(eos_ptr + i_seq)
+        b = i_seq * 0
+    else:
+        i_seq = g // NS
+        j = g % NS
+        bos = 0
+        eos = N
+        b = i_seq
+    nseg = tl.maximum(tl.cdiv(eos - bos, SEG), 1)
+    s0 = bos + j * SEG
+    s1 = tl.minimum(s0 + SEG, eos)
+    n_blk = tl.cdiv(s1 - s0, BT)
+
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    ms = mk[:, None] & mv[None, :]
+    s_offs = offs_k[:, None] * V + offs_v[None, :]
+    # carry entering this segment from the right
+    Cr = tl.zeros([BK, BV], dtype=tl.float32)
+    if j < nseg - 1:
+        Cr = tl.load(cr_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+    else:
+        if HAS_DFINAL:
+            Cr = tl.load(dfin_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+
+    bh = b.to(tl.int64)
+    hh = h.to(tl.int64)
+    q_base = q_ptr + bh * s_qb + hh * s_qh
+    k_base = k_ptr + bh * s_kb + hh * s_kh
+    v_base = v_ptr + bh * s_vb + hh * s_vh
+    do_base = do_ptr + bh * s_ob + hh * s_oh
+    dk_base = dk_ptr + iv.to(tl.int64) * s_dkp + bh * s_dkb + hh * s_dkh
+    dv_base = dv_ptr + bh * s_dvb + hh * s_dvh
+    diff = offs_t[None, :] - offs_t[:, None]  # [i, j] = j - i  (j: the later position)
+    if HAS_DECAY:
+        sl = tl.load(slope_ptr + h).to(tl.float32)
+        Mt = tl.where(diff >= 0, tl.exp(-sl * tl.maximum(diff, 0).to(tl.float32)), 0.0) * scale
+        qdec = tl.exp(-sl * (offs_t + 1).to(tl.float32))
+    else:
+        Mt = tl.where(diff >= 0, scale, 0.0)
+    for ib in range(0, n_blk):
+        t0 = s0 + (n_blk - 1 - ib) * BT
+        lb = tl.minimum(s1 - t0, BT)
+        mt = offs_t < lb
+        rows = (t0 + offs_t).to(tl.int64)
+        mtk = mt[:, None] & mk[None, :]
+        mtv = mt[:, None] & mv[None, :]
+        q = tl.load(q_base + rows[:, None] * s_qn + offs_k[None, :], mask=mtk, other=0.0)
+        k = tl.load(k_base + rows[:, None] * s_kn + offs_k[None, :], mask=mtk, other=0.0)
+        v = tl.load(v_base + rows[:, None] * s_vn + offs_v[None, :], mask=mtv, other=0.0)
+        do = tl.load(do_base + rows[:, None] * s_on + offs_v[None, :], mask=mtv, other=0.0)
+        A = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * Mt
+        dv = tl.dot(A.to(do.dtype), do, input_precision=DOT_PREC)
+        Bm = tl.dot(v, tl.trans(do), input_precision=DOT_PREC) * Mt
+        dk = tl.dot(Bm.to(q.dtype), q, input_precision=DOT_PREC)
+        Cc = Cr.to(q.dtype)
+        if HAS_DECAY:
+            w = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
+            dv += tl.dot((k * w[:, None]).to(k.dtype), Cc, input_precision=DOT_PREC)
+            dk += tl.dot((v * w[:, None]).to(v.dtype), tl.trans(Cc), input_precision=DOT_PREC)
+            Cr = Cr * tl.exp(-sl * lb.to(tl.float32)) + scale * tl.dot(
+                tl.trans((q * qdec[:, None]).to(q.dtype)), do, input_precision=DOT_PREC)
+        else:
+            dv += tl.dot(k, Cc, input_precision=DOT_PREC)
+            dk += tl.dot(v, tl.trans(Cc), input_precision=DOT_PREC)
+            Cr += scale * tl.dot(tl.trans(q), do, input_precision=DOT_PREC)
+        tl.store(dv_base + rows[:, None] * s_dvn + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mtv)
+        tl.store(dk_base + rows[:, None] * s_dkn + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mtk)
+    if STORE_DINIT:
+        if j == 0:
+            tl.store(dinit_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, Cr, mask=ms)
+
+
+_seg_dkdv_kernel = kernel(_seg_dkdv_kernel)
+
+
+def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens):
+    B, H, N, K = q.shape
+    V = v.shape[-1]
+    dq = empty_like_layout(q, K)
+    dk = empty_like_layout(k, K)
+    dv = empty_like_layout(v, V)
+    nseqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    dinit = None
+    if initial_state is not None:
+        dinit = torch.empty(nseqs, H, K, V, dtype=torch.float32, device=q.device)
+    if dq.numel() == 0 or nseqs == 0 or N == 0:
+        if dinit is not None:
+            # no tokens: final = initial, so d initial = d final
+            if dfinal_state is None:
+                dinit.zero_()
+            else:
+                dinit.copy_(dfinal_state)
+        return dq, dk, dv, dinit
+    prec = C.dot_prec(q.dtype)
+    BK, BV = F._bv(K, V)
+    NVT = triton.cdiv(V, BV)
+    table = F.make_table(q, cu_seqlens, NVT)
+
+    # dq: the forward's pass 2 on (do, v, k) with the forward states transposed
+    fstates = None
+    if not table.single:
+        fstates = F.seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
+    F.seg_out(do, v, k, dq, slope, scale, initial_state, fstates, None, table, H, V, K, True, prec)
+    del fstates
+
+    # dk, dv: reverse walk with carries
+    carries = None
+    if not table.single:
+        carries = F.seg_states(q, do, slope, scale, dfinal_state, table, H, K, V, True, prec)
+    if NVT > 1:
+        dk_out = torch.empty(NVT, B, H, N, K, dtype=torch.float32, device=q.device)
+        s_dk = (dk_out.stride(0), dk_out.stride(1), dk_out.stride(2), dk_out.stride(3))
+    else:
+        dk_out = dk
+        s_dk = (0, dk.stride(0), dk.stride(1), dk.stride(2))
+    dummy = dv
+    seq_of, j_of, bos, eos = table.args(q.device)
+    _seg_dkdv_kernel[(table.G * NVT, H)](
+        q, k, v, do, dk_out, dv, slope if slope is not None else dummy,
+        dfinal_state if dfinal_state is not None else dummy,
+        carries if carries is not None else dummy, dinit if dinit is not None else dummy,
+        seq_of, j_of, bos, eos,
+        N, H, K, V, table.seg, table.NS,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        *s_dk, dv.stride(0), dv.stride(1), dv.stride(2),
+        float(scale),
+        HAS_DFINAL=dfinal_state is not None, STORE_DINIT=dinit is not None,
+        HAS_DECAY=slope is not None, VARLEN=table.varlen, BT=BT, BK=BK, BV=BV, DOT_PREC=prec,
+        num_warps=C.CONFIG["bwd_warps"], num_stages=C.CONFIG["bwd_stages"])
+    if NVT > 1:
+        dk.copy_(dk_out.sum(0))
+    return dq, dk, dv, dinit

@@ -1,0 +1,351 @@
+"""Forward kernels of the block form (design.md §1), split into segments for parallelism.
+
+Per (sequence, head), tokens are cut into segments of `seg` tokens (a multiple of BT):
+  pass 1  `_seg_state_kernel`: each segment's local state  sum_t lam^(end-1-t) k_t^T v_t
+          (only when a sequence has several segments; the last segment's is not needed);
+  scan    `_seg_scan_kernel`: incoming state of segment j = lam^len(j-1) * in(j-1) + local(j-1),
+          the first one being the initial state; written in place into the states buffer;
+  pass 2  `_seg_out_kernel`: per segment, walk its BT-token blocks keeping S (K x BV, fp32)
+          in registers: o = c [ ((Q K^T) .* M) V + diag(lam^(i+1)) Q S ],
+          S <- lam^L S + (diag(lam^(L-1-i)) K)^T V; the last segment writes the final state.
+Decays are only ever exp(-s * j) with 0 <= j <= seg: bounded exponents at any N and slope.
+The same three kernels serve the backward (dq is this forward with q=do, k=v, v=k and
+transposed states; pass 1 and the scan run in reverse for the dk/dv carries).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import empty_like_layout
+from . import _common as C
+from ._common import BT, kernel
+
+
+def _seg_state_kernel(
+    a_ptr, b_ptr, slope_ptr, st_ptr,
+    seq_ptr, segj_ptr, bos_ptr, eos_ptr,
+    N, H, K, V, SEG, NS,
+    s_ab, s_ah, s_an, s_bb, s_bh, s_bn,
+    scale,
+    HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Local (zero-start) state of one segment, K x V tile (ik, iv), written to the slot of
+    the next segment (forward: g+1; REVERSE: g-1, with weights lam^(t-start+1) * scale)."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    NKT = tl.cdiv(K, BK)
+    NVT = tl.cdiv(V, BV)
+    g = pid // (NKT * NVT)
+    r = pid % (NKT * NVT)
+    ik = r // NVT
+    iv = r % NVT
+    if VARLEN:
+        i_seq = tl.load(seq_ptr + g)
+        if i_seq < 0:
+            return
+        j = tl.load(segj_ptr + g)
+        bos = tl.load(bos_ptr + i_seq)
+        eos = tl.load(eos_ptr + i_seq)
+        b = i_seq * 0
+    else:
+        b = g // NS
+        j = g % NS
+        bos = 0
+        eos = N
+    nseg = tl.maximum(tl.cdiv(eos - bos, SEG), 1)
+    if REVERSE:
+        if j == 0:
+            return
+        slot = g - 1
+    else:
+        if j == nseg - 1:
+            return
+        slot = g + 1
+    s0 = bos + j * SEG
+    s1 = tl.minimum(s0 + SEG, eos)
+    n_blk = tl.cdiv(s1 - s0, BT)
+
+    offs_t = tl.arange(0, BT)
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    a_base = a_ptr + b.to(tl.int64) * s_ab + h.to(tl.int64) * s_ah
+    b_base = b_ptr + b.to(tl.int64) * s_bb + h.to(tl.int64) * s_bh
+    if HAS_DECAY:
+        sl = tl.load(slope_ptr + h).to(tl.float32)
+    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for ib in range(0, n_blk):
+        if REVERSE:
+            t0 = s0 + (n_blk - 1 - ib) * BT
+        else:
+            t0 = s0 + ib * BT
+        lb = tl.minimum(s1 - t0, BT)
+        mt = offs_t < lb
+        rows = (t0 + offs_t).to(tl.int64)
+        a = tl.load(a_base + rows[:, None] * s_an + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        bb = tl.load(b_base + rows[:, None] * s_bn + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+        if HAS_DECAY:
+            if REVERSE:
+                w = tl.exp(-sl * (offs_t + 1).to(tl.float32))
+            else:
+                w = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
+            aw = (a * w[:, None]).to(a.dtype)
+            acc = acc * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(tl.trans(aw), bb, input_precision=DOT_PREC)
+        else:
+            acc += tl.dot(tl.trans(a), bb, input_precision=DOT_PREC)
+    acc = acc * scale
+    st = st_ptr + (slot.to(tl.int64) * H + h) * K * V
+    tl.store(st + offs_k[:, None] * V + offs_v[None, :], acc, mask=mk[:, None] & mv[None, :])
+
+
+_seg_state_kernel = kernel(_seg_state_kernel)
+
+
+def _seg_scan_kernel(
+    st_ptr, init_ptr, slope_ptr,
+    bos_ptr, eos_ptr, first_ptr,
+    N, H, K, V, SEG, NS,
+    HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr,
+    VARLEN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """Turn the local states in the slots into incoming states, one sequence per program
+    row, sequentially over its segments (a fixed order: deterministic)."""
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    r = tl.program_id(2)
+    NVT = tl.cdiv(V, BV)
+    ik = r // NVT
+    iv = r % NVT
+    if VARLEN:
+        bos = tl.load(bos_ptr + i)
+        eos = tl.load(eos_ptr + i)
+        g0 = tl.load(first_ptr + i)
+    else:
+        bos = 0
+        eos = N
+        g0 = i * NS
+    L = eos - bos
+    nseg = tl.maximum(tl.cdiv(L, SEG), 1)
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    m = (offs_k[:, None] < K) & (offs_v[None, :] < V)
+    offs = offs_k[:, None] * V + offs_v[None, :]
+    if HAS_DECAY:
+        sl = tl.load(slope_ptr + h).to(tl.float32)
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_INIT:
+        S = tl.load(init_ptr + (i.to(tl.int64) * H + h) * K * V + offs, mask=m, other=0.0)
+    for jj in range(1, nseg):
+        if REVERSE:
+            j = nseg - 1 - jj
+            seglen = tl.minimum(L - (j + 1) * SEG, SEG)
+        else:
+            j = jj
+            seglen = SEG
+        p = st_ptr + ((g0 + j).to(tl.int64) * H + h) * K * V + offs
+        loc = tl.load(p, mask=m, other=0.0)
+        if HAS_DECAY:
+            S = S * tl.exp(-sl * seglen.to(tl.float32)) + loc
+        else:
+            S = S + loc
+        tl.store(p, S, mask=m)
+
+
+_seg_scan_kernel = kernel(_seg_scan_kernel)
+
+
+def _seg_out_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, init_ptr, st_ptr, final_ptr,
+    seq_ptr, segj_ptr, bos_ptr, eos_ptr,
+    N, H, K, V, SEG, NS,
+    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+    s_sr, s_sc,
+    scale,
+    HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, STORE_FINAL: tl.constexpr,
+    VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Outputs of one segment, V tile iv. States (initial, slots) are K x V matrices of
+    H * K * V floats per (sequence or slot), element (r, c) at r * s_sr + c * s_sc, so the
+    backward can read them transposed; the final state is written K x V row-major."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    NVT = tl.cdiv(V, BV)
+    g = pid // NVT
+    iv = pid % NVT
+    if VARLEN:
+        i_seq = tl.load(seq_ptr + g)
+        if i_seq < 0:
+            return
+        j = tl.load(segj_ptr + g)
+        bos = tl.load(bos_ptr + i_seq)
+        eos = tl.load(eos_ptr + i_seq)
+        b = i_seq * 0
+    else:
+        i_seq = g // NS
+        j = g % NS
+        bos = 0
+        eos = N
+        b = i_seq
+    nseg = tl.maximum(tl.cdiv(eos - bos, SEG), 1)
+    s0 = bos + j * SEG
+    s1 = tl.minimum(s0 + SEG, eos)
+    n_blk = tl.cdiv(s1 - s0, BT)
+
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    ms = mk[:, None] & mv[None, :]
+    s_offs = offs_k[:, None] * s_sr + offs_v[None, :] * s_sc
+    # incoming state of this segment
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if j > 0:
+        S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+    else:
+        if HAS_INIT:
+            S = tl.load(init_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+
+    bh = b.to(tl.int64)
+    hh = h.to(tl.int64)
+    q_base = q_ptr + bh * s_qb + hh * s_qh
+    k_base = k_ptr + bh * s_kb + hh * s_kh
+    v_base = v_ptr + bh * s_vb + hh * s_vh
+    o_base = o_ptr + bh * s_ob + hh * s_oh
+    diff = offs_t[:, None] - offs_t[None, :]
+    if HAS_DECAY:
+        sl = tl.load(slope_ptr + h).to(tl.float32)
+        M = tl.where(diff >= 0, tl.exp(-sl * tl.maximum(diff, 0).to(tl.float32)), 0.0)
+        qdec = tl.exp(-sl * (offs_t + 1).to(tl.float32))
+    else:
+        M = tl.where(diff >= 0, 1.0, 0.0)
+    for ib in range(0, n_blk):
+        t0 = s0 + ib * BT
+        lb = tl.minimum(s1 - t0, BT)
+        mt = offs_t < lb
+        rows = (t0 + offs_t).to(tl.int64)
+        q = tl.load(q_base + rows[:, None] * s_qn + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        k = tl.load(k_base + rows[:, None] * s_kn + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        v = tl.load(v_base + rows[:, None] * s_vn + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+        A = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * M
+        o = tl.dot(A.to(v.dtype), v, input_precision=DOT_PREC)
+        if HAS_DECAY:
+            o += tl.dot((q * qdec[:, None]).to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            kw = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
+            S = S * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
+                tl.trans((k * kw[:, None]).to(k.dtype)), v, input_precision=DOT_PREC)
+        else:
+            o += tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
+            S += tl.dot(tl.trans(k), v, input_precision=DOT_PREC)
+        o = o * scale
+        tl.store(o_base + rows[:, None] * s_on + offs_v[None, :], o.to(o_ptr.dtype.element_ty),
+                 mask=mt[:, None] & mv[None, :])
+    if STORE_FINAL:
+        if j == nseg - 1:
+            f = final_ptr + (i_seq.to(tl.int64) * H + h) * K * V
+            tl.store(f + offs_k[:, None] * V + offs_v[None, :], S, mask=ms)
+
+
+_seg_out_kernel = kernel(_seg_out_kernel)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _bv(K, V):
+    """V tile width of the output/bwd kernels: the whole K in registers, K x BV <= 128 x 128."""
+    BK = C.next_pow2(K)
+    cap = 128 if BK <= 128 else 64
+    return BK, min(C.next_pow2(V), cap)
+
+
+def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec):
+    """Incoming states (forward) or carries (reverse) of every segment: (G, H, K, V) fp32.
+    Slot g holds segment g's incoming state (forward, j >= 1) or carry from the right
+    (reverse, j < n-1); other slots are unused."""
+    dev = a.device
+    st = torch.empty(table.G, H, K, V, dtype=torch.float32, device=dev)
+    BK = min(C.next_pow2(K), 128)
+    BV = min(C.next_pow2(V), 128)
+    NKT, NVT = triton.cdiv(K, BK), triton.cdiv(V, BV)
+    slope_arg = slope if slope is not None else st
+    seq_of, j_of, bos, eos = table.args(dev)
+    _seg_state_kernel[(table.G * NKT * NVT, H)](
+        a, b, slope_arg, st, seq_of, j_of, bos, eos,
+        table.N, H, K, V, table.seg, table.NS,
+        a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
+        float(scale),
+        HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen,
+        BT=BT, BK=BK, BV=BV, DOT_PREC=dot_prec,
+        num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
+    BKs = min(C.next_pow2(K), 64)
+    BVs = min(C.next_pow2(V), 64)
+    first = table.first if table.varlen else bos
+    _seg_scan_kernel[(table.nseqs, H, triton.cdiv(K, BKs) * triton.cdiv(V, BVs))](
+        st, init if init is not None else st, slope_arg, bos, eos, first,
+        table.N, H, K, V, table.seg, table.NS,
+        HAS_INIT=init is not None, HAS_DECAY=slope is not None, REVERSE=reverse,
+        VARLEN=table.varlen, BK=BKs, BV=BVs, num_warps=4)
+    return st
+
+
+def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, transposed, dot_prec):
+    """Pass 2 into `o`. K is q/k's last dim, V is v/o's; `init`/`states` hold K x V states,
+    or V x K ones read transposed when `transposed` (the dq use)."""
+    dev = q.device
+    BK, BV = _bv(K, V)
+    NVT = triton.cdiv(V, BV)
+    dummy = o
+    s_sr, s_sc = (1, K) if transposed else (V, 1)
+    seq_of, j_of, bos, eos = table.args(dev)
+    _seg_out_kernel[(table.G * NVT, H)](
+        q, k, v, o, slope if slope is not None else dummy,
+        init if init is not None else dummy, states if states is not None else dummy,
+        final if final is not None else dummy,
+        seq_of, j_of, bos, eos,
+        table.N, H, K, V, table.seg, table.NS,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        s_sr, s_sc, float(scale),
+        HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
+        VARLEN=table.varlen, BT=BT, BK=BK, BV=BV, DOT_PREC=dot_prec,
+        num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
+
+
+def make_table(q, cu_seqlens, n_streams_extra=1):
+    B, H, N, _ = q.shape
+    if cu_seqlens is None:
+        seg = C.plan_segment(N, B * H * n_streams_extra, q.device, C.CONFIG["seg"])
+    else:
+        nseqs = cu_seqlens.numel() - 1
+        # the longest sequence is unknown without a sync: plan as if equal lengths
+        seg = C.plan_segment(-(-N // max(nseqs, 1)), max(nseqs, 1) * H * n_streams_extra,
+                             q.device, C.CONFIG["seg"])
+    return C.SegTable(N, B, seg, cu_seqlens)
+
+
+def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
+    B, H, N, K = q.shape
+    V = v.shape[-1]
+    o = empty_like_layout(q, V)
+    nseqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    final = None
+    if output_final_state:
+        final = torch.empty(nseqs, H, K, V, dtype=torch.float32, device=q.device)
+    if o.numel() == 0 or nseqs == 0 or N == 0:
+        if final is not None:
+            if initial_state is not None:
+                final.copy_(initial_state)
+            else:
+                final.zero_()
+        return o, final
+    _, BV = _bv(K, V)
+    table = make_table(q, cu_seqlens, triton.cdiv(V, BV))
+    prec = C.dot_prec(q.dtype)
+    states = None
+    if not table.single:
+        states = seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
+    seg_out(q, k, v, o, slope, scale, initial_state, states, final, table, H, K, V, False, prec)
+    return o, final
