@@ -7,8 +7,8 @@ dtypes agree, every tensor is on one device, `stride(-1) == 1`.
 
     fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state)
         -> (o, final_state or None)
-    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens)
-        -> (dq, dk, dv, dinitial_state or None)
+    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
+        -> (dq, dk, dv, dinitial_state or None, dslope_terms or None)
     decode(q, k, v, state, slope, scale) -> o          (state updated in place)
 
 - q, k: (B, H, N, D); v: (B, H, N, E); any strides with stride(-1) == 1.
@@ -19,8 +19,12 @@ dtypes agree, every tensor is on one device, `stride(-1) == 1`.
 - cu_seqlens: None or int32 contiguous (num_seqs + 1,) on q's device; then B == 1.
 - o, dq, dk, dv: the dtype and memory layout of q, k, v (layout.empty_like_layout).
 - bwd returns dinitial_state whenever initial_state is given (the d slope reduction in
-  ops.py needs it even when the state itself does not require grad). d slope is not a
-  backend's job: ops.py derives it from dq, dk and the states.
+  ops.py needs it even when the state itself does not require grad). d slope itself is
+  not a backend's job: ops.py derives it from per-token terms q_t·dq_t − k_t·dk_t and the
+  states. With need_dslope, a backend should return those terms as float32 (B, H, N),
+  computed from its float32 gradients before they are rounded to the output dtype
+  (rounded bf16 gradients make d slope several % off); returning None makes ops.py
+  compute them from the rounded dq, dk.
 - decode: q, k (B, H, D), v (B, H, E), state (B, H, D, E) float32, o (B, H, E).
 
 Besides those, each backend has `unavailable() -> str | None` (why it cannot run on this

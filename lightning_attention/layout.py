@@ -1,5 +1,21 @@
 """Output allocation that keeps the caller's memory layout (BHND or BNHD)."""
+import contextlib
+
 import torch
+
+_poison = False
+
+
+@contextlib.contextmanager
+def poisoned():
+    """Tests: fill every output allocated here with NaN, so an element a kernel forgets
+    to write fails the comparison."""
+    global _poison
+    _poison, before = True, _poison
+    try:
+        yield
+    finally:
+        _poison = before
 
 
 def is_bnhd(x: torch.Tensor) -> bool:
@@ -13,5 +29,7 @@ def empty_like_layout(x: torch.Tensor, last_dim: int, dtype=None) -> torch.Tenso
     B, H, N, _ = x.shape
     dtype = x.dtype if dtype is None else dtype
     if is_bnhd(x):
-        return torch.empty(B, N, H, last_dim, dtype=dtype, device=x.device).transpose(1, 2)
-    return torch.empty(B, H, N, last_dim, dtype=dtype, device=x.device)
+        out = torch.empty(B, N, H, last_dim, dtype=dtype, device=x.device).transpose(1, 2)
+    else:
+        out = torch.empty(B, H, N, last_dim, dtype=dtype, device=x.device)
+    return out.fill_(float("nan")) if _poison else out

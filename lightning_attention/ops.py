@@ -73,30 +73,49 @@ def _(q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, back
 @torch.library.custom_op("lightning_attention::bwd", mutates_args=())
 def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
         slope: Optional[Tensor], initial_state: Optional[Tensor],
-        cu_seqlens: Optional[Tensor], scale: float, backend: str
-        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv in the layouts of q, k, v; d initial_state, or empty without one)."""
+        cu_seqlens: Optional[Tensor], scale: float, need_dslope: bool, backend: str
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv in the layouts of q, k, v; d initial_state, or empty without one;
+    the per-token d slope terms (B, H, N) with need_dslope, else empty)."""
     if _is_empty(q, v):
         dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
+        terms = q.new_zeros(q.shape[:3], dtype=state_dtype(q)) if need_dslope else _no_state(q)
         if initial_state is None:
-            return dq, dk, dv, _no_state(q)
+            return dq, dk, dv, _no_state(q), terms
         ds0 = dfinal_state.clone() if dfinal_state is not None else torch.zeros_like(initial_state)
-        return dq, dk, dv, ds0
+        return dq, dk, dv, ds0, terms
     with _nvtx(f"lightning_attn.bwd.{backend}", q):
-        dq, dk, dv, ds0 = backends.get(backend).bwd(do, dfinal_state, q, k, v, slope, scale,
-                                                     initial_state, cu_seqlens)
-    return dq, dk, dv, (ds0 if ds0 is not None else _no_state(q))
+        dq, dk, dv, ds0, terms = backends.get(backend).bwd(
+            do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
+    if need_dslope and terms is None:
+        terms = _rowdot(q, dq) - _rowdot(k, dk)
+    return (dq, dk, dv, ds0 if ds0 is not None else _no_state(q),
+            terms if terms is not None else _no_state(q))
 
 
 @bwd.register_fake
-def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, backend):
+def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, need_dslope, backend):
     grads = tuple(empty_like_layout(x, x.shape[-1]) for x in (q, k, v))
     ds0 = torch.empty_like(initial_state) if initial_state is not None else _no_state(q)
-    return (*grads, ds0)
+    terms = q.new_empty(q.shape[:3], dtype=state_dtype(q)) if need_dslope else _no_state(q)
+    return (*grads, ds0, terms)
 
 
-def _slope_grad(q, k, dq, dk, initial_state, ds0, final_state, dfinal_state, cu_seqlens):
-    """dL/d slope from the true gradients (λ = exp(-slope), t = position in its sequence):
+def _rowdot(a, b, elements=1 << 24):
+    """Σ_d a·b over the last dim in float32 (float64 for float64), (B, H, N), with the
+    products in that precision: a few tokens at a time, so no full-size upcast copy."""
+    acc = state_dtype(a)
+    B, H, N, D = a.shape
+    out = torch.empty(B, H, N, dtype=acc, device=a.device)
+    step = max(1, elements // max(1, B * H * D))
+    for c in range(0, N, step):
+        out[:, :, c:c + step] = (a[:, :, c:c + step].to(acc) * b[:, :, c:c + step].to(acc)).sum(-1)
+    return out
+
+
+def _slope_grad(terms, initial_state, ds0, final_state, dfinal_state, cu_seqlens):
+    """dL/d slope from the per-token terms q_t·dq_t − k_t·dk_t of the true gradients
+    (λ = exp(-slope), t = position in its sequence):
 
         dL/d log λ = Σ_t t (q_t·dq_t − k_t·dk_t) + <S_init, dS_init> + (n − 1) <dS_final, S_final>
 
@@ -104,15 +123,13 @@ def _slope_grad(q, k, dq, dk, initial_state, ds0, final_state, dfinal_state, cu_
     o_t carries λ^{t-s}, so its log-λ derivative is (t − s) times its term; t·q·dq counts
     t, −s·k·dk takes s away; the initial and final states bring the two boundary terms.
     """
-    N = q.shape[2]
-    pos = torch.arange(N, device=q.device)
+    N = terms.shape[2]
+    pos = torch.arange(N, device=terms.device)
     if cu_seqlens is not None:
         starts = cu_seqlens.long()
         seq = torch.searchsorted(starts[1:], pos, right=True).clamp(max=starts.numel() - 2)
         pos = pos - starts[seq]
-    acc = state_dtype(q)
-    per_token = (q * dq).sum(-1, dtype=acc) - (k * dk).sum(-1, dtype=acc)
-    dlog = (per_token.double() * pos.double()).sum(dim=(0, 2))
+    dlog = (terms.double() * pos.double()).sum(dim=(0, 2))
     if initial_state is not None:
         dlog = dlog + (initial_state.double() * ds0.double()).sum(dim=(0, 2, 3))
     if dfinal_state is not None:
@@ -140,11 +157,12 @@ def _backward(ctx, do, dfinal_state):
         dfinal_state = dfinal_state.to(final_state.dtype).contiguous()
     if do.stride(-1) != 1:
         do = do.contiguous()
-    dq, dk, dv, ds0 = bwd(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens,
-                          ctx.scale, ctx.backend)
+    need_dslope = slope is not None and ctx.needs_input_grad[3]
+    dq, dk, dv, ds0, terms = bwd(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens,
+                                 ctx.scale, need_dslope, ctx.backend)
     dslope = None
-    if slope is not None and ctx.needs_input_grad[3]:
-        dslope = _slope_grad(q, k, dq, dk, initial_state, ds0, final_state, dfinal_state,
+    if need_dslope:
+        dslope = _slope_grad(terms, initial_state, ds0, final_state, dfinal_state,
                              cu_seqlens).to(slope.dtype)
     ds0 = ds0 if initial_state is not None and ctx.needs_input_grad[4] else None
     return dq, dk, dv, dslope, ds0, None, None, None, None

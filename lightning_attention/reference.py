@@ -168,17 +168,22 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, *,
     return o, (final if output_final_state else None)
 
 
-def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, *,
+def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope, *,
         compute_dtype=None, block=config.TORCH_BLOCK):
     """The torch backend's backward (kernel interface, backends.py)."""
     acc, s, s0, cdt, parts = _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype)
     dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
     ds = dfinal_state.to(acc) if dfinal_state is not None else torch.zeros_like(s0)
     ds0 = torch.empty_like(s0)
+    terms = q.new_zeros(q.shape[:3], dtype=acc) if need_dslope else None
     for t, b in parts:
-        dq[:, :, t], dk[:, :, t], dv[:, :, t], ds0[b] = _chunk_bwd(
-            do[:, :, t], ds[b], q[:, :, t], k[:, :, t], v[:, :, t], s, scale, s0[b], cdt, block)
-    return dq, dk, dv, (ds0 if initial_state is not None else None)
+        qt, kt = q[:, :, t], k[:, :, t]
+        dqt, dkt, dv[:, :, t], ds0[b] = _chunk_bwd(do[:, :, t], ds[b], qt, kt, v[:, :, t],
+                                                   s, scale, s0[b], cdt, block)
+        dq[:, :, t], dk[:, :, t] = dqt, dkt
+        if need_dslope:  # from the unrounded gradients: see ops._slope_grad
+            terms[:, :, t] = (qt.to(acc) * dqt).sum(-1) - (kt.to(acc) * dkt).sum(-1)
+    return dq, dk, dv, (ds0 if initial_state is not None else None), terms
 
 
 def decode(q, k, v, state, slope, scale):

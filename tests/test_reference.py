@@ -1,0 +1,123 @@
+"""The torch backend (block form) and the d slope identity against the float64 quadratic
+reference; the recurrence identities (chaining, varlen, decode); long sequences."""
+import pytest
+import torch
+
+import lightning_attention as la
+from lightning_attention import reference
+from utils import check_backend, make_inputs, rand_slope, rand_state
+
+
+@pytest.mark.parametrize("N", [1, 63, 65, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_torch_backend_matches_reference(N, dtype):
+    check_backend("torch", N=N, dtype=dtype, initial_state=True, final_state=True, scale=0.7)
+
+
+@pytest.mark.parametrize("layout", ["bhnd", "bnhd", "strided"])
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("states", [False, True])
+def test_torch_backend_features(layout, decay, states):
+    check_backend("torch", N=130, D=16, E=64, layout=layout, decay=decay,
+                  initial_state=states, final_state=states)
+
+
+@pytest.mark.parametrize("states", [False, True])
+def test_torch_backend_varlen(states):
+    check_backend("torch", B=1, N=150, cu_seqlens=[0, 40, 40, 107, 150],
+                  initial_state=states, final_state=states)
+
+
+def test_gradcheck_float64():
+    q, k, v = make_inputs(1, 2, 9, 16, 16, dtype=torch.float64)
+    slope = rand_slope(2).double()
+    s0 = rand_state(1, 2, 16, 16).double()
+    args = [x.requires_grad_() for x in (q, k, v, slope, s0)]
+
+    def f(q, k, v, slope, s0):
+        return la.lightning_attn(q, k, v, slope, scale=0.5, initial_state=s0,
+                                 output_final_state=True, backend="torch")
+    # the block size is 64, so use a block of 4 to cross block boundaries
+    reference_block = reference.fwd.__kwdefaults__["block"]
+    try:
+        reference.fwd.__kwdefaults__["block"] = reference.bwd.__kwdefaults__["block"] = 4
+        assert torch.autograd.gradcheck(f, args)
+    finally:
+        reference.fwd.__kwdefaults__["block"] = reference.bwd.__kwdefaults__["block"] = reference_block
+
+
+def test_chaining_halves_equals_whole():
+    q, k, v = make_inputs(2, 3, 150, 32, 16)
+    slope = rand_slope(3)
+    o, s = la.lightning_attn(q, k, v, slope, output_final_state=True, backend="torch")
+    o1, s1 = la.lightning_attn(q[:, :, :77], k[:, :, :77], v[:, :, :77], slope,
+                               output_final_state=True, backend="torch")
+    o2, s2 = la.lightning_attn(q[:, :, 77:], k[:, :, 77:], v[:, :, 77:], slope,
+                               initial_state=s1, output_final_state=True, backend="torch")
+    torch.testing.assert_close(torch.cat([o1, o2], 2), o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2, s, rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_equals_separate_calls():
+    lens = [30, 0, 70, 1]
+    cu = torch.tensor([0, 30, 30, 100, 101])
+    q, k, v = make_inputs(1, 2, 101, 16, 32)
+    slope = rand_slope(2)
+    s0 = rand_state(4, 2, 16, 32)
+    o, s = la.lightning_attn(q, k, v, slope, initial_state=s0, output_final_state=True,
+                             cu_seqlens=cu, backend="torch")
+    start = 0
+    for i, n in enumerate(lens):
+        sl = slice(start, start + n)
+        oi, si = la.lightning_attn(q[:, :, sl], k[:, :, sl], v[:, :, sl], slope,
+                                   initial_state=s0[i:i + 1], output_final_state=True,
+                                   backend="torch")
+        torch.testing.assert_close(o[:, :, sl], oi, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s[i:i + 1], si, rtol=1e-5, atol=1e-5)
+        start += n
+
+
+def test_decode_steps_equal_full_sequence():
+    q, k, v = make_inputs(2, 3, 20, 32, 16)
+    slope = rand_slope(3)
+    o, s = la.lightning_attn(q, k, v, slope, scale=0.5, output_final_state=True, backend="torch")
+    state = torch.zeros(2, 3, 32, 16)
+    for t in range(20):
+        ot = la.lightning_attn_decode(q[:, :, t], k[:, :, t], v[:, :, t], state, slope,
+                                      scale=0.5, backend="torch")
+        torch.testing.assert_close(ot, o[:, :, t], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0), (0, 3, 10), (2, 3, 1)])
+def test_empty_and_single_token(shape):
+    B, H, N = shape
+    q, k, v = make_inputs(B, H, N, 16, 16)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    s0 = rand_state(B, H, 16, 16).requires_grad_()
+    o, s = la.lightning_attn(q, k, v, rand_slope(H), initial_state=s0, output_final_state=True,
+                             backend="torch")
+    assert o.shape == (B, H, N, 16) and s.shape == (B, H, 16, 16)
+    (o.sum() + s.sum()).backward()
+    assert q.grad.shape == q.shape and s0.grad.shape == s0.shape
+    if N == 0:
+        torch.testing.assert_close(s, s0)
+
+
+@pytest.mark.parametrize("slope_value", [16.0, 1e-5])
+def test_long_sequence_is_finite_and_exact(slope_value):
+    """N = 16K on the CPU: the block form against a float64 token-by-token recurrence."""
+    N, H, D = 16384, 2, 16
+    q, k, v = make_inputs(1, H, N, D, D)
+    slope = torch.full((H,), slope_value)
+    o, s = la.lightning_attn(q, k, v, slope, output_final_state=True, backend="torch")
+    state = torch.zeros(1, H, D, D, dtype=torch.float64)
+    ref = torch.empty(1, H, N, D, dtype=torch.float64)
+    q64, k64, v64 = (x.double() for x in (q, k, v))
+    for t in range(N):
+        ref[:, :, t] = reference.decode(q64[:, :, t], k64[:, :, t], v64[:, :, t], state,
+                                        slope.double(), 1.0)
+    assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    err = (o.double() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5, err
+    assert ((s.double() - state).abs().max() / state.abs().max()) < 1e-5

@@ -1,0 +1,150 @@
+"""Shared test helpers: inputs, the float64 truth, the error rule, the GPU marker.
+
+The error rule (FlashAttention's): a backend's error against the float64 reference is at
+most `factor` (2) times the error of the plain PyTorch block form computed in the same
+dtype (`reference.fwd/bwd(..., compute_dtype=dtype)`), plus a tiny absolute slack.
+"""
+import pytest
+import torch
+
+from lightning_attention import reference
+from lightning_attention.layout import is_bnhd, poisoned
+
+HAS_GPU = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", layout="bhnd", scale=1.0):
+    """A random (B, H, N, X) tensor in one of three memory layouts:
+    'bhnd' contiguous; 'bnhd' a transposed view of (B, N, H, X) memory; 'strided' a
+    non-contiguous slice of a larger tensor (stride(-1) == 1, padded rows)."""
+    B, H, N, X = shape
+    if layout == "bhnd":
+        x = torch.randn(B, H, N, X, device=device)
+    elif layout == "bnhd":
+        x = torch.randn(B, N, H, X, device=device).transpose(1, 2)
+    elif layout == "strided":
+        x = torch.randn(B, H + 1, N + 3, X + 16, device=device)[:, 1:, 2:N + 2, 8:X + 8]
+    else:
+        raise ValueError(layout)
+    with torch.no_grad():
+        x.mul_(scale)
+    return x.to(dtype) if dtype != torch.float32 else x
+
+
+def make_inputs(B, H, N, D, E, dtype=torch.float32, device="cpu", layout="bhnd"):
+    """q, k, v with unit-size rows (scaled so that outputs stay O(1) at any N)."""
+    q = randn(B, H, N, D, dtype=dtype, device=device, layout=layout, scale=D ** -0.5)
+    k = randn(B, H, N, D, dtype=dtype, device=device, layout=layout, scale=D ** -0.5)
+    v = randn(B, H, N, E, dtype=dtype, device=device, layout=layout)
+    return q, k, v
+
+
+def rand_slope(H, device="cpu"):
+    """Per-head slopes spanning weak to strong decay."""
+    return torch.rand(H, device=device) * 0.5 + 0.01
+
+
+def rand_state(num, H, D, E, device="cpu"):
+    return torch.randn(num, H, D, E, device=device) * 0.1
+
+
+def f64(x):
+    return None if x is None else x.detach().double()
+
+
+def truth(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None, do=None,
+          dfinal=None):
+    """The float64 reference: (o, final_state) and, with `do`, the gradients
+    (dq, dk, dv, d slope, d initial_state) by autograd of the quadratic form."""
+    leaves = [f64(x).requires_grad_() if x is not None else None
+              for x in (q, k, v, slope, initial_state)]
+    o, state = reference.attention_ref(*leaves[:4], scale, leaves[4], cu_seqlens)
+    if do is None:
+        return o.detach(), state.detach()
+    outs, grads = [o], [f64(do)]
+    if dfinal is not None:
+        outs.append(state)
+        grads.append(f64(dfinal))
+    wrt = [x for x in leaves if x is not None]
+    got = iter(torch.autograd.grad(outs, wrt, grads))
+    return o.detach(), state.detach(), [next(got) if x is not None else None for x in leaves]
+
+
+def max_err(x, ref):
+    return (x.detach().double() - ref).abs().max().item() if ref.numel() else 0.0
+
+
+def assert_close(out, ref, base, name="", factor=2.0, rtol=1e-6):
+    """err(out) <= factor * err(base) + rtol * max|ref|, and out has no NaN/Inf."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} vs {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (an unwritten element?)"
+    err, base_err = max_err(out, ref), max_err(base, ref)
+    bound = factor * base_err + rtol * max(ref.abs().max().item() if ref.numel() else 0.0, 1e-3)
+    assert err <= bound, f"{name}: max error {err:.3e} > {factor} x baseline {base_err:.3e} + slack"
+
+
+def baseline(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None, do=None,
+             dfinal=None):
+    """The plain PyTorch block form in the inputs' dtype: (o, final_state) and, with `do`,
+    (dq, dk, dv, d slope, d initial_state): the error yardstick of assert_close."""
+    from lightning_attention import ops
+    slope32 = None if slope is None else slope.detach().float()
+    s0 = None if initial_state is None else initial_state.detach()
+    q, k, v = (x.detach() for x in (q, k, v))
+    cdt = q.dtype
+    o, fs = reference.fwd(q, k, v, slope32, scale, s0, cu_seqlens, True, compute_dtype=cdt)
+    if do is None:
+        return o, fs
+    dq, dk, dv, ds0, terms = reference.bwd(do, dfinal, q, k, v, slope32, scale, s0, cu_seqlens,
+                                           slope is not None, compute_dtype=cdt)
+    dslope = None
+    if slope is not None:
+        dslope = ops._slope_grad(terms, s0, ds0, fs, dfinal, cu_seqlens)
+    return o, fs, [dq, dk, dv, dslope, ds0]
+
+
+def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
+                  layout="bhnd", decay=True, initial_state=False, final_state=False,
+                  scale=1.0, cu_seqlens=None, grads=True, factor=2.0):
+    """Run lightning_attn on `backend` (outputs poisoned with NaN) and check the output,
+    the final state and every gradient against the float64 truth with assert_close."""
+    import lightning_attention as la
+    q, k, v = make_inputs(B, H, N, D, E, dtype=dtype, device=device, layout=layout)
+    slope = rand_slope(H, device) if decay else None
+    cu = None
+    num = B
+    if cu_seqlens is not None:
+        cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=device)
+        num = len(cu_seqlens) - 1
+    s0 = rand_state(num, H, D, E, device) if initial_state else None
+    leaves = [x if x is None else x.detach().clone().requires_grad_(grads)
+              for x in (q, k, v, slope, s0)]
+    do = torch.randn(B, H, N, E, device=device).to(dtype) if grads else None
+    dfinal = torch.randn(num, H, D, E, device=device) if grads and final_state else None
+    with poisoned():
+        out = la.lightning_attn(*leaves[:4], scale=scale, initial_state=leaves[4],
+                                output_final_state=final_state, cu_seqlens=cu, backend=backend)
+        o, fs = out if final_state else (out, None)
+        if grads:
+            outs, gs = [o], [do]
+            if final_state:
+                outs.append(fs)
+                gs.append(dfinal)
+            torch.autograd.backward(outs, gs)
+    assert o.dtype == dtype and is_bnhd(o) == (layout == "bnhd"), "output dtype/layout"
+    if grads:
+        ref_o, ref_fs, ref_g = truth(q, k, v, slope, scale, s0, cu, do, dfinal)
+        base_o, base_fs, base_g = baseline(q, k, v, slope, scale, s0, cu, do, dfinal)
+    else:
+        ref_o, ref_fs = truth(q, k, v, slope, scale, s0, cu)
+        base_o, base_fs = baseline(q, k, v, slope, scale, s0, cu)
+    assert_close(o, ref_o, base_o, "o", factor)
+    if final_state:
+        assert fs.dtype == torch.float32
+        assert_close(fs, ref_fs, base_fs, "final_state", factor)
+    if grads:
+        for name, leaf, r, b in zip(("dq", "dk", "dv", "dslope", "dinitial_state"),
+                                    leaves, ref_g, base_g):
+            if leaf is not None:
+                assert_close(leaf.grad, r, b, name, factor)
