@@ -25,19 +25,20 @@ from . import fwd as F
 
 def _seg_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, slope_ptr, dfin_ptr, cr_ptr, dinit_ptr,
-    seq_ptr, segj_ptr, bos_ptr, eos_ptr,
+    terms_ptr, seq_ptr, segj_ptr, bos_ptr, eos_ptr,
     N, H, K, V, SEG, NS,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
-    s_dkp, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn,
+    s_dkp, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn, s_tp,
     scale,
     HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, HAS_DECAY: tl.constexpr,
-    VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    TERMS: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
-    """dK (part iv, or whole when one V tile) and dV[:, tile iv] of one segment."""
+    """dK (part iv, or whole when one V tile) and dV[:, tile iv] of one segment; with
+    TERMS, the float32 row sums of k * dK (part iv) into terms[iv] (NVT, B, H, N)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
-    NVT = tl.cdiv(V, BV)
+    NVT = (V + BV - 1) // BV
     g = pid // NVT
     iv = pid % NVT
     if VARLEN:
@@ -54,10 +55,10 @@ def _seg_dkdv_kernel(
         bos = 0
         eos = N
         b = i_seq
-    nseg = tl.maximum(tl.cdiv(eos - bos, SEG), 1)
+    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
     s0 = bos + j * SEG
     s1 = tl.minimum(s0 + SEG, eos)
-    n_blk = tl.cdiv(s1 - s0, BT)
+    n_blk = (s1 - s0 + BT - 1) // BT
 
     offs_t = tl.arange(0, BT)
     offs_k = tl.arange(0, BK)
@@ -67,7 +68,7 @@ def _seg_dkdv_kernel(
     ms = mk[:, None] & mv[None, :]
     s_offs = offs_k[:, None] * V + offs_v[None, :]
     # carry entering this segment from the right
-    Cr = tl.zeros([BK, BV], dtype=tl.float32)
+    Cr = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if j < nseg - 1:
         Cr = tl.load(cr_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
     else:
@@ -82,6 +83,7 @@ def _seg_dkdv_kernel(
     do_base = do_ptr + bh * s_ob + hh * s_oh
     dk_base = dk_ptr + iv.to(tl.int64) * s_dkp + bh * s_dkb + hh * s_dkh
     dv_base = dv_ptr + bh * s_dvb + hh * s_dvh
+    t_base = terms_ptr + iv.to(tl.int64) * s_tp + (bh * H + hh) * N
     diff = offs_t[None, :] - offs_t[:, None]  # [i, j] = j - i  (j: the later position)
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
@@ -117,6 +119,15 @@ def _seg_dkdv_kernel(
             Cr += scale * tl.dot(tl.trans(q), do, input_precision=DOT_PREC)
         tl.store(dv_base + rows[:, None] * s_dvn + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mtv)
         tl.store(dk_base + rows[:, None] * s_dkn + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mtk)
+        if TERMS:
+            kdk = k.to(tl.float32) * dk
+            if INTERP:  # the interpreter cannot run library reductions: a product with ones
+                c16 = tl.arange(0, 16)
+                rs = tl.dot(kdk, tl.full([BK, 16], 1.0, tl.float32), input_precision="ieee")
+                tl.store(t_base + rows[:, None] + c16[None, :] * 0, rs,
+                         mask=mt[:, None] & (c16[None, :] == 0))
+            else:
+                tl.store(t_base + rows, tl.sum(kdk, axis=1), mask=mt)
     if STORE_DINIT:
         if j == 0:
             tl.store(dinit_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, Cr, mask=ms)
@@ -125,7 +136,7 @@ def _seg_dkdv_kernel(
 _seg_dkdv_kernel = kernel(_seg_dkdv_kernel)
 
 
-def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens):
+def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope=False):
     B, H, N, K = q.shape
     V = v.shape[-1]
     dq = empty_like_layout(q, K)
@@ -142,7 +153,8 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens):
                 dinit.zero_()
             else:
                 dinit.copy_(dfinal_state)
-        return dq, dk, dv, dinit
+        terms = torch.zeros(B, H, N, dtype=torch.float32, device=q.device) if need_dslope else None
+        return dq, dk, dv, dinit, terms
     prec = C.dot_prec(q.dtype)
     BK, BV = F._bv(K, V)
     NVT = triton.cdiv(V, BV)
@@ -152,7 +164,8 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens):
     fstates = None
     if not table.single:
         fstates = F.seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
-    F.seg_out(do, v, k, dq, slope, scale, initial_state, fstates, None, table, H, V, K, True, prec)
+    tq = F.seg_out(do, v, k, dq, slope, scale, initial_state, fstates, None, table, H, V, K, True,
+                   prec, terms_x=q if need_dslope else None)
     del fstates
 
     # dk, dv: reverse walk with carries
@@ -165,21 +178,28 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens):
     else:
         dk_out = dk
         s_dk = (0, dk.stride(0), dk.stride(1), dk.stride(2))
+    tk = None
+    if need_dslope:
+        tk = torch.empty(NVT, B, H, N, dtype=torch.float32, device=q.device)
     dummy = dv
     seq_of, j_of, bos, eos = table.args(q.device)
     _seg_dkdv_kernel[(table.G * NVT, H)](
         q, k, v, do, dk_out, dv, slope if slope is not None else dummy,
         dfinal_state if dfinal_state is not None else dummy,
         carries if carries is not None else dummy, dinit if dinit is not None else dummy,
-        seq_of, j_of, bos, eos,
+        tk if tk is not None else dummy, seq_of, j_of, bos, eos,
         N, H, K, V, table.seg, table.NS,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        *s_dk, dv.stride(0), dv.stride(1), dv.stride(2),
+        *s_dk, dv.stride(0), dv.stride(1), dv.stride(2), B * H * N,
         float(scale),
         HAS_DFINAL=dfinal_state is not None, STORE_DINIT=dinit is not None,
-        HAS_DECAY=slope is not None, VARLEN=table.varlen, BT=BT, BK=BK, BV=BV, DOT_PREC=prec,
+        HAS_DECAY=slope is not None, TERMS=need_dslope, VARLEN=table.varlen, BT=BT, BK=BK, BV=BV,
+        DOT_PREC=prec, INTERP=C.interpret(),
         num_warps=C.CONFIG["bwd_warps"], num_stages=C.CONFIG["bwd_stages"])
     if NVT > 1:
         dk.copy_(dk_out.sum(0))
-    return dq, dk, dv, dinit
+    terms = None
+    if need_dslope:
+        terms = tq - (tk[0] if NVT == 1 else tk.sum(0))
+    return dq, dk, dv, dinit, terms

@@ -34,8 +34,13 @@ def _decode_kernel(
         S = S * tl.exp(-tl.load(slope_ptr + h).to(tl.float32))
     S += k[:, None] * v[None, :]
     tl.store(p, S, mask=m)
-    o = tl.sum(q[:, None] * S, axis=0) * scale
-    tl.store(o_ptr + b * s_ob + h * s_oh + offs_v, o.to(o_ptr.dtype.element_ty), mask=mv)
+    # o = q S as a (16, BK) x (BK, BV) product of 16 copies of q (tl.dot wants M >= 16;
+    # plain reductions are library functions that the interpreter cannot mix in), row 0 kept
+    rows = tl.arange(0, 16)
+    q16 = tl.where(rows[:, None] >= 0, q[None, :], 0.0)
+    o = tl.dot(q16, S, input_precision="ieee") * scale
+    po = o_ptr + b * s_ob + h * s_oh + rows[:, None] * 0 + offs_v[None, :]
+    tl.store(po, o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] == 0) & mv[None, :])
 
 
 _decode_kernel = kernel(_decode_kernel)

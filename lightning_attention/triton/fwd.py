@@ -34,8 +34,8 @@ def _seg_state_kernel(
     the next segment (forward: g+1; REVERSE: g-1, with weights lam^(t-start+1) * scale)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
-    NKT = tl.cdiv(K, BK)
-    NVT = tl.cdiv(V, BV)
+    NKT = (K + BK - 1) // BK
+    NVT = (V + BV - 1) // BV
     g = pid // (NKT * NVT)
     r = pid % (NKT * NVT)
     ik = r // NVT
@@ -53,7 +53,7 @@ def _seg_state_kernel(
         j = g % NS
         bos = 0
         eos = N
-    nseg = tl.maximum(tl.cdiv(eos - bos, SEG), 1)
+    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
     if REVERSE:
         if j == 0:
             return
@@ -64,7 +64,7 @@ def _seg_state_kernel(
         slot = g + 1
     s0 = bos + j * SEG
     s1 = tl.minimum(s0 + SEG, eos)
-    n_blk = tl.cdiv(s1 - s0, BT)
+    n_blk = (s1 - s0 + BT - 1) // BT
 
     offs_t = tl.arange(0, BT)
     offs_k = ik * BK + tl.arange(0, BK)
@@ -75,7 +75,7 @@ def _seg_state_kernel(
     b_base = b_ptr + b.to(tl.int64) * s_bb + h.to(tl.int64) * s_bh
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
-    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    acc = tl.full([BK, BV], 0.0, dtype=tl.float32)
     for ib in range(0, n_blk):
         if REVERSE:
             t0 = s0 + (n_blk - 1 - ib) * BT
@@ -115,7 +115,7 @@ def _seg_scan_kernel(
     i = tl.program_id(0)
     h = tl.program_id(1)
     r = tl.program_id(2)
-    NVT = tl.cdiv(V, BV)
+    NVT = (V + BV - 1) // BV
     ik = r // NVT
     iv = r % NVT
     if VARLEN:
@@ -127,14 +127,14 @@ def _seg_scan_kernel(
         eos = N
         g0 = i * NS
     L = eos - bos
-    nseg = tl.maximum(tl.cdiv(L, SEG), 1)
+    nseg = tl.maximum((L + SEG - 1) // SEG, 1)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     m = (offs_k[:, None] < K) & (offs_v[None, :] < V)
     offs = offs_k[:, None] * V + offs_v[None, :]
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
-    S = tl.zeros([BK, BV], dtype=tl.float32)
+    S = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if HAS_INIT:
         S = tl.load(init_ptr + (i.to(tl.int64) * H + h) * K * V + offs, mask=m, other=0.0)
     for jj in range(1, nseg):
@@ -157,22 +157,25 @@ _seg_scan_kernel = kernel(_seg_scan_kernel)
 
 
 def _seg_out_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, init_ptr, st_ptr, final_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, init_ptr, st_ptr, final_ptr, x_ptr, terms_ptr,
     seq_ptr, segj_ptr, bos_ptr, eos_ptr,
     N, H, K, V, SEG, NS,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+    s_xb, s_xh, s_xn, s_tp,
     s_sr, s_sc,
     scale,
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, STORE_FINAL: tl.constexpr,
-    VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    TERMS: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Outputs of one segment, V tile iv. States (initial, slots) are K x V matrices of
     H * K * V floats per (sequence or slot), element (r, c) at r * s_sr + c * s_sc, so the
-    backward can read them transposed; the final state is written K x V row-major."""
+    backward can read them transposed; the final state is written K x V row-major.
+    With TERMS (the dq use), also the row sums of x * o in float32, before o is rounded,
+    into terms[iv] (NVT, B, H, N): the q.dq half of ops.py's d slope terms."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
-    NVT = tl.cdiv(V, BV)
+    NVT = (V + BV - 1) // BV
     g = pid // NVT
     iv = pid % NVT
     if VARLEN:
@@ -189,10 +192,10 @@ def _seg_out_kernel(
         bos = 0
         eos = N
         b = i_seq
-    nseg = tl.maximum(tl.cdiv(eos - bos, SEG), 1)
+    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
     s0 = bos + j * SEG
     s1 = tl.minimum(s0 + SEG, eos)
-    n_blk = tl.cdiv(s1 - s0, BT)
+    n_blk = (s1 - s0 + BT - 1) // BT
 
     offs_t = tl.arange(0, BT)
     offs_k = tl.arange(0, BK)
@@ -202,7 +205,7 @@ def _seg_out_kernel(
     ms = mk[:, None] & mv[None, :]
     s_offs = offs_k[:, None] * s_sr + offs_v[None, :] * s_sc
     # incoming state of this segment
-    S = tl.zeros([BK, BV], dtype=tl.float32)
+    S = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if j > 0:
         S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
     else:
@@ -215,6 +218,9 @@ def _seg_out_kernel(
     k_base = k_ptr + bh * s_kb + hh * s_kh
     v_base = v_ptr + bh * s_vb + hh * s_vh
     o_base = o_ptr + bh * s_ob + hh * s_oh
+    if TERMS:
+        x_base = x_ptr + bh * s_xb + hh * s_xh
+        t_base = terms_ptr + iv.to(tl.int64) * s_tp + (bh * H + hh) * N
     diff = offs_t[:, None] - offs_t[None, :]
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
@@ -243,6 +249,17 @@ def _seg_out_kernel(
         o = o * scale
         tl.store(o_base + rows[:, None] * s_on + offs_v[None, :], o.to(o_ptr.dtype.element_ty),
                  mask=mt[:, None] & mv[None, :])
+        if TERMS:
+            x = tl.load(x_base + rows[:, None] * s_xn + offs_v[None, :], mask=mt[:, None] & mv[None, :],
+                        other=0.0)
+            xo = x.to(tl.float32) * o
+            if INTERP:  # the interpreter cannot run library reductions: a product with ones
+                c16 = tl.arange(0, 16)
+                rs = tl.dot(xo, tl.full([BV, 16], 1.0, tl.float32), input_precision="ieee")
+                tl.store(t_base + rows[:, None] + c16[None, :] * 0, rs,
+                         mask=mt[:, None] & (c16[None, :] == 0))
+            else:
+                tl.store(t_base + rows, tl.sum(xo, axis=1), mask=mt)
     if STORE_FINAL:
         if j == nseg - 1:
             f = final_ptr + (i_seq.to(tl.int64) * H + h) * K * V
@@ -291,27 +308,40 @@ def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec):
     return st
 
 
-def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, transposed, dot_prec):
+def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, transposed, dot_prec,
+            terms_x=None):
     """Pass 2 into `o`. K is q/k's last dim, V is v/o's; `init`/`states` hold K x V states,
-    or V x K ones read transposed when `transposed` (the dq use)."""
+    or V x K ones read transposed when `transposed` (the dq use). With `terms_x` (like o),
+    also returns sum_v terms_x * o per token in float32, (B, H, N)."""
     dev = q.device
     BK, BV = _bv(K, V)
     NVT = triton.cdiv(V, BV)
     dummy = o
     s_sr, s_sc = (1, K) if transposed else (V, 1)
     seq_of, j_of, bos, eos = table.args(dev)
+    B, _, N, _ = o.shape
+    terms = None
+    x = dummy
+    if terms_x is not None:
+        x = terms_x
+        terms = torch.empty(NVT, B, H, N, dtype=torch.float32, device=dev)
     _seg_out_kernel[(table.G * NVT, H)](
         q, k, v, o, slope if slope is not None else dummy,
         init if init is not None else dummy, states if states is not None else dummy,
-        final if final is not None else dummy,
+        final if final is not None else dummy, x, terms if terms is not None else dummy,
         seq_of, j_of, bos, eos,
         table.N, H, K, V, table.seg, table.NS,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        x.stride(0), x.stride(1), x.stride(2), B * H * N,
         s_sr, s_sc, float(scale),
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
-        VARLEN=table.varlen, BT=BT, BK=BK, BV=BV, DOT_PREC=dot_prec,
+        TERMS=terms is not None, VARLEN=table.varlen, BT=BT, BK=BK, BV=BV, DOT_PREC=dot_prec,
+        INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
+    if terms is None:
+        return None
+    return terms[0] if NVT == 1 else terms.sum(0)
 
 
 def make_table(q, cu_seqlens, n_streams_extra=1):
