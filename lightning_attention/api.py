@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from . import backends as _backends
+from . import dispatch
 from . import checks, ops
 
 
@@ -30,7 +30,7 @@ def lightning_attn(q, k, v, slope=None, *, scale=1.0, initial_state=None,
         o (B, H, N, E) in q's dtype, or (o, final_state) with output_final_state.
     """
     checks.check_attn(q, k, v, slope, initial_state, cu_seqlens)
-    name = _backends.select(backend, q, k, v, cu_seqlens)
+    name = dispatch.select(backend, q, k, v, cu_seqlens)
     if slope is not None:
         slope = slope.to(checks.state_dtype(q)).contiguous()
     if initial_state is not None:
@@ -47,7 +47,7 @@ def lightning_attn_decode(q, k, v, state, slope=None, *, scale=1.0, backend=None
     contiguous, updated in place to λ state + kᵀv. Returns o = scale · q state, (B, H, E).
     No host synchronisation: capturable in a CUDA graph."""
     checks.check_decode(q, k, v, state, slope)
-    name = _backends.select(backend, q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2))
+    name = dispatch.select(backend, q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2))
     if slope is not None:
         slope = slope.to(checks.state_dtype(q)).contiguous()
     return ops.decode(q, k, v, state, slope, float(scale), name)
@@ -76,4 +76,4 @@ def build_slopes(num_heads, layer_idx=0, num_layers=1, *, device=None):
 
 def backends():
     """{backend name: None if it can run on this machine, else the reason why not}."""
-    return _backends.report()
+    return dispatch.report()

@@ -51,16 +51,31 @@ _FIX = {
 ENV_BACKEND = "LIGHTNING_ATTENTION_BACKEND"
 
 
+def _load(name):
+    """(module, None), or (None, why) when it fails to import: never fatal."""
+    try:
+        return importlib.import_module(_MODULES[name]), None
+    except Exception as e:
+        return None, f"failed to import ({type(e).__name__}: {e})"
+
+
+# Imported once, here, so that dispatch is plain attribute access that torch.compile
+# traces (it cannot trace an import).
+_LOADED = {name: _load(name) for name in _MODULES}
+
+
 def get(name: str):
-    """The backend module called `name` (imported on first use)."""
-    return importlib.import_module(_MODULES[name])
+    """The backend module called `name`."""
+    mod, why = _LOADED[name]
+    if mod is None:
+        raise RuntimeError(f"lightning_attn: backend {name!r} {why}")
+    return mod
 
 
 def _reason(name: str, q, k, v, cu_seqlens):
-    try:
-        mod = get(name)
-    except Exception as e:  # a backend that fails to import is unavailable, never fatal
-        return f"failed to import ({type(e).__name__}: {e})"
+    mod, why = _LOADED[name]
+    if mod is None:
+        return why
     why = mod.unavailable()
     if why is None and q is not None:
         why = mod.unsupported(q, k, v, cu_seqlens)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backends
+from . import dispatch
 from .checks import state_dtype
 from .layout import empty_like_layout
 
@@ -54,7 +54,7 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
                  q.new_zeros(_num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
         return o, state
     with _nvtx(f"lightning_attn.fwd.{backend}", q):
-        o, state = backends.get(backend).fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
+        o, state = dispatch.get(backend).fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
                                              output_final_state)
     return o, (state if state is not None else _no_state(q))
 
@@ -85,7 +85,7 @@ def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
         ds0 = dfinal_state.clone() if dfinal_state is not None else torch.zeros_like(initial_state)
         return dq, dk, dv, ds0, terms
     with _nvtx(f"lightning_attn.bwd.{backend}", q):
-        dq, dk, dv, ds0, terms = backends.get(backend).bwd(
+        dq, dk, dv, ds0, terms = dispatch.get(backend).bwd(
             do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
     if need_dslope and terms is None:
         terms = _rowdot(q, dq) - _rowdot(k, dk)
@@ -180,7 +180,7 @@ def decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[Tenso
     if _is_empty(q, v):
         return q.new_empty(*q.shape[:2], v.shape[-1])
     with _nvtx(f"lightning_attn.decode.{backend}", q):
-        return backends.get(backend).decode(q, k, v, state, slope, scale)
+        return dispatch.get(backend).decode(q, k, v, state, slope, scale)
 
 
 @decode.register_fake

@@ -2,7 +2,7 @@
 
 - `attention_ref`: the math of design §1 written as plainly as possible (quadratic in N,
   for tests; pass float64 tensors for the float64 reference; differentiable).
-- `fwd`, `bwd`, `decode`: the `torch` backend (kernel interface of backends.py): the block
+- `fwd`, `bwd`, `decode`: the `torch` backend (kernel interface of dispatch.py): the block
   form with a running D×E float32 state, O(N) memory, on CPU and GPU.
 """
 import torch
@@ -155,7 +155,7 @@ def _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype):
 
 def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, *,
         compute_dtype=None, block=config.TORCH_BLOCK):
-    """The torch backend's forward (kernel interface, backends.py). `compute_dtype` sets
+    """The torch backend's forward (kernel interface, dispatch.py). `compute_dtype` sets
     the matmul operands' dtype: the accumulation dtype (float32; float64 for float64
     inputs) by default, or the inputs' dtype for the "plain PyTorch in the same dtype"
     error baseline of the tests. Tokens outside every (clamped) sequence get zeros."""
@@ -170,7 +170,7 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, *,
 
 def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope, *,
         compute_dtype=None, block=config.TORCH_BLOCK):
-    """The torch backend's backward (kernel interface, backends.py)."""
+    """The torch backend's backward (kernel interface, dispatch.py)."""
     acc, s, s0, cdt, parts = _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype)
     dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
     ds = dfinal_state.to(acc) if dfinal_state is not None else torch.zeros_like(s0)
