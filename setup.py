@@ -48,6 +48,21 @@ def _gencode_flags(archs):
     return flags
 
 
+def _cxx_std():
+    """The C++ standard torch's headers need: C++20 for torch >= 2.10 (ATen.h says so),
+    else C++17."""
+    try:
+        from torch.utils.cpp_extension import include_paths
+        for inc in include_paths():
+            aten = os.path.join(inc, "ATen", "ATen.h")
+            if os.path.exists(aten):
+                with open(aten) as f:
+                    return "c++20" if "C++20" in f.read() else "c++17"
+    except Exception:
+        pass
+    return "c++17"
+
+
 def _extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu"))
     if os.environ.get("LIGHTNING_ATTENTION_SKIP_CUDA_BUILD") == "1":
@@ -71,13 +86,14 @@ def _extensions():
     archs = os.environ.get("LIGHTNING_ATTENTION_CUDA_ARCHS", DEFAULT_ARCHS)
     _say(f"building the CUDA backend with {cuda_home} for {archs}")
     define = [f'-DLA_CUDA_ARCHS="{archs}"']
+    std = f"-std={_cxx_std()}"
     ext = CUDAExtension(
         name="lightning_attention._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"] + define,
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo", "--use_fast_math", "-Xptxas=-v",
+            "cxx": ["-O3", std] + define,
+            "nvcc": ["-O3", std, "-lineinfo", "--use_fast_math", "-Xptxas=-v",
                      "--expt-relaxed-constexpr"] + define + _gencode_flags(archs),
         },
     )

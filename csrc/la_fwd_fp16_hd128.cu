@@ -1,0 +1,7 @@
+// Instantiation only: the forward kernels for __half, D = E = 128 (one file per pair so
+// that builds run in parallel).
+#include "la_fwd_kernel.cuh"
+
+namespace la {
+template void run_fwd<__half, 128>(const FwdParams&, bool, cudaStream_t);
+}  // namespace la

@@ -1,0 +1,329 @@
+// Forward kernel of Lightning Attention-2 (design.md §1, block form), one CTA per
+// (sequence, head, segment), 8 warps, 64-token blocks staged by cp.async (double buffered).
+//
+// Per block of n <= 64 tokens with incoming state S (D×E, fp32 in registers, a bf16/fp16
+// copy in shared memory for the tensor cores):
+//   O   = scale · ( diag(λ^{i+1}) Q S  +  ((Q Kᵀ) ⊙ M) V ),   M_ij = λ^{i-j} (i >= j)
+//   S  <- λ^n S + (diag(λ^{n-1-j}) K)ᵀ V
+// Pass 1 (kPass1) runs only the state recurrence from S = 0 and stores the segment's local
+// state; a scan (la_scan.cu) turns local states into incoming states; pass 2 produces the
+// outputs. Every exponent is a distance inside a block (<= 64), so nothing overflows.
+//
+// Warp layout (8 warps): outputs: warp w owns rows 16·(w%4).. of the block and the columns
+// half (w/4) of E; state: warp w owns a 16 × (D·E/16/8) tile of S.
+#pragma once
+
+#include "la_common.cuh"
+#include "la_params.h"
+
+namespace la {
+
+template <typename T, int HD>
+struct FwdTraits {
+  static constexpr int kBlock = 64;
+  static constexpr int kThreads = 256;
+  static constexpr int kWarps = 8;
+  static constexpr int kStride = HD + 8;                 // smem row stride (elements)
+  static constexpr int kTile = kBlock * kStride;         // (64, HD) tile, padded rows
+  static constexpr int kStateTile = HD * kStride;        // (HD, HD) bf16 state copy
+  static constexpr int kSWM = HD / 16;                   // state warps along D
+  static constexpr int kSWN = kWarps / kSWM;             // state warps along E
+  static constexpr int kSTN = HD / kSWN;                 // state columns per warp
+  static constexpr int kSNT = kSTN / 8;                  // 8-wide n-tiles per warp (state)
+  static constexpr int kONT = HD / 16;                   // n-tiles per warp (outputs, E/2)
+  // smem: [K0 V0 K1 V1] (+ [Q0 Q1 S] for pass 2)
+  static constexpr int kSmemPass1 = 4 * kTile * 2;
+  static constexpr int kSmemPass2 = (6 * kTile + kStateTile) * 2;
+  static_assert(HD == 64 || HD == 128, "specialised head dims");
+};
+
+// (64, HD) tile rows [t0, t0 + n) of a sequence -> smem; rows >= n are zero-filled.
+template <int HD>
+__device__ __forceinline__ void load_tile(void* dst, const void* src_, int64_t rs, int t0, int n,
+                                          int tid) {
+  constexpr int kStride = HD + 8;
+  constexpr int kChunksPerRow = HD / 8;
+  constexpr int kIters = 64 * kChunksPerRow / 256;
+  const uint16_t* src = static_cast<const uint16_t*>(src_);
+  const uint32_t base = smem_u32(dst);
+#pragma unroll
+  for (int i = 0; i < kIters; ++i) {
+    const int c = tid + i * 256;
+    const int r = c / kChunksPerRow;
+    const int cc = c % kChunksPerRow;
+    const bool ok = r < n;
+    const uint16_t* s = src + (ok ? (int64_t)(t0 + r) * rs + cc * 8 : 0);
+    cp_async16(base + (r * kStride + cc * 8) * 2, s, ok ? 16 : 0);
+  }
+}
+
+// acc(16 × kNT·8 warp tile, rows m0.., cols n0..) as fp32 to a D×E matrix with strides.
+template <int kNT>
+__device__ __forceinline__ void store_state(float* dst, int64_t sd, int64_t se,
+                                            const float (&acc)[kNT][4], int m0, int n0, int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int d = m0 + gq + ((i & 2) ? 8 : 0);
+      const int e = n0 + nt * 8 + 2 * tq + (i & 1);
+      dst[d * sd + e * se] = acc[nt][i];
+    }
+}
+template <int kNT>
+__device__ __forceinline__ void load_state(const float* src, int64_t sd, int64_t se,
+                                           float (&acc)[kNT][4], int m0, int n0, int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int d = m0 + gq + ((i & 2) ? 8 : 0);
+      const int e = n0 + nt * 8 + 2 * tq + (i & 1);
+      acc[nt][i] = src[d * sd + e * se];
+    }
+}
+// acc -> the 16-bit state copy in smem (row-major [d][e], padded stride).
+template <typename T, int kNT>
+__device__ __forceinline__ void state_to_smem(T* sS, int stride, const float (&acc)[kNT][4],
+                                              int m0, int n0, int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int e = n0 + nt * 8 + 2 * tq;
+    *reinterpret_cast<uint32_t*>(sS + (m0 + gq) * stride + e) = Pack2<T>::pack(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<uint32_t*>(sS + (m0 + gq + 8) * stride + e) =
+        Pack2<T>::pack(acc[nt][2], acc[nt][3]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
+  const float2 f = Pack2<T>::unpack(u);
+  return Pack2<T>::pack(f.x * w0, f.y * w1);
+}
+
+// acc(16 × kNT·8) += diag-weighted Xᵀ · Y over the 64 rows of a block:
+//   X (64, ·) and Y (64, ·) row-major tiles, A = Xᵀ rows m0.. (16), B = Y cols n0.. (kNT·8),
+//   row j of the block weighted by w(j) = j < n ? wscale·λ^{wexp(j)} : 0, where
+//   wexp(j) = wa + wb·j (forward: n-1-j; backward: j+1).
+template <typename T, int kNT>
+__device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, uint32_t sY,
+                                             int stride, int m0, int n0, int n, float nl2,
+                                             float wa, float wb, float wscale, int lane) {
+  const int tq = lane & 3;
+  const float dn = decay_pow(nl2, (float)n);
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] *= dn;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk * 16 < n) {
+      uint32_t a[4];
+      ldsm_x4_t(a, addr_at(sX, stride, m0, kk * 16, lane));
+      float w[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int j = kk * 16 + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0);
+        w[x] = j < n ? wscale * decay_pow(nl2, wa + wb * (float)j) : 0.f;
+      }
+      a[0] = scale_pair<T>(a[0], w[0], w[1]);
+      a[1] = scale_pair<T>(a[1], w[0], w[1]);
+      a[2] = scale_pair<T>(a[2], w[2], w[3]);
+      a[3] = scale_pair<T>(a[3], w[2], w[3]);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, addr_bkn(sY, stride, n0 + np * 16, kk * 16, lane));
+        mma16816<T>(acc[2 * np], a, b[0], b[1]);
+        mma16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <typename T, int HD, bool kPass1>
+__global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
+  using Tr = FwdTraits<T, HD>;
+  using P2 = Pack2<T>;
+  constexpr int kStride = Tr::kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+
+  const int g = blockIdx.x, h = blockIdx.y;
+  const SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  if (kPass1 && si.seg == si.nseg - 1) return;  // nobody reads the last segment's local state
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gq = lane >> 2, tq = lane & 3;
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
+  const int64_t sidx = (int64_t)si.seq * p.seg.H + h;
+  const int64_t widx = (int64_t)g * p.seg.H + h;
+  const int64_t batch = p.seg.seq_info ? 0 : si.seq;
+  const int64_t tok0 = si.bos + si.start;
+  const T* qg = static_cast<const T*>(p.q) + batch * p.q_bs + h * p.q_hs + tok0 * p.q_rs;
+  const T* kg = static_cast<const T*>(p.k) + batch * p.k_bs + h * p.k_hs + tok0 * p.k_rs;
+  const T* vg = static_cast<const T*>(p.v) + batch * p.v_bs + h * p.v_hs + tok0 * p.v_rs;
+  T* og = kPass1 ? nullptr : static_cast<T*>(p.o) + batch * p.o_bs + h * p.o_hs + tok0 * p.o_rs;
+
+  // stage st: K at tile 2·st, V at 2·st + 1, Q at 4 + st; the state copy after them
+  auto sK = [&](int st) { return smem + (2 * st) * Tr::kTile; };
+  auto sV = [&](int st) { return smem + (2 * st + 1) * Tr::kTile; };
+  auto sQ = [&](int st) { return smem + (4 + st) * Tr::kTile; };
+  T* sS = smem + 6 * Tr::kTile;
+
+  // The running state: warp tile rows [sm0, sm0 + 16) of D, columns [sn0, sn0 + kSTN) of E.
+  const int sm0 = (warp % Tr::kSWM) * 16;
+  const int sn0 = (warp / Tr::kSWM) * Tr::kSTN;
+  float s_acc[Tr::kSNT][4];
+  if (kPass1 || (si.seg == 0 && p.state_in == nullptr)) {
+#pragma unroll
+    for (int nt = 0; nt < Tr::kSNT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s_acc[nt][i] = 0.f;
+  } else if (si.seg == 0) {
+    load_state(p.state_in + sidx * HD * HD, p.state_in_sd, p.state_in_se, s_acc, sm0, sn0, lane);
+  } else {
+    load_state(p.ws + widx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
+  }
+  if (!kPass1) state_to_smem<T>(sS, kStride, s_acc, sm0, sn0, lane);
+
+  const int nblk = (si.len + 63) / 64;
+  auto issue = [&](int b) {
+    const int t0 = b * 64, n = min(64, si.len - t0), st = b & 1;
+    load_tile<HD>(sK(st), kg, p.k_rs, t0, n, tid);
+    load_tile<HD>(sV(st), vg, p.v_rs, t0, n, tid);
+    if (!kPass1) load_tile<HD>(sQ(st), qg, p.q_rs, t0, n, tid);
+  };
+  if (nblk > 0) issue(0);
+  cp_async_commit();
+
+  const int rg = warp & 3;                 // output rows [16 rg, 16 rg + 16) of the block
+  const int oc0 = (warp >> 2) * (HD / 2);  // output columns [oc0, oc0 + HD/2)
+
+  for (int b = 0; b < nblk; ++b) {
+    if (b + 1 < nblk) issue(b + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int st = b & 1;
+    const int t0 = b * 64, n = min(64, si.len - t0);
+    const uint32_t uK = smem_u32(sK(st)), uV = smem_u32(sV(st));
+
+    if (!kPass1) {
+      const uint32_t uQ = smem_u32(sQ(st)), uS = smem_u32(sS);
+      float o_acc[Tr::kONT][4];
+      float p_acc[8][4];
+#pragma unroll
+      for (int nt = 0; nt < Tr::kONT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o_acc[nt][i] = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) p_acc[nt][i] = 0.f;
+
+      // Q·S (inter-block) and Q·Kᵀ (intra-block), sharing the Q fragments.
+#pragma unroll
+      for (int ks = 0; ks < HD / 16; ++ks) {
+        uint32_t a[4];
+        ldsm_x4(a, addr_a(uQ, kStride, rg * 16, ks * 16, lane));
+#pragma unroll
+        for (int np = 0; np < Tr::kONT / 2; ++np) {
+          uint32_t bb[4];
+          ldsm_x4_t(bb, addr_bkn(uS, kStride, oc0 + np * 16, ks * 16, lane));
+          mma16816<T>(o_acc[2 * np], a, bb[0], bb[1]);
+          mma16816<T>(o_acc[2 * np + 1], a, bb[2], bb[3]);
+        }
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          if (np <= rg) {  // keys past the warp's last row are masked: skip them
+            uint32_t bb[4];
+            ldsm_x4(bb, addr_bnk(uK, kStride, np * 16, ks * 16, lane));
+            mma16816<T>(p_acc[2 * np], a, bb[0], bb[1]);
+            mma16816<T>(p_acc[2 * np + 1], a, bb[2], bb[3]);
+          }
+        }
+      }
+      const int r0 = rg * 16 + gq, r1 = r0 + 8;
+      const float f0 = decay_pow(nl2, (float)(r0 + 1)), f1 = decay_pow(nl2, (float)(r1 + 1));
+#pragma unroll
+      for (int nt = 0; nt < Tr::kONT; ++nt) {
+        o_acc[nt][0] *= f0; o_acc[nt][1] *= f0;
+        o_acc[nt][2] *= f1; o_acc[nt][3] *= f1;
+      }
+      // P = (Q Kᵀ) ⊙ M, then O += P V
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        if (kk <= rg) {
+          float pm[2][4];
+#pragma unroll
+          for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int r = (i & 2) ? r1 : r0;
+              const int j = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
+              pm[h2][i] = j <= r ? p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(r - j)) : 0.f;
+            }
+          uint32_t a[4] = {P2::pack(pm[0][0], pm[0][1]), P2::pack(pm[0][2], pm[0][3]),
+                           P2::pack(pm[1][0], pm[1][1]), P2::pack(pm[1][2], pm[1][3])};
+#pragma unroll
+          for (int np = 0; np < Tr::kONT / 2; ++np) {
+            uint32_t bb[4];
+            ldsm_x4_t(bb, addr_bkn(uV, kStride, oc0 + np * 16, kk * 16, lane));
+            mma16816<T>(o_acc[2 * np], a, bb[0], bb[1]);
+            mma16816<T>(o_acc[2 * np + 1], a, bb[2], bb[3]);
+          }
+        }
+      }
+      const float c = p.scale;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kONT; ++nt) {
+        const int col = oc0 + nt * 8 + 2 * tq;
+        if (r0 < n)
+          *reinterpret_cast<uint32_t*>(og + (int64_t)(t0 + r0) * p.o_rs + col) =
+              P2::pack(c * o_acc[nt][0], c * o_acc[nt][1]);
+        if (r1 < n)
+          *reinterpret_cast<uint32_t*>(og + (int64_t)(t0 + r1) * p.o_rs + col) =
+              P2::pack(c * o_acc[nt][2], c * o_acc[nt][3]);
+      }
+    }
+
+    // S <- λ^n S + (diag(λ^{n-1-j}) K)ᵀ V
+    state_update<T, Tr::kSNT>(s_acc, uK, uV, kStride, sm0, sn0, n, nl2, (float)(n - 1), -1.f,
+                              1.f, lane);
+    __syncthreads();  // every warp is done with this stage and with sS
+    if (!kPass1 && b + 1 < nblk) state_to_smem<T>(sS, kStride, s_acc, sm0, sn0, lane);
+  }
+  cp_async_wait<0>();
+
+  if (kPass1) {
+    store_state(p.ws + widx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
+  } else if (si.seg == si.nseg - 1 && p.state_out != nullptr) {
+    store_state(p.state_out + sidx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
+  }
+}
+
+template <typename T, int HD>
+void run_fwd(const FwdParams& p, bool pass1, cudaStream_t stream) {
+  using Tr = FwdTraits<T, HD>;
+  const dim3 grid(p.seg.num_segs, p.seg.H);
+  if (pass1) {
+    auto kernel = la_fwd_kernel<T, HD, true>;
+    constexpr int smem = Tr::kSmemPass1;
+    if (smem > 48 * 1024)
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
+  } else {
+    auto kernel = la_fwd_kernel<T, HD, false>;
+    constexpr int smem = Tr::kSmemPass2;
+    if (smem > 48 * 1024)
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
+  }
+}
+
+}  // namespace la

@@ -1,0 +1,118 @@
+// Kernel parameters: raw pointers and element strides (no copies of BHND/BNHD inputs),
+// plus the segmentation of each sequence that spreads one (batch, head) over many CTAs.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace la {
+
+// One (batch or packed sequence, head, segment) is one CTA. A segment is `seg_len` tokens
+// (a multiple of the 64-token block) of one sequence; the last segment of a sequence may be
+// shorter, and an empty sequence has one empty segment (it still passes its state through).
+struct SegParams {
+  int B, H, N;          // q is (B, H, N, D); with cu_seqlens B == 1
+  int num_seqs;         // B, or len(cu_seqlens) - 1
+  int seg_len;          // tokens per segment
+  int segs_per_seq;     // without cu_seqlens: ceil(N / seg_len) (>= 1)
+  int num_segs;         // grid.x: B * segs_per_seq, or an upper bound with cu_seqlens
+  const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
+  const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
+};
+
+// Forward kernel (also the dq sweep of the backward, with q -> do, k -> v, v -> k and the
+// initial state transposed through its strides).
+struct FwdParams {
+  SegParams seg;
+  const void* q; const void* k; const void* v;
+  void* o;
+  int64_t q_bs, q_hs, q_rs;  // batch, head, row (token) strides in elements
+  int64_t k_bs, k_hs, k_rs;
+  int64_t v_bs, v_hs, v_rs;
+  int64_t o_bs, o_hs, o_rs;
+  const float* slope;        // (H,) or nullptr: no decay
+  float scale;
+  const float* state_in;     // (num_seqs, H, D, E) or nullptr
+  int64_t state_in_sd, state_in_se;  // strides of d and e inside one D×E matrix
+  float* state_out;          // final state (num_seqs, H, D, E) or nullptr
+  float* ws;                 // per (segment, head) D×E states: local, then incoming
+};
+
+// Backward dk/dv kernel: the reverse sweep with the running state gradient.
+struct BwdParams {
+  SegParams seg;
+  const void* q; const void* k; const void* v; const void* dout;
+  void* dk; void* dv;
+  int64_t q_bs, q_hs, q_rs;
+  int64_t k_bs, k_hs, k_rs;
+  int64_t v_bs, v_hs, v_rs;
+  int64_t do_bs, do_hs, do_rs;
+  int64_t dk_bs, dk_hs, dk_rs;
+  int64_t dv_bs, dv_hs, dv_rs;
+  const float* slope;
+  float scale;
+  const float* dstate_in;    // d final_state (num_seqs, H, D, E) contiguous, or nullptr
+  float* dstate_out;         // d initial_state, or nullptr
+  float* ws;
+};
+
+struct SegInfo {
+  int seq;      // sequence (batch index without cu_seqlens)
+  int64_t bos;  // first token of the sequence in the N axis
+  int len;      // tokens in this segment
+  int start;    // first token of the segment, relative to bos
+  int seg;      // segment index within the sequence
+  int nseg;     // segments of the sequence
+  bool valid;
+};
+
+#ifdef __CUDACC__
+__device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
+  SegInfo s;
+  if (p.seq_info == nullptr) {
+    s.seq = g / p.segs_per_seq;
+    s.seg = g - s.seq * p.segs_per_seq;
+    s.nseg = p.segs_per_seq;
+    s.bos = 0;
+    s.start = s.seg * p.seg_len;
+    s.len = min(p.seg_len, p.N - s.start);
+    s.valid = true;
+  } else {
+    const int seq = p.seg_seq[g];
+    s.valid = seq >= 0;
+    s.seq = max(seq, 0);
+    const int4 info = reinterpret_cast<const int4*>(p.seq_info)[s.seq];
+    s.bos = info.x;
+    s.seg = g - info.z;
+    s.nseg = info.w;
+    s.start = s.seg * p.seg_len;
+    s.len = max(0, min(p.seg_len, info.y - info.x - s.start));
+  }
+  return s;
+}
+#endif  // __CUDACC__
+
+// Host-side launchers (instantiated per dtype and head dim in la_*_<dtype>_hd<D>.cu).
+// pass1: per-segment local states into ws (no outputs); else outputs and final state.
+// The incoming state of a segment is ws[segment] except for the first segment of a
+// sequence (forward: state_in or 0) and the last one (backward: dstate_in or 0).
+template <typename T, int HD>
+void run_fwd(const FwdParams& p, bool pass1, cudaStream_t stream);
+template <typename T, int HD>
+void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
+
+// la_scan.cu
+void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
+                     int* seq_info, int* seg_seq, cudaStream_t stream);
+// Turns ws[segment] from local states into incoming states, in sequence order (forward:
+// the first segment's incoming state is state_in or 0) or reverse order (backward: the last
+// segment's is state_in). Each D×E matrix is `DE` floats.
+void run_state_scan(const SegParams& p, float* ws, const float* state_in, int64_t state_in_sd,
+                    int64_t state_in_se, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream);
+void run_decode(const void* q, const void* k, const void* v, float* state, void* o,
+                const float* slope, float scale, int B, int H, int D, int E,
+                int64_t q_bs, int64_t q_hs, int64_t k_bs, int64_t k_hs, int64_t v_bs,
+                int64_t v_hs, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
+
+}  // namespace la

@@ -1,0 +1,197 @@
+// Small kernels around the block kernels: the varlen plan (which CTA serves which segment of
+// which packed sequence), the scan that turns per-segment local states into incoming
+// states, and the one-token decode step.
+#include <cub/block/block_scan.cuh>
+
+#include "la_params.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace la {
+
+struct MaxOp {
+  __device__ __forceinline__ int operator()(int a, int b) const { return a > b ? a : b; }
+};
+
+// One CTA of 1024 threads. Sequence i spans [m_i, m_{i+1}) with m_i the running maximum of
+// clamp(cu_seqlens[j], 0, N) over j <= i: malformed offsets are clamped, never followed,
+// and the segments never exceed ceil(N / seg_len) + num_seqs (= num_segs).
+__global__ void __launch_bounds__(1024) la_varlen_plan_kernel(const int* __restrict__ cu, int num_seqs,
+                                                              int N, int seg_len, int num_segs,
+                                                              int4* __restrict__ seq_info,
+                                                              int* __restrict__ seg_seq) {
+  using Scan = cub::BlockScan<int, 1024>;
+  __shared__ typename Scan::TempStorage tmp;
+  __shared__ int s_end[1024];
+  __shared__ int carry_max, carry_segs;
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    carry_max = min(max(cu[0], 0), N);
+    carry_segs = 0;
+  }
+  __syncthreads();
+  for (int base = 0; base < num_seqs; base += 1024) {
+    const int i = base + tid;
+    const int end = i < num_seqs ? min(max(cu[i + 1], 0), N) : 0;
+    int m;
+    Scan(tmp).InclusiveScan(end, m, MaxOp());
+    m = max(m, carry_max);
+    s_end[tid] = m;
+    __syncthreads();
+    const int start = tid == 0 ? carry_max : s_end[tid - 1];
+    const int len = m - start;
+    const int nseg = i < num_seqs ? max(1, (len + seg_len - 1) / seg_len) : 0;
+    int off, total;
+    Scan(tmp).ExclusiveSum(nseg, off, total);
+    off += carry_segs;
+    if (i < num_seqs) {
+      seq_info[i] = make_int4(start, m, off, nseg);
+      for (int s = 0; s < nseg && off + s < num_segs; ++s) seg_seq[off + s] = i;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      carry_max = s_end[1023];
+      carry_segs += total;
+    }
+    __syncthreads();
+  }
+  for (int g = carry_segs + tid; g < num_segs; g += 1024) seg_seq[g] = -1;
+}
+
+void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
+                     int* seq_info, int* seg_seq, cudaStream_t stream) {
+  la_varlen_plan_kernel<<<1, 1024, 0, stream>>>(cu_seqlens, num_seqs, N, seg_len, num_segs,
+                                                reinterpret_cast<int4*>(seq_info), seg_seq);
+}
+
+// grid (num_seqs, H, ceil(D·E / 256)); one thread per state element walks the segments of
+// its sequence in order (forward) or in reverse (backward), in place:
+//   forward:  ws[s] = λ^{len_{s-1}} ws_in[s-1] + local_{s-1},  in_0 = state_in (read by pass 2)
+//   backward: ws[s] = λ^{len_{s+1}} ws_in[s+1] + local_{s+1},  in_last = state_in
+// A fixed order of additions: deterministic.
+__global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
+                                     const float* __restrict__ state_in, int64_t sd, int64_t se,
+                                     const float* __restrict__ slope, int D, int E, bool reverse) {
+  const int seq = blockIdx.x, h = blockIdx.y;
+  const int idx = blockIdx.z * 256 + threadIdx.x;
+  if (idx >= D * E) return;
+  const int d = idx / E, e = idx % E;
+  int first, nseg, seqlen;
+  if (p.seq_info == nullptr) {
+    first = seq * p.segs_per_seq;
+    nseg = p.segs_per_seq;
+    seqlen = p.N;
+  } else {
+    const int4 info = reinterpret_cast<const int4*>(p.seq_info)[seq];
+    first = info.z;
+    nseg = info.w;
+    seqlen = info.y - info.x;
+  }
+  if (nseg <= 1) return;
+  const float nl2 = slope ? -slope[h] * 1.4426950408889634f : 0.f;
+  const int64_t DE = (int64_t)D * E;
+  const int64_t H = p.H;
+  auto at = [&](int s) { return ws + ((int64_t)(first + s) * H + h) * DE + idx; };
+  auto seg_len = [&](int s) { return min(p.seg_len, seqlen - s * p.seg_len); };
+  float carry = state_in ? state_in[((int64_t)seq * H + h) * DE + d * sd + e * se] : 0.f;
+  if (!reverse) {
+    float loc = *at(0);
+    for (int s = 1; s < nseg; ++s) {
+      carry = exp2f(nl2 * (float)seg_len(s - 1)) * carry + loc;
+      if (s + 1 < nseg) loc = *at(s);
+      *at(s) = carry;
+    }
+  } else {
+    float loc = *at(nseg - 1);
+    for (int s = nseg - 2; s >= 0; --s) {
+      carry = exp2f(nl2 * (float)seg_len(s + 1)) * carry + loc;
+      if (s > 0) loc = *at(s);
+      *at(s) = carry;
+    }
+  }
+}
+
+void run_state_scan(const SegParams& p, float* ws, const float* state_in, int64_t state_in_sd,
+                    int64_t state_in_se, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream) {
+  const dim3 grid(p.num_seqs, p.H, (D * E + 255) / 256);
+  la_state_scan_kernel<<<grid, 256, 0, stream>>>(p, ws, state_in, state_in_sd, state_in_se, slope,
+                                                 D, E, reverse);
+}
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f(float x) { return x; }
+template <> __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __float2bfloat16_rn(x); }
+
+// One token: S <- λ S + kᵀ v, o = scale · q S. One CTA of 256 threads per (b, h); threads
+// own float4 columns of S and a stride of its rows, so the state streams through once,
+// 16 bytes per access. o is contiguous (B, H, E).
+template <typename T>
+__global__ void __launch_bounds__(256) la_decode_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                                        const T* __restrict__ v, float* __restrict__ state,
+                                                        T* __restrict__ o, const float* __restrict__ slope,
+                                                        float scale, int H, int D, int E, int64_t q_bs,
+                                                        int64_t q_hs, int64_t k_bs, int64_t k_hs,
+                                                        int64_t v_bs, int64_t v_hs) {
+  __shared__ float sq[256], sk[256], sv[256];
+  __shared__ float4 red[256];
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, tid = threadIdx.x;
+  for (int i = tid; i < D; i += 256) {
+    sq[i] = to_f(q[b * q_bs + h * q_hs + i]);
+    sk[i] = to_f(k[b * k_bs + h * k_hs + i]);
+  }
+  for (int i = tid; i < E; i += 256) sv[i] = to_f(v[b * v_bs + h * v_hs + i]);
+  __syncthreads();
+  const float lam = slope ? expf(-slope[h]) : 1.f;
+  const int C4 = E / 4, R = 256 / C4;
+  const int c4 = tid % C4, r = tid / C4;
+  float4* S = reinterpret_cast<float4*>(state + (int64_t)bh * D * E);
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (r < R) {
+    const float4 vv = make_float4(sv[4 * c4], sv[4 * c4 + 1], sv[4 * c4 + 2], sv[4 * c4 + 3]);
+#pragma unroll 4
+    for (int d = r; d < D; d += R) {
+      float4 s = S[(int64_t)d * C4 + c4];
+      const float kd = sk[d], qd = sq[d];
+      s.x = lam * s.x + kd * vv.x; s.y = lam * s.y + kd * vv.y;
+      s.z = lam * s.z + kd * vv.z; s.w = lam * s.w + kd * vv.w;
+      S[(int64_t)d * C4 + c4] = s;
+      acc.x += qd * s.x; acc.y += qd * s.y; acc.z += qd * s.z; acc.w += qd * s.w;
+    }
+  }
+  red[tid] = acc;
+  __syncthreads();
+  if (tid < C4) {
+    float4 sum = red[tid];
+    for (int rr = 1; rr < R; ++rr) {
+      const float4 x = red[rr * C4 + tid];
+      sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
+    }
+    T* out = o + (int64_t)bh * E + 4 * tid;
+    out[0] = from_f<T>(scale * sum.x); out[1] = from_f<T>(scale * sum.y);
+    out[2] = from_f<T>(scale * sum.z); out[3] = from_f<T>(scale * sum.w);
+  }
+}
+
+void run_decode(const void* q, const void* k, const void* v, float* state, void* o,
+                const float* slope, float scale, int B, int H, int D, int E, int64_t q_bs,
+                int64_t q_hs, int64_t k_bs, int64_t k_hs, int64_t v_bs, int64_t v_hs, int dtype,
+                cudaStream_t stream) {
+  const int grid = B * H;
+#define LA_DECODE(T)                                                                          \
+  la_decode_kernel<T><<<grid, 256, 0, stream>>>(                                              \
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), state,    \
+      static_cast<T*>(o), slope, scale, H, D, E, q_bs, q_hs, k_bs, k_hs, v_bs, v_hs)
+  if (dtype == 0) LA_DECODE(float);
+  else if (dtype == 1) LA_DECODE(__half);
+  else LA_DECODE(__nv_bfloat16);
+#undef LA_DECODE
+}
+
+}  // namespace la
