@@ -7,7 +7,7 @@ import torch
 
 import lightning_attention as la
 from lightning_attention import dispatch, ops
-from utils import make_inputs, rand_slope, rand_state
+from utils import gpu, make_inputs, rand_slope, rand_state
 
 
 def _qkv(B=1, H=2, N=8, D=16, E=32, dtype=torch.float32):
@@ -174,3 +174,24 @@ def test_pure_python_install_switches():
         assert ns["_extensions"]() == ([], {})
     finally:
         del os.environ["LIGHTNING_ATTENTION_SKIP_CUDA_BUILD"]
+
+
+@gpu
+def test_decode_is_capturable_in_a_cuda_graph(monkeypatch):
+    """Auto backend, debug value checks on: still no host sync while capturing."""
+    monkeypatch.setenv("LIGHTNING_ATTENTION_DEBUG", "1")
+    B, H, D, E = 4, 8, 64, 64
+    q, k, v = (torch.randn(B, H, X, device="cuda", dtype=torch.bfloat16) for X in (D, D, E))
+    slope = la.build_slopes(H, device="cuda")
+    state = torch.randn(B, H, D, E, device="cuda")
+    start = state.clone()
+    la.lightning_attn_decode(q, k, v, state.clone(), slope)  # warm up (compiles kernels)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o = la.lightning_attn_decode(q, k, v, state, slope)
+    state.copy_(start)
+    graph.replay()
+    ref_state = start.clone()
+    ref = la.lightning_attn_decode(q, k, v, ref_state, slope, backend="torch")
+    torch.testing.assert_close(o.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(state, ref_state, rtol=1e-3, atol=1e-3)

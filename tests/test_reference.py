@@ -5,7 +5,7 @@ import torch
 
 import lightning_attention as la
 from lightning_attention import reference
-from utils import check_backend, make_inputs, rand_slope, rand_state
+from utils import check_backend, gpu, make_inputs, rand_slope, rand_state
 
 
 @pytest.mark.parametrize("N", [1, 63, 65, 200])
@@ -121,3 +121,10 @@ def test_long_sequence_is_finite_and_exact(slope_value):
     err = (o.double() - ref).abs().max() / ref.abs().max()
     assert err < 1e-5, err
     assert ((s.double() - state).abs().max() / state.abs().max()) < 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_backend_on_gpu(dtype):
+    check_backend("torch", device="cuda", dtype=dtype, N=130, layout="bnhd",
+                  initial_state=True, final_state=True)

@@ -1,0 +1,181 @@
+"""Speed and memory of lightning_attn's backends beside the peers (design §6, workload W).
+
+    python bench/bench_speed.py                       # W: bf16, H=32, D=E=128, B·N=65,536
+    python bench/bench_speed.py --n 1024 65536 --dim 64 --heads 64
+    python bench/bench_speed.py --cpu-smoke           # tiny sizes on the CPU
+
+For every N (B = tokens / N): median ms of the forward and of forward+backward, tokens/s,
+the ratio to the memory floor (each input read once, each output written once, at the copy
+rate measured in the same run) and the peak memory beyond the inputs. Peers join when
+importable: lightning-attn 0.0.5 (`lightning_attn2`), fla-core (`chunk_simple_gla`),
+and PyTorch SDPA causal softmax attention. Prints a table, writes JSON.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import lightning_attention as la  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def peers():
+    """{name: fn(q, k, v, slope) -> o} for the peers importable here; q, k, v (B, H, N, D)."""
+    out = {}
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        def fla(q, k, v, slope):
+            o, _ = chunk_simple_gla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                    g_gamma=-slope, scale=1.0)
+            return o.transpose(1, 2)
+        out["fla chunk_simple_gla"] = fla
+    except Exception:
+        pass
+    try:
+        from lightning_attn.ops import lightning_attn2
+        out["lightning-attn 0.0.5"] = lambda q, k, v, slope: lightning_attn2(q, k, v, slope.view(-1, 1, 1))
+    except Exception:
+        pass
+    out["sdpa causal softmax"] = lambda q, k, v, slope: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return out
+
+
+def ours(backend):
+    return lambda q, k, v, slope: la.lightning_attn(q, k, v, slope, backend=backend)
+
+
+def timer(device):
+    """median ms of fn() (CUDA events through triton's do_bench on a GPU)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+        return lambda fn, grads: do_bench(fn, warmup=25, rep=200, grad_to_none=grads,
+                                          return_mode="median")
+
+    def cpu(fn, grads, reps=5):
+        times = []
+        for _ in range(reps):
+            for g in grads:
+                g.grad = None
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+    return cpu
+
+
+def copy_rate(device):
+    """Bytes read + written per second by a large device copy (the memory floor's rate)."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(device)(lambda: dst.copy_(src), [])
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+def measure(fn, B, H, N, D, E, dtype, device, bench, do_bwd):
+    q = torch.randn(B, H, N, D, device=device, dtype=dtype).mul_(D ** -0.5).requires_grad_()
+    k = torch.randn(B, H, N, D, device=device, dtype=dtype).mul_(D ** -0.5).requires_grad_()
+    v = torch.randn(B, H, N, E, device=device, dtype=dtype).requires_grad_()
+    do = torch.randn(B, H, N, E, device=device, dtype=dtype)
+    slope = la.build_slopes(H, device=device)
+    with torch.no_grad():
+        fwd_ms = bench(lambda: fn(q, k, v, slope), [])
+    res = {"fwd_ms": fwd_ms}
+    if do_bwd:
+        res["fwdbwd_ms"] = bench(lambda: fn(q, k, v, slope).backward(do), [q, k, v])
+        if device.type == "cuda":
+            q.grad = k.grad = v.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            fn(q, k, v, slope).backward(do)
+            torch.cuda.synchronize()
+            res["extra_mb"] = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--tokens", type=int, default=65536, help="B·N per step")
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--dim", type=int, default=128, help="D = E")
+    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="our backends to time (default: cuda and triton where available; torch on CPU)")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--fwd-only", action="store_true")
+    p.add_argument("--json", default="bench/results/speed.json")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
+    args = p.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
+    if device.type == "cpu":
+        args.n, args.tokens, args.heads, args.dim = [128, 512], 1024, 2, 32
+        args.dtype = "fp32"
+    dtype = DTYPES[args.dtype]
+    avail = {k for k, why in la.backends().items() if why is None}
+    names = args.backends or [b for b in ("cuda", "triton") if b in avail and device.type == "cuda"] or ["torch"]
+    impls = {f"lightning_attention {b}": ours(b) for b in names}
+    if not args.no_peers and device.type == "cuda":
+        impls.update(peers())
+    bench = timer(device)
+    rate = copy_rate(device)
+    H, D = args.heads, args.dim
+    elt = torch.finfo(dtype).bits // 8
+    rows = []
+    for N in args.n:
+        B = max(1, args.tokens // N)
+        tensor_bytes = B * N * H * D * elt
+        for name, fn in impls.items():
+            try:
+                r = measure(fn, B, H, N, D, D, dtype, device, bench, not args.fwd_only)
+            except Exception as e:  # a peer that cannot run this shape: note it, go on
+                r = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+            r.update(impl=name, N=N, B=B)
+            if "fwd_ms" in r:
+                r["tokens_per_s"] = B * N / ((r.get("fwdbwd_ms") or r["fwd_ms"]) * 1e-3)
+                if rate:  # fwd: q, k, v, o; bwd: q, k, v, do, dq, dk, dv
+                    r["fwd_floor_x"] = r["fwd_ms"] / (4 * tensor_bytes / rate * 1e3)
+                    if "fwdbwd_ms" in r:
+                        r["fwdbwd_floor_x"] = r["fwdbwd_ms"] / (11 * tensor_bytes / rate * 1e3)
+            rows.append(r)
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    meta = {"card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+            "dtype": args.dtype, "H": H, "D": D, "E": D, "tokens": args.tokens,
+            "copy_rate_TBps": rate / 1e12 if rate else None, "version": la.__version__}
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"\n{card}, {meta['date']}, torch {torch.__version__}, {args.dtype}, H={H}, D=E={D}, "
+          f"B·N={args.tokens}" + (f", copy {meta['copy_rate_TBps']:.2f} TB/s" if rate else ""))
+    head = f"{'impl':<28}{'N':>7}{'B':>5}{'fwd ms':>9}{'f+b ms':>9}{'Mtok/s':>9}{'fwd/floor':>10}{'f+b/floor':>10}{'extra MB':>10}"
+    print(head)
+    print("-" * len(head))
+
+    def cell(r, key, fmt):
+        return format(r[key], fmt) if r.get(key) is not None else "-"
+    for r in rows:
+        if "error" in r:
+            print(f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}  {r['error']}")
+            continue
+        print(f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}{cell(r, 'fwd_ms', '.3f'):>9}"
+              f"{cell(r, 'fwdbwd_ms', '.3f'):>9}{r['tokens_per_s'] / 1e6:>9.1f}"
+              f"{cell(r, 'fwd_floor_x', '.2f'):>10}{cell(r, 'fwdbwd_floor_x', '.2f'):>10}"
+              f"{cell(r, 'extra_mb', '.0f'):>10}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
