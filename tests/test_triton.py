@@ -229,13 +229,17 @@ def test_gpu_shapes(dtype, N):
                         initial_state=True, final_state=True, scale=0.9)
 
 
+HEAD_DIMS = [(16, 16), (48, 96), (64, 64), (96, 48), (128, 128), (192, 256), (256, 256),
+             (256, 16), (16, 192)]
+
+
 @gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("D,E", [(16, 16), (48, 96), (64, 64), (96, 48), (128, 128),
-                                 (192, 256), (256, 256), (256, 16), (16, 192)])
+@pytest.mark.parametrize("dtype,D,E", [(torch.bfloat16, D, E) for D, E in HEAD_DIMS]
+                         + [(dt, D, E) for dt in (torch.float16, torch.float32)
+                            for D, E in [(48, 96), (256, 16), (192, 256)]])
 def test_gpu_head_dims(dtype, D, E):
     check(B=1, H=2, N=1000, D=D, E=E, dtype=dtype, device="cuda",
-                        initial_state=True, final_state=True)
+          initial_state=True, final_state=True)
 
 
 @gpu

@@ -46,7 +46,21 @@ class LazyKernel:
             else:
                 k = triton.jit(self.fn)
             self._jit[mode] = k
-        return k[grid]
+        return lambda *args, **kw: _launch(k, grid, args, kw)
+
+
+def _launch(k, grid, args, kw):
+    """Launch; when a configuration needs more shared memory or registers than the GPU has
+    (large head dims, float32 tiles), fall back to fewer pipeline stages, then fewer warps."""
+    from triton.runtime.errors import OutOfResources
+    try:
+        return k[grid](*args, **kw)
+    except OutOfResources:
+        if kw.get("num_stages", 3) > 1:
+            return _launch(k, grid, args, dict(kw, num_stages=1))
+        if kw.get("num_warps", 4) > 4:
+            return _launch(k, grid, args, dict(kw, num_warps=4))
+        raise
 
 
 def kernel(fn):
@@ -65,7 +79,7 @@ def num_sms(device) -> int:
 
 def dot_prec(dtype) -> str:
     # float32 inputs get exact float32 products (tf32 would cost ~3e-4 relative error).
-    return "ieee" if dtype == torch.float32 else "tf32"
+    return "ieee" if dtype == torch.float32 else None
 
 
 def plan_segment(n_tokens: int, n_streams: int, device, seg=None) -> int:
