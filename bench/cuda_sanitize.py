@@ -1,0 +1,27 @@
+"""A small case of every CUDA op (multi-segment, varlen, states) for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck  python3 bench/cuda_sanitize.py
+    compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py
+"""
+import torch
+
+from lightning_attention import cuda as C
+
+torch.manual_seed(0)
+for D in (64, 128):
+    for dtype in (torch.bfloat16,):
+        B, H, N = 1, 2, 300
+        q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=dtype) for _ in range(4))
+        slope = torch.rand(H, device="cuda")
+        s0 = torch.randn(B, H, D, D, device="cuda")
+        o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True)
+        C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None)
+        cu = torch.tensor([0, 7, 7, 200, 300], dtype=torch.int32, device="cuda")
+        s1 = torch.randn(4, H, D, D, device="cuda")
+        o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True)
+        C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu)
+        st = torch.randn(2, H, D, D, device="cuda")
+        C.decode(q[0, :, :2].transpose(0, 1).contiguous(), k[0, :, :2].transpose(0, 1).contiguous(),
+                 v[0, :, :2].transpose(0, 1).contiguous(), st, slope, 1.0)
+torch.cuda.synchronize()
+print("sanitize case done")

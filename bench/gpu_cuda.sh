@@ -1,0 +1,30 @@
+#!/bin/bash
+# One device call: build the extension, run the CUDA tests, sanitizer, SASS check, timing.
+#   bash bench/gpu_cuda.sh [pytest -k expr]     (logs under $OUT, a summary printed last)
+set -u
+export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16
+export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0}
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+t0=$(date +%s)
+python3 setup.py build_ext --inplace > $OUT/build.log 2>&1 || { grep -E "error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+grep -E "entry function|spill|Used" $OUT/build.log | sed 's/ptxas info    : //' > $OUT/ptxas.txt
+cuobjdump --dump-sass lightning_attention/_C*.so > $OUT/sass.txt 2>/dev/null
+echo "HMMA in SASS: $(grep -c HMMA $OUT/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' $OUT/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' $OUT/sass.txt))"
+SEL=${1:-}
+timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ${SEL:+-k "$SEL"} --maxfail=15 > $OUT/test.log 2>&1
+echo "pytest rc=$?"; grep -E "passed|failed|Error|assert" $OUT/test.log | tail -25
+if [ -z "${SKIP_SANITIZE:-}" ]; then
+  timeout 120 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$?"; tail -3 $OUT/memcheck.log
+  timeout 180 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > $OUT/racecheck.log 2>&1; echo "racecheck rc=$?"; tail -3 $OUT/racecheck.log
+fi
+if [ -z "${SKIP_SPEED:-}" ]; then
+  timeout 200 python3 bench/cuda_speed.py --json $OUT/speed.json 2>&1 | tee $OUT/speed.log | tail -6
+fi
+grep -E "Used|spill" $OUT/ptxas.txt | sort | uniq -c | sort -rn | head -8

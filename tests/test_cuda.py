@@ -1,0 +1,197 @@
+"""The CUDA backend (csrc/, lightning_attention/cuda.py) against the float64 reference, with
+the error bounded by 2x the error of the PyTorch block form in the same dtype.
+
+CPU: the extension imports and its ops register (when it is built). GPU: every feature
+(decay, scale, initial/final state, cu_seqlens with an empty sequence), fp16/bf16, D = E in
+{64, 128}, BHND/BNHD/strided inputs, awkward N, outputs poisoned with NaN, N = 1M tokens,
+bitwise-deterministic backward, decode, opcheck.
+"""
+import pytest
+import torch
+
+import utils
+from utils import gpu
+
+import lightning_attention as la
+from lightning_attention import cuda as C
+from lightning_attention import reference
+from lightning_attention.layout import is_bnhd, poisoned
+
+built = pytest.mark.skipif(C._C is None, reason="the CUDA extension is not built")
+DTYPES = [torch.bfloat16, torch.float16]
+
+
+@built
+def test_extension_registers_ops():
+    """CPU too: the module imports, exposes its build metadata, and registers the ops."""
+    info = C.build_info()
+    assert set(info["head_dims"]) == set(C.HEAD_DIMS)
+    for name in ("fwd", "bwd", "decode"):
+        assert hasattr(torch.ops.lightning_attention_C, name)
+
+
+def _dslope_check(q, k, g, t):
+    """The d slope bound of test_triton: 2x baseline plus 8 ulp(fp32) of Σ t |q·dq| + |k·dk|
+    (dL/d log λ cancels heavily)."""
+    mag = (utils.f64(q) * g[0]).sum(-1).abs() + (utils.f64(k) * g[1]).sum(-1).abs()
+    return 8 * 2.0 ** -24 * (mag * t).sum(dim=(0, 2)).max().item()
+
+
+def check_cuda(*, B=2, H=3, N=65, D=64, dtype=torch.bfloat16, layout="bhnd", decay=True,
+               initial_state=True, final_state=True, scale=1.0, cu_seqlens=None, grads=True):
+    """lightning_attn(backend="cuda") with outputs poisoned, against truth and baseline."""
+    dev = "cuda"
+    E = D
+    q, k, v = utils.make_inputs(B, H, N, D, E, dtype=dtype, device=dev, layout=layout)
+    slope = utils.rand_slope(H, dev) if decay else None
+    cu, num = None, B
+    if cu_seqlens is not None:
+        cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=dev)
+        num = len(cu_seqlens) - 1
+    s0 = utils.rand_state(num, H, D, E, dev) if initial_state else None
+    leaves = [x if x is None else x.detach().clone().requires_grad_(grads)
+              for x in (q, k, v, slope, s0)]
+    do = torch.randn(B, H, N, E, device=dev).to(dtype) if grads else None
+    dfinal = torch.randn(num, H, D, E, device=dev) if grads and final_state else None
+    with poisoned():
+        out = la.lightning_attn(*leaves[:4], scale=scale, initial_state=leaves[4],
+                                output_final_state=final_state, cu_seqlens=cu, backend="cuda")
+        o, fs = out if final_state else (out, None)
+        if grads:
+            outs, gs = [o], [do]
+            if final_state:
+                outs.append(fs)
+                gs.append(dfinal)
+            torch.autograd.backward(outs, gs)
+    assert o.dtype == dtype and is_bnhd(o) == (layout == "bnhd"), "output dtype/layout"
+    if grads:
+        ref_o, ref_fs, ref_g = utils.truth(q, k, v, slope, scale, s0, cu, do, dfinal)
+        base_o, base_fs, base_g = utils.baseline(q, k, v, slope, scale, s0, cu, do, dfinal)
+    else:
+        ref_o, ref_fs = utils.truth(q, k, v, slope, scale, s0, cu)
+        base_o, base_fs = utils.baseline(q, k, v, slope, scale, s0, cu)
+    utils.assert_close(o, ref_o, base_o, "o")
+    if final_state:
+        utils.assert_close(fs, ref_fs, base_fs, "final_state")
+    if not grads:
+        return
+    for name, leaf, r, b in zip(("dq", "dk", "dv", "dslope", "dinitial_state"), leaves, ref_g,
+                                base_g):
+        if leaf is None:
+            continue
+        if name == "dslope":
+            t = torch.arange(N, dtype=torch.float64, device=dev)
+            if cu is not None:
+                starts = cu.long()
+                seq = torch.searchsorted(starts[1:], t.long(), right=True).clamp(max=starts.numel() - 2)
+                t = t - starts[seq].double()
+            slack = _dslope_check(q, k, ref_g, t) + 1e-6 * r.abs().max().item()
+            err, base_err = utils.max_err(leaf.grad, r), utils.max_err(b, r)
+            assert torch.isfinite(leaf.grad).all()
+            assert err <= 2 * base_err + slack, f"dslope {err:.3e} vs {base_err:.3e} + {slack:.1e}"
+        else:
+            utils.assert_close(leaf.grad, r, b, name)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("N", [1, 63, 65, 1000, 4097])
+def test_shapes(dtype, D, N):
+    check_cuda(B=2, H=3, N=N, D=D, dtype=dtype, scale=0.5)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("layout", ["bnhd", "strided"])
+@pytest.mark.parametrize("D", [64, 128])
+def test_layouts(layout, D):
+    check_cuda(B=2, H=3, N=1000, D=D, layout=layout)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("states", [True, False])
+@pytest.mark.parametrize("N", [200, 3000])
+def test_features(decay, states, N):
+    check_cuda(B=1, H=2, N=N, D=128, decay=decay, initial_state=states, final_state=states)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_varlen(D, dtype):
+    """Packed sequences with an empty one, long enough for several segments."""
+    check_cuda(B=1, H=2, N=2000, D=D, dtype=dtype, cu_seqlens=[0, 100, 100, 1300, 1301, 2000])
+
+
+@gpu
+@built
+def test_varlen_malformed_never_out_of_bounds():
+    """Malformed offsets are clamped: no crash, no write outside the outputs."""
+    q, k, v = utils.make_inputs(1, 2, 300, 64, 64, dtype=torch.bfloat16, device="cuda")
+    cu = torch.tensor([0, 500, 100, -7, 300], dtype=torch.int32, device="cuda")
+    o, fs = C.fwd(q, k, v, None, 1.0, None, cu, True)
+    dq, dk, dv, _, _ = C.bwd(torch.randn_like(o), None, q, k, v, None, 1.0, None, cu)
+    torch.cuda.synchronize()
+    assert fs.shape == (4, 2, 64, 64) and torch.isfinite(fs).all()
+
+
+@gpu
+@built
+def test_deterministic_backward():
+    q, k, v = utils.make_inputs(2, 4, 4097, 128, 128, dtype=torch.bfloat16, device="cuda")
+    slope = utils.rand_slope(4, "cuda")
+    s0 = utils.rand_state(2, 4, 128, 128, "cuda")
+    do = torch.randn_like(v)
+    dfin = torch.randn_like(s0)
+    a = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None)
+    b = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None)
+    for x, y in zip(a[:4], b[:4]):
+        assert torch.equal(x, y)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("decay", [True, False])
+def test_one_million_tokens(decay):
+    """One sequence of 2^20 tokens: the same as the torch block form in float32 (the
+    states are float32 across 16K blocks and 1K segments; exponents stay bounded)."""
+    N, H, D = 1 << 20, 2, 64
+    q, k, v = utils.make_inputs(1, H, N, D, D, dtype=torch.bfloat16, device="cuda")
+    slope = torch.tensor([0.001, 2.0], device="cuda") if decay else None
+    o, fs = C.fwd(q, k, v, slope, 1.0, None, None, True)
+    ro, rfs = reference.fwd(q.float(), k.float(), v.float(), slope, 1.0, None, None, True)
+    rel = ((o.float() - ro).norm() / ro.norm()).item()
+    assert rel < 1e-2, rel
+    assert ((fs - rfs).norm() / rfs.norm()).item() < 1e-2
+
+
+@gpu
+@built
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32], ids=str)
+def test_decode(dtype):
+    B, H, D = 3, 4, 128
+    q, k, v = (torch.randn(B, H, D, device="cuda").to(dtype) for _ in range(3))
+    state = torch.randn(B, H, D, D, device="cuda")
+    slope = utils.rand_slope(H, "cuda")
+    ref_state = state.clone()
+    ro = reference.decode(q, k, v, ref_state, slope, 0.7)
+    o = C.decode(q, k, v, state, slope, 0.7)
+    torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(o.float(), ro.float(), rtol=2e-2, atol=2e-2)
+
+
+@gpu
+@built
+def test_opcheck():
+    q, k, v = utils.make_inputs(1, 2, 130, 64, 64, dtype=torch.bfloat16, device="cuda")
+    slope = utils.rand_slope(2, "cuda")
+    s0 = utils.rand_state(1, 2, 64, 64, "cuda")
+    ops = torch.ops.lightning_attention_C
+    torch.library.opcheck(ops.fwd, (q, k, v, slope, 1.0, s0, None, True))
+    do = torch.randn_like(v)
+    torch.library.opcheck(ops.bwd, (do, None, q, k, v, slope, 1.0, s0, None))
