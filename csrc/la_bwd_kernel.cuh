@@ -36,17 +36,54 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
   constexpr int kStride = HD + 8;
   constexpr int kONT = HD / 16;
   const int gq = lane >> 2, tq = lane & 3;
+  const int r0 = rg * 16 + gq, r1 = r0 + 8;
+  // 1) P = scale · (X Yᵀ) ⊙ Mᵀ, kept packed as the A fragments of the k-steps τ (16 regs
+  //    instead of 32 floats: the state gradient already holds 64 registers)
+  uint32_t pa[4][4];
+  {
+    float p_acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) p_acc[nt][i] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks) {
+      uint32_t a[4];
+      ldsm_x4(a, addr_a(uX, kStride, rg * 16, ks * 16, lane));
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        if (np >= rg) {  // τ < j is masked: skip key tiles left of the warp's rows
+          uint32_t bb[4];
+          ldsm_x4(bb, addr_bnk(uY, kStride, np * 16, ks * 16, lane));
+          mma16816<T>(p_acc[2 * np], a, bb[0], bb[1]);
+          mma16816<T>(p_acc[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      float pm[2][4];
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = (i & 2) ? r1 : r0;
+          const int tau = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
+          pm[h2][i] = (kk >= rg && tau >= r)
+                          ? scale * p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(tau - r)) : 0.f;
+        }
+      pa[kk][0] = P2::pack(pm[0][0], pm[0][1]);
+      pa[kk][1] = P2::pack(pm[0][2], pm[0][3]);
+      pa[kk][2] = P2::pack(pm[1][0], pm[1][1]);
+      pa[kk][3] = P2::pack(pm[1][2], pm[1][3]);
+    }
+  }
+  // 2) out = diag(λ^{n-1-j}) X Hm + P Z
   float acc[kONT][4];
-  float p_acc[8][4];
 #pragma unroll
   for (int nt = 0; nt < kONT; ++nt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) p_acc[nt][i] = 0.f;
-
 #pragma unroll
   for (int ks = 0; ks < HD / 16; ++ks) {
     uint32_t a[4];
@@ -61,17 +98,7 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
       mma16816<T>(acc[2 * np], a, bb[0], bb[1]);
       mma16816<T>(acc[2 * np + 1], a, bb[2], bb[3]);
     }
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      if (np >= rg) {  // τ < j is masked: skip key tiles left of the warp's rows
-        uint32_t bb[4];
-        ldsm_x4(bb, addr_bnk(uY, kStride, np * 16, ks * 16, lane));
-        mma16816<T>(p_acc[2 * np], a, bb[0], bb[1]);
-        mma16816<T>(p_acc[2 * np + 1], a, bb[2], bb[3]);
-      }
-    }
   }
-  const int r0 = rg * 16 + gq, r1 = r0 + 8;
   const float f0 = r0 < n ? decay_pow(nl2, (float)(n - 1 - r0)) : 0.f;
   const float f1 = r1 < n ? decay_pow(nl2, (float)(n - 1 - r1)) : 0.f;
 #pragma unroll
@@ -82,23 +109,12 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     if (kk >= rg) {
-      float pm[2][4];
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = (i & 2) ? r1 : r0;
-          const int tau = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
-          pm[h2][i] = tau >= r ? scale * p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(tau - r)) : 0.f;
-        }
-      uint32_t a[4] = {P2::pack(pm[0][0], pm[0][1]), P2::pack(pm[0][2], pm[0][3]),
-                       P2::pack(pm[1][0], pm[1][1]), P2::pack(pm[1][2], pm[1][3])};
 #pragma unroll
       for (int np = 0; np < kONT / 2; ++np) {
         uint32_t bb[4];
         ldsm_x4_t(bb, addr_bkn(uZ, kStride, oc0 + np * 16, kk * 16, lane));
-        mma16816<T>(acc[2 * np], a, bb[0], bb[1]);
-        mma16816<T>(acc[2 * np + 1], a, bb[2], bb[3]);
+        mma16816<T>(acc[2 * np], pa[kk], bb[0], bb[1]);
+        mma16816<T>(acc[2 * np + 1], pa[kk], bb[2], bb[3]);
       }
     }
   }
