@@ -17,14 +17,14 @@ echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "entry function|spill|Used" $OUT/build.log | sed 's/ptxas info    : //' > $OUT/ptxas.txt
 cuobjdump --dump-sass lightning_attention/_C*.so > $OUT/sass.txt 2>/dev/null
 echo "HMMA in SASS: $(grep -c HMMA $OUT/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' $OUT/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' $OUT/sass.txt))"
+if [ -z "${SKIP_SPEED:-}" ]; then
+  timeout 150 python3 bench/cuda_speed.py --json $OUT/speed.json 2>&1 | tee $OUT/speed.log | tail -6
+fi
 SEL=${1:-}
-timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ${SEL:+-k "$SEL"} --maxfail=15 > $OUT/test.log 2>&1
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ${SEL:+-k "$SEL"} --maxfail=15 > $OUT/test.log 2>&1
 echo "pytest rc=$?"; grep -E "passed|failed|Error|assert" $OUT/test.log | tail -25
 if [ -z "${SKIP_SANITIZE:-}" ]; then
-  timeout 120 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$?"; tail -3 $OUT/memcheck.log
-  timeout 180 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > $OUT/racecheck.log 2>&1; echo "racecheck rc=$?"; tail -3 $OUT/racecheck.log
-fi
-if [ -z "${SKIP_SPEED:-}" ]; then
-  timeout 200 python3 bench/cuda_speed.py --json $OUT/speed.json 2>&1 | tee $OUT/speed.log | tail -6
+  timeout 60 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$?"; tail -3 $OUT/memcheck.log
+  timeout 100 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > $OUT/racecheck.log 2>&1; echo "racecheck rc=$?"; tail -3 $OUT/racecheck.log
 fi
 grep -E "Used|spill" $OUT/ptxas.txt | sort | uniq -c | sort -rn | head -8
