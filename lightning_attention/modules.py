@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .api import build_slopes, lightning_attn, lightning_attn_decode
+from .distributed import lightning_attn_sp
 
 
 class LightningAttention(nn.Module):
@@ -16,14 +17,19 @@ class LightningAttention(nn.Module):
     carries a sequence across calls (chunked prefill); with output_state=True returns
     (y, new_state). step(x, state): one token (B, C) for generation, `state` updated in
     place.
+
+    sequence_parallel_group: a torch.distributed group over which each forward's sequence is
+    split, rank i holding the i-th slice (B, N_i, C) (lightning_attn_sp); no state in or out.
     """
 
     def __init__(self, embed_dim, num_heads, head_dim=None, *, layer_idx=0, num_layers=1,
-                 bias=False, norm_eps=1e-5, backend=None, device=None, dtype=None):
+                 bias=False, norm_eps=1e-5, backend=None, sequence_parallel_group=None,
+                 device=None, dtype=None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim or embed_dim // num_heads
         self.backend = backend
+        self.sequence_parallel_group = sequence_parallel_group
         hidden = num_heads * self.head_dim
         factory = {"device": device, "dtype": dtype}
         self.qkvu_proj = nn.Linear(embed_dim, 4 * hidden, bias=bias, **factory)
@@ -44,6 +50,13 @@ class LightningAttention(nn.Module):
 
     def forward(self, x, state=None, output_state=False):
         q, k, v, u = self._project(x)
+        if self.sequence_parallel_group is not None:
+            if state is not None or output_state:
+                raise ValueError("LightningAttention: state and output_state are not supported "
+                                 "with sequence_parallel_group (the sequence is split across ranks)")
+            o = lightning_attn_sp(q, k, v, self.slope, group=self.sequence_parallel_group,
+                                  backend=self.backend)
+            return self._output(o.transpose(1, 2).reshape(u.shape), u)
         out = lightning_attn(q, k, v, self.slope, initial_state=state,
                              output_final_state=output_state, backend=self.backend)
         o, new_state = out if output_state else (out, None)
