@@ -1,4 +1,4 @@
-"""The Triton backend: the kernel interface of lightning_attention/backends.py.
+"""The Triton backend: the kernel interface of lightning_attention/dispatch.py.
 
     fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state) -> (o, final)
     bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens)

@@ -14,12 +14,13 @@ import triton
 #: Block (chunk) size of the kernels: tokens per tensor-core tile.
 BT = 64
 
-#: Launch tunables (a benchmark may override them): warps and pipeline stages per kernel,
-#: and a fixed segment length (None: planned from the shape and the multiprocessor count).
+#: Launch tunables (a benchmark may override them): warps, pipeline stages and block size
+#: (a power of two from 16 to BT, so that it divides every segment) per kernel, and a fixed
+#: segment length (None: planned from the shape and the multiprocessor count).
 CONFIG = {
-    "out_warps": 8, "out_stages": 2,
-    "state_warps": 8, "state_stages": 2,
-    "bwd_warps": 8, "bwd_stages": 2,
+    "out_warps": 8, "out_stages": 2, "bt_out": BT,
+    "state_warps": 8, "state_stages": 2, "bt_state": BT,
+    "bwd_warps": 8, "bwd_stages": 2, "bt_bwd": BT,
     "seg": None,
 }
 

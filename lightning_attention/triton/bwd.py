@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..layout import empty_like_layout
 from . import _common as C
-from ._common import BT, kernel
+from ._common import kernel
 from . import fwd as F
 
 
@@ -70,10 +70,10 @@ def _seg_dkdv_kernel(
     # carry entering this segment from the right
     Cr = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if j < nseg - 1:
-        Cr = tl.load(cr_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+        Cr = tl.load(cr_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
     else:
         if HAS_DFINAL:
-            Cr = tl.load(dfin_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+            Cr = tl.load(dfin_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
 
     bh = b.to(tl.int64)
     hh = h.to(tl.int64)
@@ -194,7 +194,8 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
         *s_dk, dv.stride(0), dv.stride(1), dv.stride(2), B * H * N,
         float(scale),
         HAS_DFINAL=dfinal_state is not None, STORE_DINIT=dinit is not None,
-        HAS_DECAY=slope is not None, TERMS=need_dslope, VARLEN=table.varlen, BT=BT, BK=BK, BV=BV,
+        HAS_DECAY=slope is not None, TERMS=need_dslope, VARLEN=table.varlen,
+        BT=C.CONFIG["bt_bwd"], BK=BK, BV=BV,
         DOT_PREC=prec, INTERP=C.interpret(),
         num_warps=C.CONFIG["bwd_warps"], num_stages=C.CONFIG["bwd_stages"])
     if NVT > 1:

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..layout import empty_like_layout
 from . import _common as C
-from ._common import BT, kernel
+from ._common import kernel
 
 
 def _seg_state_kernel(
@@ -136,7 +136,7 @@ def _seg_scan_kernel(
         sl = tl.load(slope_ptr + h).to(tl.float32)
     S = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if HAS_INIT:
-        S = tl.load(init_ptr + (i.to(tl.int64) * H + h) * K * V + offs, mask=m, other=0.0)
+        S = tl.load(init_ptr + (i.to(tl.int64) * H + h) * K * V + offs, mask=m, other=0.0).to(tl.float32)
     for jj in range(1, nseg):
         if REVERSE:
             j = nseg - 1 - jj
@@ -145,7 +145,7 @@ def _seg_scan_kernel(
             j = jj
             seglen = SEG
         p = st_ptr + ((g0 + j).to(tl.int64) * H + h) * K * V + offs
-        loc = tl.load(p, mask=m, other=0.0)
+        loc = tl.load(p, mask=m, other=0.0).to(tl.float32)
         if HAS_DECAY:
             S = S * tl.exp(-sl * seglen.to(tl.float32)) + loc
         else:
@@ -207,10 +207,10 @@ def _seg_out_kernel(
     # incoming state of this segment
     S = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if j > 0:
-        S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+        S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
     else:
         if HAS_INIT:
-            S = tl.load(init_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+            S = tl.load(init_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
 
     bh = b.to(tl.int64)
     hh = h.to(tl.int64)
@@ -295,7 +295,7 @@ def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec):
         a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
         float(scale),
         HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen,
-        BT=BT, BK=BK, BV=BV, DOT_PREC=dot_prec,
+        BT=C.CONFIG["bt_state"], BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
     BKs = min(C.next_pow2(K), 64)
     BVs = min(C.next_pow2(V), 64)
@@ -336,7 +336,8 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
         x.stride(0), x.stride(1), x.stride(2), B * H * N,
         s_sr, s_sc, float(scale),
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
-        TERMS=terms is not None, VARLEN=table.varlen, BT=BT, BK=BK, BV=BV, DOT_PREC=dot_prec,
+        TERMS=terms is not None, VARLEN=table.varlen, BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
+        DOT_PREC=dot_prec,
         INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
     if terms is None:
