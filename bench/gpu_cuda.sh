@@ -2,12 +2,12 @@
 # One device call: build the extension, run the CUDA tests, sanitizer, SASS check, timing.
 #   bash bench/gpu_cuda.sh [pytest -k expr]     (logs under $OUT, a summary printed last)
 set -u
-export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16
+export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
 export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
 fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
@@ -19,6 +19,9 @@ cuobjdump --dump-sass lightning_attention/_C*.so > $OUT/sass.txt 2>/dev/null
 echo "HMMA in SASS: $(grep -c HMMA $OUT/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' $OUT/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' $OUT/sass.txt))"
 if [ -z "${SKIP_SPEED:-}" ]; then
   timeout 150 python3 bench/cuda_speed.py --json $OUT/speed.json 2>&1 | tee $OUT/speed.log | tail -6
+fi
+if [ -n "${SEG_SWEEP:-}" ]; then
+  for L in $SEG_SWEEP; do echo "seg_len $L:"; LIGHTNING_ATTENTION_SEG_LEN=$L timeout 60 python3 bench/cuda_speed.py --n 65536 --no-fla 2>&1 | tail -1; done
 fi
 SEL=${1:-}
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ${SEL:+-k "$SEL"} --maxfail=15 > $OUT/test.log 2>&1

@@ -136,6 +136,10 @@ Plan make_plan(const Tensor& q, const std::optional<Tensor>& cu, int64_t num_seq
   const int64_t rows = cu.has_value() ? H : B * H;
   int L = kMaxSegLen;
   while (L > kMinSegLen && rows * ((N + L - 1) / L) < 2 * sms) L /= 2;
+  if (const char* e = std::getenv("LIGHTNING_ATTENTION_SEG_LEN")) {  // tuning experiments
+    const int want = std::atoi(e);
+    if (want >= 64 && want % 64 == 0) L = want;
+  }
   pl.seg.B = (int)B;
   pl.seg.H = (int)H;
   pl.seg.N = (int)N;
@@ -183,7 +187,8 @@ const T* ptr_or_null(const std::optional<Tensor>& t) {
 // strides (the dq sweep passes the transposed initial state).
 void fwd_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
               const float* slope, float scale, const float* state_in, int64_t sd, int64_t se,
-              float* state_out, Plan& pl, cudaStream_t stream) {
+              float* state_out, Plan& pl, cudaStream_t stream, const Tensor* rq = nullptr,
+              float* terms = nullptr) {
   FwdParams p{};
   p.seg = pl.seg;
   p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.o = o.data_ptr();
@@ -196,6 +201,11 @@ void fwd_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
   p.state_in = state_in; p.state_in_sd = sd; p.state_in_se = se;
   p.state_out = state_out;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
+  if (terms != nullptr) {
+    p.rq = rq->data_ptr();
+    p.rq_bs = rq->stride(0); p.rq_hs = rq->stride(1); p.rq_rs = rq->stride(2);
+    p.terms = terms;
+  }
   const int64_t D = q.size(3), E = v.size(3);
   LA_DISPATCH(q.scalar_type(), D, [&] {
     if (pl.multi) {
@@ -250,10 +260,14 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tens
   return {o, final_state};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> la_bwd(
+// Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
+// (B, H, N) float32 are q_t·dq_t − k_t·dk_t from the unrounded float32 gradients (ops.py
+// turns them into d slope); computing them from the 16-bit dq, dk loses too much.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
     const Tensor& dout_, const std::optional<Tensor>& dfinal_state, const Tensor& q_,
     const Tensor& k_, const Tensor& v_, const std::optional<Tensor>& slope, double scale,
-    const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens) {
+    const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens,
+    bool need_dslope) {
   check_qkv(q_, k_, v_);
   const int64_t H = q_.size(1), N = q_.size(2), D = q_.size(3), E = v_.size(3);
   LA_CHECK(dout_.device() == q_.device() && dout_.scalar_type() == q_.scalar_type(),
@@ -273,19 +287,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> la_bwd(
   Tensor dv = empty_like_layout(v_, E, q_.scalar_type());
   Tensor dinit = at::empty({initial_state.has_value() ? num_seqs : 0, H, D, E},
                            q_.options().dtype(at::kFloat));
+  Tensor terms = need_dslope ? at::zeros({q_.size(0), H, N}, q_.options().dtype(at::kFloat))
+                             : at::empty({0}, q_.options().dtype(at::kFloat));
   if (poison()) {
     for (Tensor* t : {&dq, &dk, &dv, &dinit}) t->fill_(NAN);
   }
   std::optional<Tensor> init, dfinal;
   if (initial_state.has_value()) init = initial_state->contiguous();
   if (dfinal_state.has_value()) dfinal = dfinal_state->contiguous();
-  if (num_seqs == 0 || H == 0) return {dq, dk, dv, dinit};
+  if (num_seqs == 0 || H == 0) return {dq, dk, dv, dinit, terms};
   if (N == 0) {
     if (initial_state.has_value()) {
       if (dfinal.has_value()) dinit.copy_(*dfinal);
       else dinit.zero_();
     }
-    return {dq, dk, dv, dinit};
+    return {dq, dk, dv, dinit, terms};
   }
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);
   std::optional<Tensor> slope_c;
@@ -297,7 +313,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> la_bwd(
 
   // dq_t = scale · do_t S_tᵀ: the forward on (do, v, k) with the transposed initial state.
   fwd_core(dout, v, k, dq, slope_p, (float)scale, ptr_or_null<float>(init), /*sd=*/1, /*se=*/E,
-           nullptr, pl, stream);
+           nullptr, pl, stream, &q, need_dslope ? terms.data_ptr<float>() : nullptr);
 
   BwdParams p{};
   p.seg = pl.seg;
@@ -314,6 +330,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> la_bwd(
   p.dstate_in = ptr_or_null<float>(dfinal);
   p.dstate_out = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
+  p.terms = need_dslope ? terms.data_ptr<float>() : nullptr;
   LA_DISPATCH(q.scalar_type(), D, [&] {
     if (pl.multi) {
       run_bwd<T, kHD>(p, /*pass1=*/true, stream);
@@ -324,7 +341,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> la_bwd(
     run_bwd<T, kHD>(p, /*pass1=*/false, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {dq, dk, dv, dinit};
+  return {dq, dk, dv, dinit, terms};
 }
 
 Tensor la_decode(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor& state,
@@ -377,7 +394,8 @@ TORCH_LIBRARY(lightning_attention_C, m) {
       "Tensor? cu_seqlens, bool output_final_state) -> (Tensor, Tensor)");
   m.def(
       "bwd(Tensor dout, Tensor? dfinal_state, Tensor q, Tensor k, Tensor v, Tensor? slope, "
-      "float scale, Tensor? initial_state, Tensor? cu_seqlens) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float scale, Tensor? initial_state, Tensor? cu_seqlens, bool need_dslope) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state, Tensor? slope, float scale) -> Tensor");
 }
 

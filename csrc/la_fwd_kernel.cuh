@@ -33,7 +33,7 @@ struct FwdTraits {
   static constexpr int kONT = HD / 16;                   // n-tiles per warp (outputs, E/2)
   // smem: [K0 V0 K1 V1] (+ [Q0 Q1 S] for pass 2)
   static constexpr int kSmemPass1 = 4 * kTile * 2;
-  static constexpr int kSmemPass2 = (6 * kTile + kStateTile) * 2;
+  static constexpr int kSmemPass2 = (6 * kTile + kStateTile) * 2 + 128 * 4;  // + row partials
   static_assert(HD == 64 || HD == 128, "specialised head dims");
 };
 
@@ -102,6 +102,41 @@ template <typename T>
 __device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
   const float2 f = Pack2<T>::unpack(u);
   return Pack2<T>::pack(f.x * w0, f.y * w1);
+}
+
+// Row dot products split over the two column-half warps of a row group (w and w + 4):
+// reduce over the 4 lanes of a quad, the upper warp parks its sums in smem, and after the
+// next barrier the lower warp adds them in a fixed order and writes them out (deterministic).
+__device__ __forceinline__ void row_partials_stage(float& part0, float& part1, float* sRed,
+                                                   int warp, int r0, int r1, int tq, int lane) {
+  part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
+  part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
+  part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
+  part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+  if (tq == 0) {
+    if (warp >= 4) {
+      sRed[r0] = part0;
+      sRed[r1] = part1;
+    } else {
+      sRed[64 + r0] = part0;  // the lower warp keeps its own half in the second array
+      sRed[64 + r1] = part1;
+    }
+  }
+}
+// out[t0 + r] (+)= sign · (lower + upper) for the block's valid rows.
+__device__ __forceinline__ void row_partials_finish(float* out, const float* sRed, int t0, int n,
+                                                    int warp, int rg, int gq, int tq, float sign,
+                                                    bool accumulate = false) {
+  if (warp < 4 && tq == 0) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int r = rg * 16 + gq + 8 * x;
+      if (r < n) {
+        const float v = sign * (sRed[64 + r] + sRed[r]);
+        out[t0 + r] = accumulate ? out[t0 + r] + v : v;
+      }
+    }
+  }
 }
 
 // acc(16 × kNT·8) += diag-weighted Xᵀ · Y over the 64 rows of a block:
@@ -174,6 +209,11 @@ __global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
   auto sV = [&](int st) { return smem + (2 * st + 1) * Tr::kTile; };
   auto sQ = [&](int st) { return smem + (4 + st) * Tr::kTile; };
   T* sS = smem + 6 * Tr::kTile;
+  float* sRed = reinterpret_cast<float*>(sS + Tr::kStateTile);  // (64,) row partials
+  const bool terms = !kPass1 && p.terms != nullptr;
+  const T* rqg = terms ? static_cast<const T*>(p.rq) + batch * p.rq_bs + h * p.rq_hs + tok0 * p.rq_rs
+                       : nullptr;
+  float* termsg = terms ? p.terms + ((int64_t)batch * p.seg.H + h) * p.seg.N + tok0 : nullptr;
 
   // The running state: warp tile rows [sm0, sm0 + 16) of D, columns [sn0, sn0 + kSTN) of E.
   const int sm0 = (warp % Tr::kSWM) * 16;
@@ -280,15 +320,31 @@ __global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
         }
       }
       const float c = p.scale;
+      float part0 = 0.f, part1 = 0.f;  // rq · o over this warp's columns (d slope terms)
 #pragma unroll
       for (int nt = 0; nt < Tr::kONT; ++nt) {
         const int col = oc0 + nt * 8 + 2 * tq;
-        if (r0 < n)
+        if (r0 < n) {
           *reinterpret_cast<uint32_t*>(og + (int64_t)(t0 + r0) * p.o_rs + col) =
               P2::pack(c * o_acc[nt][0], c * o_acc[nt][1]);
-        if (r1 < n)
+          if (terms) {
+            const float2 x = P2::unpack(
+                *reinterpret_cast<const uint32_t*>(rqg + (int64_t)(t0 + r0) * p.rq_rs + col));
+            part0 += x.x * (c * o_acc[nt][0]) + x.y * (c * o_acc[nt][1]);
+          }
+        }
+        if (r1 < n) {
           *reinterpret_cast<uint32_t*>(og + (int64_t)(t0 + r1) * p.o_rs + col) =
               P2::pack(c * o_acc[nt][2], c * o_acc[nt][3]);
+          if (terms) {
+            const float2 x = P2::unpack(
+                *reinterpret_cast<const uint32_t*>(rqg + (int64_t)(t0 + r1) * p.rq_rs + col));
+            part1 += x.x * (c * o_acc[nt][2]) + x.y * (c * o_acc[nt][3]);
+          }
+        }
+      }
+      if (terms) {
+        row_partials_stage(part0, part1, sRed, warp, r0, r1, tq, lane);
       }
     }
 
@@ -296,6 +352,7 @@ __global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
     state_update<T, Tr::kSNT>(s_acc, uK, uV, kStride, sm0, sn0, n, nl2, (float)(n - 1), -1.f,
                               1.f, lane);
     __syncthreads();  // every warp is done with this stage and with sS
+    if (terms) row_partials_finish(termsg, sRed, t0, n, warp, rg, gq, tq, 1.f);
     if (!kPass1 && b + 1 < nblk) state_to_smem<T>(sS, kStride, s_acc, sm0, sn0, lane);
   }
   cp_async_wait<0>();

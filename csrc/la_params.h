@@ -36,6 +36,11 @@ struct FwdParams {
   int64_t state_in_sd, state_in_se;  // strides of d and e inside one D×E matrix
   float* state_out;          // final state (num_seqs, H, D, E) or nullptr
   float* ws;                 // per (segment, head) D×E states: local, then incoming
+  // d slope terms (dq sweep only): terms[b, h, t] = rq_t · o_t with the unrounded float32
+  // output, rq = the real q; nullptr: off. terms is contiguous (B, H, N) float32.
+  const void* rq;
+  int64_t rq_bs, rq_hs, rq_rs;
+  float* terms;
 };
 
 // Backward dk/dv kernel: the reverse sweep with the running state gradient.
@@ -54,6 +59,7 @@ struct BwdParams {
   const float* dstate_in;    // d final_state (num_seqs, H, D, E) contiguous, or nullptr
   float* dstate_out;         // d initial_state, or nullptr
   float* ws;
+  float* terms;              // d slope terms: terms[b, h, t] -= k_t · dk_t (float32), or nullptr
 };
 
 struct SegInfo {

@@ -95,11 +95,14 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
 
 
 def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope=False):
-    """(dq, dk, dv, d initial_state or None, None): the d slope terms are left to ops.py."""
+    """(dq, dk, dv, d initial_state or None, d slope terms (B, H, N) float32 or None): the
+    terms q_t·dq_t − k_t·dk_t come from the kernels' unrounded float32 gradients."""
     with _poison_env():
-        dq, dk, dv, ds0 = torch.ops.lightning_attention_C.bwd(
-            do, dfinal_state, q, k, v, slope, float(scale), initial_state, cu_seqlens)
-    return dq, dk, dv, (ds0 if initial_state is not None else None), None
+        dq, dk, dv, ds0, terms = torch.ops.lightning_attention_C.bwd(
+            do, dfinal_state, q, k, v, slope, float(scale), initial_state, cu_seqlens,
+            bool(need_dslope))
+    return (dq, dk, dv, (ds0 if initial_state is not None else None),
+            (terms if need_dslope else None))
 
 
 def decode(q, k, v, state, slope, scale):
@@ -118,12 +121,15 @@ if _C is not None:
         return o, q.new_empty(n, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
 
     @torch.library.register_fake("lightning_attention_C::bwd")
-    def _bwd_fake(dout, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens):
+    def _bwd_fake(dout, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens,
+                  need_dslope):
         dq = layout.empty_like_layout(q, q.shape[-1])
         dk = layout.empty_like_layout(k, k.shape[-1])
         dv = layout.empty_like_layout(v, v.shape[-1])
         n = _num_states(q, cu_seqlens) if initial_state is not None else 0
-        return dq, dk, dv, q.new_empty(n, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
+        ds0 = q.new_empty(n, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
+        terms = q.new_empty(q.shape[:3] if need_dslope else (0,), dtype=torch.float32)
+        return dq, dk, dv, ds0, terms
 
     @torch.library.register_fake("lightning_attention_C::decode")
     def _decode_fake(q, k, v, state, slope, scale):
