@@ -18,8 +18,8 @@ BT = 64
 #: (a power of two from 16 to BT, so that it divides every segment) per kernel, and a fixed
 #: segment length (None: planned from the shape and the multiprocessor count).
 CONFIG = {
-    "out_warps": 8, "out_stages": 2, "bt_out": BT,
-    "state_warps": 8, "state_stages": 2, "bt_state": BT,
+    "out_warps": 8, "out_stages": 3, "bt_out": BT,
+    "state_warps": 8, "state_stages": 3, "bt_state": BT,
     "bwd_warps": 8, "bwd_stages": 2, "bt_bwd": BT,
     "seg": None,
 }

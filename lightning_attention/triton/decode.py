@@ -14,7 +14,7 @@ def _decode_kernel(
     H, K, V,
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_sb, s_sh, s_sk, s_ob, s_oh,
     scale,
-    HAS_DECAY: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_DECAY: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, INTERP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     iv = tl.program_id(1)
@@ -34,13 +34,17 @@ def _decode_kernel(
         S = S * tl.exp(-tl.load(slope_ptr + h).to(tl.float32))
     S += k[:, None] * v[None, :]
     tl.store(p, S, mask=m)
-    # o = q S as a (16, BK) x (BK, BV) product of 16 copies of q (tl.dot wants M >= 16;
-    # plain reductions are library functions that the interpreter cannot mix in), row 0 kept
-    rows = tl.arange(0, 16)
-    q16 = tl.where(rows[:, None] >= 0, q[None, :], 0.0)
-    o = tl.dot(q16, S, input_precision="ieee") * scale
-    po = o_ptr + b * s_ob + h * s_oh + rows[:, None] * 0 + offs_v[None, :]
-    tl.store(po, o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] == 0) & mv[None, :])
+    if INTERP:
+        # o = q S as a (16, BK) x (BK, BV) product of 16 copies of q, row 0 kept: library
+        # reductions (tl.sum) do not run in an interpreter started after triton's import
+        rows = tl.arange(0, 16)
+        q16 = tl.where(rows[:, None] >= 0, q[None, :], 0.0)
+        o = tl.dot(q16, S, input_precision="ieee") * scale
+        po = o_ptr + b * s_ob + h * s_oh + rows[:, None] * 0 + offs_v[None, :]
+        tl.store(po, o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] == 0) & mv[None, :])
+    else:
+        o = tl.sum(q[:, None] * S, axis=0) * scale
+        tl.store(o_ptr + b * s_ob + h * s_oh + offs_v, o.to(o_ptr.dtype.element_ty), mask=mv)
 
 
 _decode_kernel = kernel(_decode_kernel)
@@ -53,13 +57,13 @@ def decode(q, k, v, state, slope, scale):
     if o.numel() == 0:
         return o
     BK = C.next_pow2(K)
-    # keep the (BK x BV) fp32 tile at <= 8K elements per program
-    BV = min(C.next_pow2(V), max(16, 8192 // BK))
+    # (BK x BV) fp32 tiles of <= 4K elements: 16 per thread at 4 warps, many programs
+    BV = min(C.next_pow2(V), max(16, 4096 // BK))
     _decode_kernel[(B * H, triton.cdiv(V, BV))](
         q, k, v, state, o, slope if slope is not None else state,
         H, K, V,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         state.stride(0), state.stride(1), state.stride(2), o.stride(0), o.stride(1),
         float(scale),
-        HAS_DECAY=slope is not None, BK=BK, BV=BV, num_warps=4)
+        HAS_DECAY=slope is not None, BK=BK, BV=BV, INTERP=C.interpret(), num_warps=4)
     return o
