@@ -12,7 +12,7 @@ forward (one all-gather of the per-rank states and lengths)
 
 backward (one all-gather of the per-rank dS_in)
     dS_in,r    = c Σ_t λ^{t+1} q_tᵀ do_t
-    dS_r       = Σ_{m>r} λ^{g_rm} dS_in,m                     # flows into the local op's final state
+    dS_r       = Σ_{m>r} λ^{g_rm} dS_in,m          # into the local op's final state
     dq_t      += c λ^{t+1} do_t S_in,rᵀ
 
 and the local op's autograd turns (do, dS_r) into its dq, dk, dv and d slope. d slope has two
@@ -22,18 +22,20 @@ more sources here, both as d/d log λ (d slope = −d/d log λ):
 (each pair (j, m) of the combination is counted once, on rank j). Every decay is
 exp(−s·n) with n ≥ 0: no exponent can overflow at any length.
 
-Communication per call: two all-gathers of P·B·H·D·E state elements, independent of N.
+Communication per call: two all-gathers of P·B·H·D·E state elements, independent of N; no
+point-to-point chain. Extra memory: S_in,r saved for the backward, and one scaled copy of q
+(forward) or do (backward) while the correction GEMMs run. The gradient of slope is each
+rank's share of the whole sequence's gradient (sum it over the group, as for every weight
+that sees only local tokens).
 """
 import torch
 import torch.distributed as dist
 
 from .api import lightning_attn
-from .checks import state_dtype
-from .layout import empty_like_layout
+from .layout import empty_like_layout, is_bnhd
+from .ops import _rowdot
 
-#: Tokens per step of the correction GEMMs: bounds the temporaries to a slice of the sequence.
-_CHUNK_ELEMENTS = 1 << 26
-#: bmm with float32 output from 16-bit operands (tensor cores, no rounding of the product).
+#: bmm with a float32 result from 16-bit operands (torch >= 2.8 on CUDA).
 _HAS_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
 #: One tensor from every rank into one tensor (renamed in newer PyTorch).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -150,58 +152,58 @@ def _decays(log_decay, gaps, dtype):
     return torch.where(gaps[:, None] >= 0, w, 0.0).to(dtype)
 
 
-def _chunks(q):
-    B, H, N, D = q.shape
-    step = max(1, _CHUNK_ELEMENTS // max(1, B * H * max(D, 1)))
-    return [(a, min(a + step, N)) for a in range(0, N, step)]
+def _token_decay(log_decay, N, scale, dtype):
+    """c λ^{t+1} for t in [0, N), as (1, H, N, 1) in `dtype` (exponents computed in float64)."""
+    t = torch.arange(1, N + 1, dtype=torch.float64, device=log_decay.device)
+    return (scale * torch.exp(-log_decay[:, None] * t[None, :])).to(dtype)[None, :, :, None]
 
 
-def _token_decay(log_decay, a, b, scale, acc):
-    """c λ^{t+1} for t in [a, b), as (1, H, b − a, 1) in `acc`."""
-    t = torch.arange(a + 1, b + 1, dtype=torch.float64, device=log_decay.device)
-    return (scale * torch.exp(-log_decay[:, None] * t[None, :])).to(acc)[None, :, :, None]
+def _scaled(x, w):
+    """x ⊙ w in x's dtype, rounded once (the product is formed in w's precision)."""
+    return torch.mul(x, w, out=torch.empty_like(x))
 
 
-def _matmul(a, b, acc):
-    """a @ b over (B, H, ·, ·) with the result in `acc` (float32 or float64). 16-bit `a`:
-    the product of 16-bit operands (b rounded to a's dtype, as the kernels round the state),
-    accumulated and returned in float32; on the CPU, in float32 throughout."""
-    if a.dtype == acc:
-        return a @ b.to(acc)
-    if a.is_cuda and _HAS_BMM_OUT_DTYPE:
-        B, H, M, K = a.shape
-        out = torch.bmm(a.reshape(B * H, M, K), b.to(a.dtype).reshape(B * H, K, -1),
-                        out_dtype=acc)
-        return out.view(B, H, M, -1)
-    return a.to(acc) @ b.to(acc)
+def _batched(x):
+    """(B, H, M, K) → (B·H, M, K): a view when the layout allows, else a copy."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _in_layout(x, like):
+    """x (B, H, N, ·) in `like`'s memory layout (BHND or BNHD)."""
+    if is_bnhd(x) == is_bnhd(like):
+        return x
+    return empty_like_layout(like, x.shape[-1], dtype=x.dtype).copy_(x)
 
 
 def _add_correction(o_loc, q, s_in, log_decay, scale):
-    """o = o_loc + c λ^{t+1} q_t S_in, in o_loc's dtype and layout."""
-    acc = s_in.dtype
-    o = empty_like_layout(o_loc, o_loc.shape[-1])
-    for a, b in _chunks(q):
-        corr = _matmul(q[:, :, a:b], s_in, acc) * _token_decay(log_decay, a, b, scale, acc)
-        o[:, :, a:b] = o_loc[:, :, a:b] + corr
-    return o
+    """o = o_loc + c λ^{t+1} q_t S_in in o_loc's dtype and layout: one scaled copy of q and
+    one GEMM whose epilogue adds o_loc (16-bit operands and float32 accumulation on a GPU,
+    the state rounded to q's dtype as the kernels round it)."""
+    B, H, N, E = o_loc.shape
+    qd = _scaled(q, _token_decay(log_decay, N, scale, s_in.dtype))
+    o = torch.baddbmm(_batched(o_loc), _batched(qd), _batched(s_in.to(q.dtype)))
+    return _in_layout(o.view(B, H, N, E), o_loc)
 
 
 def _correction_grads(do, q, s_in, log_decay, scale, need_dslope):
-    """The gradients of o_t += c λ^{t+1} q_t S_in: dS_in (B, H, D, E) in the state dtype, dq
-    in q's dtype and layout, and with need_dslope its d/d log λ Σ_t (t+1) q_t·dq_t as
-    float64 (H,), from dq before it is rounded to q's dtype."""
+    """The gradients of o_t += c λ^{t+1} q_t S_in, with w_t = c λ^{t+1}:
+
+        dS_in = Σ_t q_tᵀ (w_t do_t)    (D, E) per (b, h), in the state dtype
+        dq_t  = (w_t do_t) S_inᵀ        in q's dtype and layout
+
+    and with need_dslope the d/d log λ of the term, Σ_t (t+1) q_t·dq_t, float64 (H,)."""
+    B, H, N, D = q.shape
     acc = s_in.dtype
-    ds_in = torch.zeros_like(s_in)
-    dq = empty_like_layout(q, q.shape[-1])
-    dlog = torch.zeros(q.shape[1], dtype=torch.float64, device=q.device) if need_dslope else None
-    for a, b in _chunks(q):
-        w = _token_decay(log_decay, a, b, scale, acc)
-        qc, doc = q[:, :, a:b], do[:, :, a:b]
-        ds_in += _matmul((qc.to(acc) * w).to(qc.dtype).transpose(-1, -2), doc, acc)
-        dqc = _matmul(doc, s_in.transpose(-1, -2), acc) * w
-        dq[:, :, a:b] = dqc
-        if need_dslope:
-            t1 = torch.arange(a + 1, b + 1, dtype=torch.float64, device=q.device)
-            terms = (qc.to(acc) * dqc).sum(-1).double()                       # (B, H, b − a)
-            dlog += (terms * t1).sum(dim=(0, 2))
-    return ds_in, dq, dlog
+    dod = _scaled(do, _token_decay(log_decay, N, scale, acc))
+    qt = _batched(q).transpose(1, 2)
+    if q.is_cuda and q.dtype != acc and _HAS_BMM_OUT_DTYPE:   # 16-bit operands, float32 sums
+        ds_in = torch.bmm(qt, _batched(dod), out_dtype=acc)
+    else:
+        ds_in = torch.bmm(qt.to(acc), _batched(dod).to(acc))
+    dq = torch.bmm(_batched(dod), _batched(s_in.to(q.dtype)).transpose(1, 2))
+    dq = _in_layout(dq.view(B, H, N, D), q)
+    dlog = None
+    if need_dslope:
+        t1 = torch.arange(1, N + 1, dtype=torch.float64, device=q.device)
+        dlog = (_rowdot(q, dq).double() * t1).sum(dim=(0, 2))
+    return ds_in.view_as(s_in), dq, dlog

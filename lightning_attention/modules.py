@@ -52,8 +52,10 @@ class LightningAttention(nn.Module):
         q, k, v, u = self._project(x)
         if self.sequence_parallel_group is not None:
             if state is not None or output_state:
-                raise ValueError("LightningAttention: state and output_state are not supported "
-                                 "with sequence_parallel_group (the sequence is split across ranks)")
+                raise ValueError("LightningAttention: state and output_state are not "
+                                 "supported with sequence_parallel_group (got state="
+                                 f"{'a tensor' if state is not None else None}, "
+                                 f"output_state={output_state})")
             o = lightning_attn_sp(q, k, v, self.slope, group=self.sequence_parallel_group,
                                   backend=self.backend)
             return self._output(o.transpose(1, 2).reshape(u.shape), u)

@@ -12,8 +12,9 @@ over the largest magnitude of the reference:
 On GPUs (NCCL, bf16, whichever backend `auto` picks):
     torchrun --nproc-per-node 2 tests/test_distributed.py
 compares against the float64 truth instead: the error of the split call is at most twice the
-error of the single-GPU call, plus 1e-3 of the largest magnitude (two bf16 roundings where the
-single call has one).
+error of the single-GPU call plus 2^-8 of the largest magnitude (half a bf16 ulp or more):
+the split rounds o = o_loc + correction and dq = dq_loc + dq_extra once more than one call
+does, and its correction GEMMs take c λ^{t+1} q_t and c λ^{t+1} do_t rounded to bf16.
 """
 import datetime
 import os
@@ -33,6 +34,7 @@ from utils import make_inputs, rand_slope, truth  # noqa: E402
 
 TOL64 = 1e-11
 SLACK32 = 1e-6
+SLACK16 = 2.0 ** -8
 
 
 def _rel_err(x, ref):
@@ -134,6 +136,7 @@ def _worker(rank, world, init_file):
             pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
             _check_case(rank, world, pairs[rank // 2], [30 + rank // 2, 17], dtype=torch.float64,
                         seed=5 + rank // 2)
+        dist.barrier()  # nobody tears gloo down while a peer still reads from it
     finally:
         dist.destroy_process_group()
 
@@ -155,15 +158,19 @@ def test_not_initialized():
 # ------------------------------------------------------------------ GPUs: NCCL, torchrun
 
 def _nccl_main():
-    """torchrun --nproc-per-node 2 tests/test_distributed.py: bf16 on the GPUs."""
-    dist.init_process_group("nccl")
+    """torchrun --nproc-per-node 2 tests/test_distributed.py: bf16 on the GPUs with NCCL
+    (without GPUs: on the CPU with gloo and smaller sizes, to check the script)."""
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
-    dev = torch.device("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dev = torch.device("cuda" if cuda else "cpu")
     backend = la.api.dispatch.select(None, *(torch.empty(1, 1, 1, 64, device=dev,
                                                          dtype=torch.bfloat16),) * 3)
     failures = []
-    for N, H, D in ((4096, 4, 128), (3000, 2, 64)):
+    sizes = ((4096, 4, 128), (3000, 2, 64)) if cuda else ((700, 2, 64), (300, 2, 32))
+    for N, H, D in sizes:
         torch.manual_seed(0)
         lengths = [N // world + 7 * (i == 0) for i in range(world)]
         lengths[-1] = N - sum(lengths[:-1])
@@ -188,7 +195,7 @@ def _nccl_main():
             scale = ref.abs().max().item()
             err = (x.double() - ref).abs().max().item()
             base = (single.double() - ref).abs().max().item()
-            ok = err <= 2 * base + 1e-3 * scale
+            ok = err <= 2 * base + SLACK16 * scale
             if rank == 0 or name != "dslope":
                 print(f"rank {rank} N={N} H={H} D={D} {name:6s} err {err:.3e} single {base:.3e} "
                       f"max|ref| {scale:.2e} {'ok' if ok else 'FAIL'}", flush=True)
@@ -197,7 +204,8 @@ def _nccl_main():
     flag = torch.tensor([len(failures)], device=dev)
     dist.all_reduce(flag)
     if rank == 0:
-        print(f"NCCL bf16 sequence-parallel test on {world} GPUs, backend {backend}: "
+        print(f"{'NCCL' if cuda else 'gloo'} bf16 sequence-parallel test on {world} "
+              f"{'GPUs' if cuda else 'processes'}, backend {backend}: "
               f"{'PASS' if flag.item() == 0 else 'FAIL'}", flush=True)
     dist.destroy_process_group()
     sys.exit(1 if flag.item() else 0)
