@@ -197,7 +197,7 @@ def _correction_grads(do, q, s_in, log_decay, scale, need_dslope):
     dod = _scaled(do, _token_decay(log_decay, N, scale, acc))
     qt = _batched(q).transpose(1, 2)
     if q.is_cuda and q.dtype != acc and _HAS_BMM_OUT_DTYPE:   # 16-bit operands, float32 sums
-        ds_in = torch.bmm(qt, _batched(dod), out_dtype=acc)
+        ds_in = torch.ops.aten.bmm.dtype(qt, _batched(dod), acc)
     else:
         ds_in = torch.bmm(qt.to(acc), _batched(dod).to(acc))
     dq = torch.bmm(_batched(dod), _batched(s_in.to(q.dtype)).transpose(1, 2))
