@@ -9,7 +9,9 @@ lightning_attn on all N tokens (the 1-GPU row), then every rank runs lightning_a
 N/P tokens (the P-GPU row). Median ms of the forward and of forward+backward (CUDA events;
 a step of the P-GPU row counts as long as its slowest rank, every step starting after a
 barrier), tokens/s, the P-GPU time over the 1-GPU time (the issue's target: at most 0.55 at
-512K on 2 GPUs), peak memory per GPU. Prints a table, writes JSON (--out).
+512K on 2 GPUs), peak memory per GPU, and for the P-GPU rows the time of the same local
+slices without the state exchange (the floor the exchange can approach). Prints a table,
+writes JSON (--out).
 """
 import argparse
 import datetime
@@ -150,8 +152,15 @@ def main():
                             q, k, v, do, args, clock, dist.group.WORLD, world)
         peak = torch.tensor([peak_gb(device) or 0.0], device=device)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        # the same slices without the exchange: what a free state exchange would cost
+        local_fwd, local_both = measure(
+            lambda q, k, v: la.lightning_attn(q, k, v, slope, backend=backend),
+            q, k, v, do, args, clock, None, 1)
+        local = torch.tensor([local_fwd, local_both], dtype=torch.float64, device=device)
+        dist.all_reduce(local, op=dist.ReduceOp.MAX)
         rows.append(dict(n=n, gpus=world, tokens_per_gpu=n // world, fwd_ms=fwd, fwd_bwd_ms=both,
-                         peak_gb=peak.item() if cuda else None))
+                         peak_gb=peak.item() if cuda else None,
+                         local_only_fwd_ms=local[0].item(), local_only_fwd_bwd_ms=local[1].item()))
         del q, k, v, do
 
     if rank == 0:
@@ -165,7 +174,7 @@ def report(rows, args, backend, card, world):
           f"D=E={args.dim}, backend {backend}, torch {torch.__version__}, "
           f"{datetime.date.today().isoformat()}")
     head = (f"{'N':>8} {'GPUs':>4} {'fwd ms':>9} {'fwd+bwd ms':>11} {'Mtok/s':>8} "
-            f"{'vs 1 GPU':>8} {'peak GB/GPU':>11}")
+            f"{'vs 1 GPU':>8} {'peak GB/GPU':>11} {'local only fwd / fwd+bwd ms':>28}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -173,8 +182,10 @@ def report(rows, args, backend, card, world):
         r["ratio_fwd_bwd"] = r["fwd_bwd_ms"] / one[r["n"]]["fwd_bwd_ms"]
         r["ratio_fwd"] = r["fwd_ms"] / one[r["n"]]["fwd_ms"]
         peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
+        local = (f"{r['local_only_fwd_ms']:.2f} / {r['local_only_fwd_bwd_ms']:.2f}"
+                 if "local_only_fwd_ms" in r else "")
         print(f"{r['n']:>8} {r['gpus']:>4} {r['fwd_ms']:>9.2f} {r['fwd_bwd_ms']:>11.2f} "
-              f"{r['mtok_per_s']:>8.2f} {r['ratio_fwd_bwd']:>8.3f} {peak:>11}")
+              f"{r['mtok_per_s']:>8.2f} {r['ratio_fwd_bwd']:>8.3f} {peak:>11} {local:>28}")
     split = [r for r in rows if r["gpus"] > 1]
     if split:
         last = max(split, key=lambda r: r["n"])
