@@ -88,6 +88,7 @@ class _StateExchange(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, slope, state, s_in, after = ctx.saved_tensors
         log_decay = _log_decay(slope, q.shape[1], state)

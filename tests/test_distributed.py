@@ -109,6 +109,8 @@ def _check_module(rank, world):
     y = sp(x[:, a:b])
     y.square().sum().backward()
     assert _rel_err(y, y_ref[:, a:b]) <= 1e-11
+    with torch.no_grad():  # inference: the same collective, no graph
+        assert _rel_err(sp(x[:, a:b]), y_ref[:, a:b]) <= 1e-11
     for (name, p), p_ref in zip(sp.named_parameters(), ref.parameters()):
         g = p.grad.clone()
         dist.all_reduce(g)
