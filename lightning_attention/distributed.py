@@ -65,6 +65,8 @@ def lightning_attn_sp(q, k, v, slope=None, *, scale=1.0, group=None, backend=Non
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("lightning_attn_sp: torch.distributed is not initialized; call "
                            "torch.distributed.init_process_group first (or use lightning_attn)")
+    if dist.get_rank(group) < 0:
+        raise ValueError("lightning_attn_sp: this process is not a member of `group`")
     if dist.get_world_size(group) == 1:
         return lightning_attn(q, k, v, slope, scale=scale, backend=backend)
     o_loc, state = lightning_attn(q, k, v, slope, scale=scale, output_final_state=True,
@@ -77,7 +79,7 @@ class _StateExchange(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, o_loc, state, q, slope, scale, group):
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        rank = dist.get_rank(group)
         states, lengths = _all_gather(state, q.shape[2], group)
         log_decay = _log_decay(slope, q.shape[1], state)
         before, after = _gaps(lengths, rank)
