@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--fwd-only", action="store_true", help="time the forward kernel only")
     args = ap.parse_args()
     try:
         from fla.ops.simple_gla import chunk_simple_gla
@@ -46,6 +47,9 @@ def main():
         qt, kt, vt, dot = (x.transpose(1, 2) for x in (q, k, v, do))
         r = {"N": N, "B": B}
         r["cuda_fwd"] = bench(lambda: C.fwd(qt, kt, vt, slope, 1.0, None, None, False))
+        if args.fwd_only:
+            print(f"{N:>6} {B:>3} | fwd {r['cuda_fwd']:.3f} ms", flush=True)
+            continue
         r["cuda_bwd"] = bench(lambda: C.bwd(dot, None, qt, kt, vt, slope, 1.0, None, None))
         r["cuda_fwdbwd_kernels"] = r["cuda_fwd"] + r["cuda_bwd"]
         ql, kl, vl = (x.detach().clone().requires_grad_() for x in (qt, kt, vt))

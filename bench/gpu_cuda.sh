@@ -21,7 +21,13 @@ if [ -z "${SKIP_SPEED:-}" ]; then
   timeout 150 python3 bench/cuda_speed.py --json $OUT/speed.json 2>&1 | tee $OUT/speed.log | tail -6
 fi
 if [ -n "${SEG_SWEEP:-}" ]; then
-  for L in $SEG_SWEEP; do echo "seg_len $L:"; LIGHTNING_ATTENTION_SEG_LEN=$L timeout 60 python3 bench/cuda_speed.py --n 65536 --no-fla 2>&1 | tail -1; done
+  for L in $SEG_SWEEP; do echo "seg_len $L:"; LIGHTNING_ATTENTION_SEG_LEN=$L timeout 60 python3 bench/cuda_speed.py --n 8192 65536 --fwd-only 2>&1 | tail -2; done
+fi
+if [ -n "${STAGE_SWEEP:-}" ]; then
+  for S in $STAGE_SWEEP; do echo "fwd stages $S:"; LIGHTNING_ATTENTION_FWD_STAGES=$S timeout 60 python3 bench/cuda_speed.py --n 1024 65536 --fwd-only 2>&1 | tail -2; done
+fi
+if [ -n "${PROFILE:-}" ]; then
+  timeout 90 python3 bench/cuda_profile.py 2>&1 | tee $OUT/profile.log | tail -25
 fi
 SEL=${1:-}
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ${SEL:+-k "$SEL"} --maxfail=15 > $OUT/test.log 2>&1

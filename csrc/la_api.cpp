@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <tuple>
@@ -33,7 +34,7 @@ using at::Tensor;
 
 #define LA_CHECK(cond, ...) TORCH_CHECK(cond, "lightning_attn (cuda): ", __VA_ARGS__)
 
-constexpr int kMaxSegLen = 1024;
+constexpr int kMaxSegLen = 2048;
 constexpr int kMinSegLen = 128;
 
 // Tests set LIGHTNING_ATTENTION_POISON=1 (layout.poisoned()): outputs start as NaN, so an
@@ -119,23 +120,34 @@ int64_t num_seqs_of(const Tensor& q, const std::optional<Tensor>& cu) {
   return cu->size(0) - 1;
 }
 
-// Segmentation: the longest segment (<= 1024 tokens) that still gives at least two CTAs per
-// multiprocessor, so that B·H = 32 at N = 64K fills the GPU.
+// Segmentation: the longest segment (<= 2048 tokens) that still gives at least four CTAs
+// per multiprocessor (about four waves of the one-CTA-per-SM pass 2), so that B·H = 32 at
+// N = 64K fills the GPU; longer segments mean fewer states to pass between them.
 struct Plan {
   SegParams seg{};
   Tensor seq_info, seg_seq, ws;
   bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
+  int fwd_stages = 2;
 };
 
 Plan make_plan(const Tensor& q, const std::optional<Tensor>& cu, int64_t num_seqs, int64_t D,
                int64_t E, cudaStream_t stream) {
   Plan pl;
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
-  int sms = 0;
+  int sms = 0, smem_optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                        q.get_device()));
+  // forward pass-2 pipeline depth: 3 stages where shared memory allows (Hopper), else 2
+  const int64_t stride = D + 8;
+  pl.fwd_stages = (3 * 3 * 64 * stride + D * stride) * 2 + 512 <= smem_optin ? 3 : 2;
+  if (const char* e = std::getenv("LIGHTNING_ATTENTION_FWD_STAGES")) {  // tuning experiments
+    const int want = std::atoi(e);
+    if (want == 2 || want == 3) pl.fwd_stages = std::min(pl.fwd_stages, want);
+  }
   const int64_t rows = cu.has_value() ? H : B * H;
   int L = kMaxSegLen;
-  while (L > kMinSegLen && rows * ((N + L - 1) / L) < 2 * sms) L /= 2;
+  while (L > kMinSegLen && rows * ((N + L - 1) / L) < 4 * sms) L /= 2;
   if (const char* e = std::getenv("LIGHTNING_ATTENTION_SEG_LEN")) {  // tuning experiments
     const int want = std::atoi(e);
     if (want >= 64 && want % 64 == 0) L = want;
@@ -209,12 +221,12 @@ void fwd_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
   const int64_t D = q.size(3), E = v.size(3);
   LA_DISPATCH(q.scalar_type(), D, [&] {
     if (pl.multi) {
-      run_fwd<T, kHD>(p, /*pass1=*/true, stream);
+      run_fwd<T, kHD>(p, /*pass1=*/true, pl.fwd_stages, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       run_state_scan(pl.seg, p.ws, state_in, sd, se, slope, (int)D, (int)E, /*reverse=*/false, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    run_fwd<T, kHD>(p, /*pass1=*/false, stream);
+    run_fwd<T, kHD>(p, /*pass1=*/false, pl.fwd_stages, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

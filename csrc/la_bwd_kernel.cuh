@@ -136,8 +136,9 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
   }
 }
 
+// Pass 1 is capped at 128 registers so that two CTAs share an SM.
 template <typename T, int HD, bool kPass1>
-__global__ void __launch_bounds__(256, 1) la_bwd_dkdv_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_bwd_dkdv_kernel(const BwdParams p) {
   using Tr = BwdTraits<T, HD>;
   using F = FwdTraits<T, HD>;
   constexpr int kStride = Tr::kStride;

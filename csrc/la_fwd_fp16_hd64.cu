@@ -3,5 +3,5 @@
 #include "la_fwd_kernel.cuh"
 
 namespace la {
-template void run_fwd<__half, 64>(const FwdParams&, bool, cudaStream_t);
+template void run_fwd<__half, 64>(const FwdParams&, bool, int, cudaStream_t);
 }  // namespace la

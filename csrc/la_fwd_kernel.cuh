@@ -31,9 +31,10 @@ struct FwdTraits {
   static constexpr int kSTN = HD / kSWN;                 // state columns per warp
   static constexpr int kSNT = kSTN / 8;                  // 8-wide n-tiles per warp (state)
   static constexpr int kONT = HD / 16;                   // n-tiles per warp (outputs, E/2)
-  // smem: [K0 V0 K1 V1] (+ [Q0 Q1 S] for pass 2)
+  // smem: [K V] x stages, then [Q] x stages, the state copy and 128 floats of row partials
+  // (pass 1: [K V] x 2 only)
   static constexpr int kSmemPass1 = 4 * kTile * 2;
-  static constexpr int kSmemPass2 = (6 * kTile + kStateTile) * 2 + 128 * 4;  // + row partials
+  static constexpr int smem_pass2(int stages) { return (3 * stages * kTile + kStateTile) * 2 + 128 * 4; }
   static_assert(HD == 64 || HD == 128, "specialised head dims");
 };
 
@@ -179,8 +180,10 @@ __device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, 
   }
 }
 
-template <typename T, int HD, bool kPass1>
-__global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
+// kStages: cp.async pipeline depth of pass 2 (3: two blocks in flight while one computes).
+// Pass 1 keeps 2 stages and is capped at 128 registers so that two CTAs share an SM.
+template <typename T, int HD, bool kPass1, int kStages>
+__global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_fwd_kernel(const FwdParams p) {
   using Tr = FwdTraits<T, HD>;
   using P2 = Pack2<T>;
   constexpr int kStride = Tr::kStride;
@@ -204,11 +207,11 @@ __global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
   const T* vg = static_cast<const T*>(p.v) + batch * p.v_bs + h * p.v_hs + tok0 * p.v_rs;
   T* og = kPass1 ? nullptr : static_cast<T*>(p.o) + batch * p.o_bs + h * p.o_hs + tok0 * p.o_rs;
 
-  // stage st: K at tile 2·st, V at 2·st + 1, Q at 4 + st; the state copy after them
+  // stage st: K at tile 2·st, V at 2·st + 1, Q at 2·kStages + st; the state copy after them
   auto sK = [&](int st) { return smem + (2 * st) * Tr::kTile; };
   auto sV = [&](int st) { return smem + (2 * st + 1) * Tr::kTile; };
-  auto sQ = [&](int st) { return smem + (4 + st) * Tr::kTile; };
-  T* sS = smem + 6 * Tr::kTile;
+  auto sQ = [&](int st) { return smem + (2 * kStages + st) * Tr::kTile; };
+  T* sS = smem + 3 * kStages * Tr::kTile;
   float* sRed = reinterpret_cast<float*>(sS + Tr::kStateTile);  // (64,) row partials
   const bool terms = !kPass1 && p.terms != nullptr;
   const T* rqg = terms ? static_cast<const T*>(p.rq) + batch * p.rq_bs + h * p.rq_hs + tok0 * p.rq_rs
@@ -233,23 +236,29 @@ __global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
 
   const int nblk = (si.len + 63) / 64;
   auto issue = [&](int b) {
-    const int t0 = b * 64, n = min(64, si.len - t0), st = b & 1;
+    const int t0 = b * 64, n = min(64, si.len - t0), st = b % kStages;
     load_tile<HD>(sK(st), kg, p.k_rs, t0, n, tid);
     load_tile<HD>(sV(st), vg, p.v_rs, t0, n, tid);
     if (!kPass1) load_tile<HD>(sQ(st), qg, p.q_rs, t0, n, tid);
   };
-  if (nblk > 0) issue(0);
-  cp_async_commit();
+  // prologue: blocks 0 .. kStages-2 in flight (one commit group each, empty past the end)
+#pragma unroll
+  for (int b = 0; b < kStages - 1; ++b) {
+    if (b < nblk) issue(b);
+    cp_async_commit();
+  }
 
   const int rg = warp & 3;                 // output rows [16 rg, 16 rg + 16) of the block
   const int oc0 = (warp >> 2) * (HD / 2);  // output columns [oc0, oc0 + HD/2)
 
   for (int b = 0; b < nblk; ++b) {
-    if (b + 1 < nblk) issue(b + 1);
+    // the stage of block b + kStages - 1 was last read in iteration b - 1, which ended
+    // with a barrier
+    if (b + kStages - 1 < nblk) issue(b + kStages - 1);
     cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<kStages - 1>();
     __syncthreads();
-    const int st = b & 1;
+    const int st = b % kStages;
     const int t0 = b * 64, n = min(64, si.len - t0);
     const uint32_t uK = smem_u32(sK(st)), uV = smem_u32(sV(st));
 
@@ -364,23 +373,24 @@ __global__ void __launch_bounds__(256, 1) la_fwd_kernel(const FwdParams p) {
   }
 }
 
+template <typename T, int HD, bool kPass1, int kStages>
+void launch_fwd(const FwdParams& p, int smem, cudaStream_t stream) {
+  auto kernel = la_fwd_kernel<T, HD, kPass1, kStages>;
+  if (smem > 48 * 1024)
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), FwdTraits<T, HD>::kThreads, smem, stream>>>(p);
+}
+
+// stages: pass-2 pipeline depth, 2 or 3 (la_api.cpp picks; 3 needs ~192 KB for D = 128)
 template <typename T, int HD>
-void run_fwd(const FwdParams& p, bool pass1, cudaStream_t stream) {
+void run_fwd(const FwdParams& p, bool pass1, int stages, cudaStream_t stream) {
   using Tr = FwdTraits<T, HD>;
-  const dim3 grid(p.seg.num_segs, p.seg.H);
-  if (pass1) {
-    auto kernel = la_fwd_kernel<T, HD, true>;
-    constexpr int smem = Tr::kSmemPass1;
-    if (smem > 48 * 1024)
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
-  } else {
-    auto kernel = la_fwd_kernel<T, HD, false>;
-    constexpr int smem = Tr::kSmemPass2;
-    if (smem > 48 * 1024)
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
-  }
+  if (pass1)
+    launch_fwd<T, HD, true, 2>(p, Tr::kSmemPass1, stream);
+  else if (stages >= 3)
+    launch_fwd<T, HD, false, 3>(p, Tr::smem_pass2(3), stream);
+  else
+    launch_fwd<T, HD, false, 2>(p, Tr::smem_pass2(2), stream);
 }
 
 }  // namespace la

@@ -103,7 +103,7 @@ __device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
 // The incoming state of a segment is ws[segment] except for the first segment of a
 // sequence (forward: state_in or 0) and the last one (backward: dstate_in or 0).
 template <typename T, int HD>
-void run_fwd(const FwdParams& p, bool pass1, cudaStream_t stream);
+void run_fwd(const FwdParams& p, bool pass1, int stages, cudaStream_t stream);
 template <typename T, int HD>
 void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 

@@ -95,19 +95,49 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
   auto at = [&](int s) { return ws + ((int64_t)(first + s) * H + h) * DE + idx; };
   auto seg_len = [&](int s) { return min(p.seg_len, seqlen - s * p.seg_len); };
   float carry = state_in ? state_in[((int64_t)seq * H + h) * DE + d * sd + e * se] : 0.f;
+  // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in
+  // flight; every store targets an index whose local state was loaded already.
+  constexpr int kC = 8;
+  float nxt[kC];
   if (!reverse) {
-    float loc = *at(0);
-    for (int s = 1; s < nseg; ++s) {
-      carry = exp2f(nl2 * (float)seg_len(s - 1)) * carry + loc;
-      if (s + 1 < nseg) loc = *at(s);
-      *at(s) = carry;
+    // local states 0 .. nseg-2 -> incoming states 1 .. nseg-1
+    const int cnt = nseg - 1;
+#pragma unroll
+    for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? *at(j) : 0.f;
+    for (int base = 0; base < cnt; base += kC) {
+      float loc[kC];
+#pragma unroll
+      for (int j = 0; j < kC; ++j) loc[j] = nxt[j];
+#pragma unroll
+      for (int j = 0; j < kC; ++j) nxt[j] = base + kC + j < cnt ? *at(base + kC + j) : 0.f;
+#pragma unroll
+      for (int j = 0; j < kC; ++j) {
+        const int s = base + j;
+        if (s < cnt) {
+          carry = exp2f(nl2 * (float)seg_len(s)) * carry + loc[j];
+          *at(s + 1) = carry;
+        }
+      }
     }
   } else {
-    float loc = *at(nseg - 1);
-    for (int s = nseg - 2; s >= 0; --s) {
-      carry = exp2f(nl2 * (float)seg_len(s + 1)) * carry + loc;
-      if (s > 0) loc = *at(s);
-      *at(s) = carry;
+    // local states nseg-1 .. 1 -> incoming states nseg-2 .. 0
+    const int top = nseg - 1, cnt = nseg - 1;
+#pragma unroll
+    for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? *at(top - j) : 0.f;
+    for (int base = 0; base < cnt; base += kC) {
+      float loc[kC];
+#pragma unroll
+      for (int j = 0; j < kC; ++j) loc[j] = nxt[j];
+#pragma unroll
+      for (int j = 0; j < kC; ++j) nxt[j] = base + kC + j < cnt ? *at(top - base - kC - j) : 0.f;
+#pragma unroll
+      for (int j = 0; j < kC; ++j) {
+        const int s = top - base - j;  // local state of segment s
+        if (base + j < cnt) {
+          carry = exp2f(nl2 * (float)seg_len(s)) * carry + loc[j];
+          *at(s - 1) = carry;
+        }
+      }
     }
   }
 }

@@ -1,0 +1,32 @@
+"""Per-kernel time of one forward and one backward of workload W (torch.profiler).
+
+    python bench/cuda_profile.py [--n 65536]
+"""
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lightning_attention import cuda as C
+import lightning_attention as la
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--n", type=int, nargs="+", default=[1024, 65536])
+args = ap.parse_args()
+H, D = 32, 128
+slope = la.build_slopes(H).float().cuda()
+for N in args.n:
+    B = 65536 // N
+    q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+                   for _ in range(4))
+    for _ in range(3):
+        C.fwd(q, k, v, slope, 1.0, None, None, False)
+        C.bwd(do, None, q, k, v, slope, 1.0, None, None, True)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            C.fwd(q, k, v, slope, 1.0, None, None, False)
+            C.bwd(do, None, q, k, v, slope, 1.0, None, None, True)
+        torch.cuda.synchronize()
+    print(f"N = {N}, B = {B}: per-kernel CUDA time over 5 fwd+bwd (ms total)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=70))
