@@ -29,4 +29,4 @@ for N in args.n:
             C.bwd(do, None, q, k, v, slope, 1.0, None, None, True)
         torch.cuda.synchronize()
     print(f"N = {N}, B = {B}: per-kernel CUDA time over 5 fwd+bwd (ms total)")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=70))
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=10, max_name_column_width=70))
