@@ -120,9 +120,33 @@ int64_t num_seqs_of(const Tensor& q, const std::optional<Tensor>& cu) {
   return cu->size(0) - 1;
 }
 
-// Segmentation: the longest segment (<= 2048 tokens) that still gives at least four CTAs
-// per multiprocessor (about four waves of the one-CTA-per-SM pass 2), so that B·H = 32 at
-// N = 64K fills the GPU; longer segments mean fewer states to pass between them.
+// Segmentation. Pass 2 runs one CTA per SM, so its time is (waves) x (blocks per segment);
+// more segments fill the machine but add pass 1 (K, V read once more, two CTAs per SM,
+// about 0.77 of a pass-2 block each, measured on an H100) and the scan. Pick the segment
+// length with the least modelled time, preferring longer segments (fewer states) on ties.
+// W on an H100: N <= 16K -> one segment per sequence; N = 32K, 64K -> 4K, 8K-token segments.
+int pick_seg_len(int64_t rows, int64_t N, int sms) {
+  auto cost = [&](int64_t L) {
+    const int64_t nseg = (N + L - 1) / L, blocks = (L + 63) / 64;
+    double c = (double)((rows * nseg + sms - 1) / sms) * blocks;
+    if (nseg > 1)  // pass 1, the scan, and ~4 blocks' worth of state traffic per segment
+      c += (double)((rows * (nseg - 1) + 2 * sms - 1) / (2 * sms)) * blocks * 0.77 + 10.0 +
+           4.0 * rows * nseg / sms;
+    return c;
+  };
+  int64_t best = std::max<int64_t>(64, (N + 63) / 64 * 64);
+  double best_cost = cost(best);
+  for (int64_t L = int64_t(1) << 30; L >= kMinSegLen; L /= 2) {
+    if (L >= N) continue;
+    const double c = cost(L);
+    if (c < best_cost * 0.98) {
+      best = L;
+      best_cost = c;
+    }
+  }
+  return (int)std::min<int64_t>(best, int64_t(1) << 30);
+}
+
 struct Plan {
   SegParams seg{};
   Tensor seq_info, seg_seq, ws;
@@ -145,9 +169,14 @@ Plan make_plan(const Tensor& q, const std::optional<Tensor>& cu, int64_t num_seq
     const int want = std::atoi(e);
     if (want == 2 || want == 3) pl.fwd_stages = std::min(pl.fwd_stages, want);
   }
-  const int64_t rows = cu.has_value() ? H : B * H;
-  int L = kMaxSegLen;
-  while (L > kMinSegLen && rows * ((N + L - 1) / L) < 4 * sms) L /= 2;
+  int L;
+  if (cu.has_value()) {  // packed sequences of unknown lengths: the longest segment
+    // (<= kMaxSegLen) that gives four CTAs per SM if the tokens formed one sequence
+    L = kMaxSegLen;
+    while (L > kMinSegLen && H * ((N + L - 1) / L) < 4 * sms) L /= 2;
+  } else {
+    L = pick_seg_len(B * H, N, sms);
+  }
   if (const char* e = std::getenv("LIGHTNING_ATTENTION_SEG_LEN")) {  // tuning experiments
     const int want = std::atoi(e);
     if (want >= 64 && want % 64 == 0) L = want;
