@@ -17,7 +17,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "entry function|spill|Used" $OUT/build.log | sed 's/ptxas info    : //' > /tmp/ptxas.txt
 cuobjdump --dump-sass lightning_attention/_C*.so > /tmp/sass.txt 2>/dev/null
 echo "HMMA in SASS: $(grep -c HMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
-awk '/Function :/{f=$3} /HMMA/{n[f]++} END{for(k in n) print "  HMMA", n[k], k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 | head -20"
+awk '/Function :/{f=$3} /HMMA/{n[f]++} END{for(k in n) print "  HMMA", n[k], k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 | head -24
 if [ -z "${SKIP_SPEED:-}" ]; then
   timeout 150 python3 bench/cuda_speed.py --json $OUT/speed.json 2>&1 | tee $OUT/speed.log | tail -6
 fi
