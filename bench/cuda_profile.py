@@ -12,6 +12,7 @@ import lightning_attention as la
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, nargs="+", default=[1024, 65536])
+ap.add_argument("--dslope", action="store_true", help="backward with the d slope terms")
 args = ap.parse_args()
 H, D = 32, 128
 slope = la.build_slopes(H).float().cuda()
@@ -21,12 +22,12 @@ for N in args.n:
                    for _ in range(4))
     for _ in range(3):
         C.fwd(q, k, v, slope, 1.0, None, None, False)
-        C.bwd(do, None, q, k, v, slope, 1.0, None, None, True)
+        C.bwd(do, None, q, k, v, slope, 1.0, None, None, args.dslope)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             C.fwd(q, k, v, slope, 1.0, None, None, False)
-            C.bwd(do, None, q, k, v, slope, 1.0, None, None, True)
+            C.bwd(do, None, q, k, v, slope, 1.0, None, None, args.dslope)
         torch.cuda.synchronize()
     print(f"N = {N}, B = {B}: per-kernel CUDA time over 5 fwd+bwd (ms total)")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=10, max_name_column_width=70))

@@ -55,6 +55,7 @@ def main():
         ql, kl, vl = (x.detach().clone().requires_grad_() for x in (qt, kt, vt))
 
         def step():
+            ql.grad = kl.grad = vl.grad = None  # no gradient accumulation in the timing
             o = la.lightning_attn(ql, kl, vl, slope, backend="cuda")
             o.backward(dot)
         r["cuda_fwdbwd_api"] = bench(step)
@@ -70,6 +71,7 @@ def main():
             qf, kf, vf = (x.detach().clone().requires_grad_() for x in (q, k, v))
 
             def fstep():
+                qf.grad = kf.grad = vf.grad = None
                 o, _ = chunk_simple_gla(qf, kf, vf, g_gamma=g, scale=1.0)
                 o.backward(do)
             r["fla_fwdbwd"] = bench(fstep)
