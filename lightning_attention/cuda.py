@@ -44,9 +44,10 @@ def unavailable():
 
 def smem_bytes(head_dim: int, backward: bool) -> int:
     """Dynamic shared memory of the largest kernel (pass 2): double-buffered (64, D) tiles
-    with rows padded by 8 elements (3 tiles forward, 4 backward) and the 16-bit state."""
+    with rows padded by 8 elements (3 tiles forward, 4 backward), the 16-bit state and 128
+    floats of row partials. (The forward takes a third stage where the device has room.)"""
     tiles = 8 if backward else 6
-    return (tiles * _BLOCK + head_dim) * (head_dim + 8) * 2
+    return (tiles * _BLOCK + head_dim) * (head_dim + 8) * 2 + 512
 
 
 def unsupported(q, k, v, cu_seqlens):
