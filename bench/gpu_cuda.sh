@@ -27,6 +27,10 @@ fi
 if [ -n "${STAGE_SWEEP:-}" ]; then
   for S in $STAGE_SWEEP; do echo "fwd stages $S:"; LIGHTNING_ATTENTION_FWD_STAGES=$S timeout 60 python3 bench/cuda_speed.py --n 1024 65536 --fwd-only 2>&1 | grep fwd; done
 fi
+if [ -n "${EXTRA:-}" ]; then
+  echo "D = E = 64, H = 64:"; timeout 60 python3 bench/cuda_speed.py --heads 64 --dim 64 --n 1024 65536 2>&1 | tail -3
+  timeout 30 python3 bench/cuda_decode_speed.py 2>&1 | tail -1
+fi
 if [ -n "${PROFILE:-}" ]; then
   timeout 90 python3 bench/cuda_profile.py 2>&1 | tee $OUT/profile.log | tail -25
 fi
