@@ -265,7 +265,7 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tens
                                   const std::optional<Tensor>& initial_state,
                                   const std::optional<Tensor>& cu_seqlens, bool output_final_state) {
   check_qkv(q_, k_, v_);
-  const int64_t B = q_.size(0), H = q_.size(1), N = q_.size(2), D = q_.size(3), E = v_.size(3);
+  const int64_t H = q_.size(1), N = q_.size(2), D = q_.size(3), E = v_.size(3);
   const int64_t num_seqs = num_seqs_of(q_, cu_seqlens);
   check_slope(slope, H, q_);
   check_state(initial_state, "initial_state", num_seqs, H, D, E, q_);
@@ -297,7 +297,6 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tens
   Plan pl = make_plan(q, cu, num_seqs, D, E, stream);
   fwd_core(q, k, v, o, ptr_or_null<float>(slope_c), (float)scale, ptr_or_null<float>(init), E, 1,
            output_final_state ? final_state.data_ptr<float>() : nullptr, pl, stream);
-  (void)B;
   return {o, final_state};
 }
 
@@ -453,6 +452,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("cuda_archs") = LA_CUDA_ARCHS;
   m.attr("head_dims") = pybind11::make_tuple(64, 128);
   m.attr("fwd_block") = 64;
-  m.attr("max_seg_len") = la::kMaxSegLen;
+  m.attr("max_varlen_seg_len") = la::kMaxSegLen;
 }
 #endif

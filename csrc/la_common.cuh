@@ -89,11 +89,6 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // Tiles in shared memory are row-major with rows padded by 8 elements (16 bytes): the 8
 // row addresses of one ldmatrix phase then fall in 8 distinct 4-bank groups.
-template <int kCols>
-struct SmemTile {
-  static constexpr int kStride = kCols + 8;  // elements
-};
-
 // ldmatrix address of lane `lane` for the fragment kinds used below; `base` is the tile's
 // shared address, rows are `stride` elements of 2 bytes.
 //  A from a row-major [m][k] tile at (m0, k0), no transpose.
