@@ -3,6 +3,7 @@
     python bench/bench_speed.py                       # W: bf16, H=32, D=E=128, B·N=65,536
     python bench/bench_speed.py --n 1024 65536 --dim 64 --heads 64
     python bench/bench_speed.py --cpu-smoke           # tiny sizes on the CPU
+    python bench/bench_speed.py --decode              # one decode step, B=128, H=32, D=E=128
 
 For every N (B = tokens / N): median ms of the forward and of forward+backward, tokens/s,
 the ratio to the memory floor (each input read once, each output written once, at the copy
@@ -103,6 +104,25 @@ def measure(fn, B, H, N, D, E, dtype, device, bench, do_bwd):
     return res
 
 
+def decode_table(args, device, names):
+    """One decode step per backend: the float32 state is read and written once, so the
+    floor is a copy of the state's bytes."""
+    B, H, D = args.decode_batch, args.heads, args.dim
+    q, k, v = (torch.randn(B, H, D, device=device, dtype=DTYPES[args.dtype]) for _ in range(3))
+    state = torch.randn(B, H, D, D, device=device)
+    slope = la.build_slopes(H, device=device)
+    bench = timer(device)
+    floor = bench(lambda: state.clone(), []) if device.type == "cuda" else None
+    print(f"\ndecode, B={B}, H={H}, D=E={D}, {args.dtype}" +
+          (f"; floor (state copy) {floor:.4f} ms" if floor else ""))
+    rows = []
+    for name in names:
+        ms = bench(lambda: la.lightning_attn_decode(q, k, v, state, slope, backend=name), [])
+        rows.append({"impl": f"lightning_attention {name}", "decode_ms": ms, "floor_ms": floor})
+        print(f"  {name:<8}{ms:9.4f} ms" + (f"  {ms / floor:5.2f}x floor" if floor else ""))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
@@ -116,6 +136,8 @@ def main(argv=None):
     p.add_argument("--fwd-only", action="store_true")
     p.add_argument("--json", default="bench/results/speed.json")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
+    p.add_argument("--decode", action="store_true", help="time one decode step instead")
+    p.add_argument("--decode-batch", type=int, default=128)
     args = p.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
@@ -125,6 +147,8 @@ def main(argv=None):
     dtype = DTYPES[args.dtype]
     avail = {k for k, why in la.backends().items() if why is None}
     names = args.backends or [b for b in ("cuda", "triton") if b in avail and device.type == "cuda"] or ["torch"]
+    if args.decode:
+        return decode_table(args, device, names)
     impls = {f"lightning_attention {b}": ours(b) for b in names}
     if not args.no_peers and device.type == "cuda":
         impls.update(peers())

@@ -1,0 +1,50 @@
+#!/bin/bash
+# The one device call: build the extension, benchmark every backend beside the peers,
+# run the GPU tests and the sanitizer, check the SASS; logs under $OUT, a short summary last.
+#   bash bench/gpu_run.sh                 (peers join when .whl/ travels with the call)
+# Switches: SKIP_TESTS=1, SKIP_SANITIZE=1, TRITON_TESTS=1 (the Triton GPU matrix, ~4 min),
+#           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/)
+set -u
+export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
+export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0}
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+t0=$(date +%s)
+timeout 240 python3 setup.py build_ext --inplace > $OUT/build.log 2>&1 || { grep -E "error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+grep -E "entry function|spill|Used" $OUT/build.log | sed 's/ptxas info    : //' > /tmp/ptxas.txt
+cuobjdump --dump-sass lightning_attention/_C*.so > /tmp/sass.txt 2>/dev/null
+echo "HMMA in SASS: $(grep -c HMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
+awk '/Function :/{f=$3} /HMMA/{n[f]++} END{for(k in n) print "  HMMA", n[k], k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > $OUT/hmma.txt
+grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > $OUT/ptxas_summary.txt
+timeout ${SPEED_TIMEOUT:-260} python3 bench/bench_speed.py --json $OUT/speed.json > $OUT/speed.log 2>&1
+echo "bench rc=$?"
+timeout 40 python3 bench/bench_speed.py --decode --json $OUT/decode.json > $OUT/decode.log 2>&1
+if [ -z "${SKIP_TESTS:-}" ]; then
+  SEL="not test_cpu and not test_gpu_shapes and not test_gpu_head_dims"; [ -n "${TRITON_TESTS:-}" ] && SEL=""
+  timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_cuda.py \
+    tests/test_api.py tests/test_reference.py tests/test_module.py tests/test_triton.py \
+    ${SEL:+-k "$SEL"} > $OUT/test.log 2>&1
+  echo "pytest rc=$?"; grep -E "passed|failed|Error" $OUT/test.log | tail -12
+fi
+if [ -z "${SKIP_SANITIZE:-}" ]; then
+  timeout 60 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$? $(tail -1 $OUT/memcheck.log)"
+  timeout 90 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > $OUT/racecheck.log 2>&1; echo "racecheck rc=$? $(tail -1 $OUT/racecheck.log)"
+fi
+if [ -n "${CMAKE:-}" ]; then
+  ( cmake -S . -B /tmp/cmb -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+      -DLA_CUDA_ARCHS=90 -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/cmb -j16 && \
+    ctest --test-dir /tmp/cmb --output-on-failure ) > $OUT/ctest.log 2>&1
+  echo "cmake + ctest rc=$?"; grep -E "tests passed|FAILED" $OUT/ctest.log | tail -3
+fi
+if [ -n "${PROFILE:-}" ]; then
+  timeout 90 python3 bench/cuda_profile.py > $OUT/profile.log 2>&1; tail -25 $OUT/profile.log
+fi
+cat $OUT/ptxas_summary.txt
+cat $OUT/decode.log
+tail -40 $OUT/speed.log
