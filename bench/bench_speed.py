@@ -28,7 +28,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def peers():
-    """{name: fn(q, k, v, slope) -> o} for the peers importable here; q, k, v (B, H, N, D)."""
+    """{name: (fn(q, k, v, slope) -> o, layout)} for the peers importable here; q, k, v are
+    (B, H, N, D) views of memory in the peer's native layout ('bnhd' or 'bhnd')."""
     out = {}
     try:
         from fla.ops.simple_gla import chunk_simple_gla
@@ -37,20 +38,23 @@ def peers():
             o, _ = chunk_simple_gla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                     g_gamma=-slope, scale=1.0)
             return o.transpose(1, 2)
-        out["fla chunk_simple_gla"] = fla
+        out["fla chunk_simple_gla"] = (fla, "bnhd")
     except Exception:
         pass
     try:
         from lightning_attn.ops import lightning_attn2
-        out["lightning-attn 0.0.5"] = lambda q, k, v, slope: lightning_attn2(q, k, v, slope.view(-1, 1, 1))
+        out["lightning-attn 0.0.5"] = (
+            lambda q, k, v, slope: lightning_attn2(q, k, v, slope.view(-1, 1, 1)), "bhnd")
     except Exception:
         pass
-    out["sdpa causal softmax"] = lambda q, k, v, slope: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out["sdpa causal softmax"] = (
+        lambda q, k, v, slope: F.scaled_dot_product_attention(q, k, v, is_causal=True), "bhnd")
     return out
 
 
 def ours(backend):
-    return lambda q, k, v, slope: la.lightning_attn(q, k, v, slope, backend=backend)
+    """Ours on (B, N, H, D) memory, the usual layout of a model's projections."""
+    return lambda q, k, v, slope: la.lightning_attn(q, k, v, slope, backend=backend), "bnhd"
 
 
 def timer(device):
@@ -82,11 +86,20 @@ def copy_rate(device):
     return 2 * src.numel() / (ms * 1e-3)
 
 
-def measure(fn, B, H, N, D, E, dtype, device, bench, do_bwd):
-    q = torch.randn(B, H, N, D, device=device, dtype=dtype).mul_(D ** -0.5).requires_grad_()
-    k = torch.randn(B, H, N, D, device=device, dtype=dtype).mul_(D ** -0.5).requires_grad_()
-    v = torch.randn(B, H, N, E, device=device, dtype=dtype).requires_grad_()
-    do = torch.randn(B, H, N, E, device=device, dtype=dtype)
+def rand(B, H, N, X, layout, dtype, device, scale=1.0):
+    """A (B, H, N, X) leaf tensor in (B, N, H, X) memory for 'bnhd', else contiguous."""
+    if layout == "bnhd":
+        x = torch.randn(B, N, H, X, device=device, dtype=dtype).mul_(scale).transpose(1, 2)
+    else:
+        x = torch.randn(B, H, N, X, device=device, dtype=dtype).mul_(scale)
+    return x.detach().requires_grad_()
+
+
+def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd):
+    fn, layout = impl
+    q, k = (rand(B, H, N, D, layout, dtype, device, D ** -0.5) for _ in range(2))
+    v = rand(B, H, N, E, layout, dtype, device)
+    do = rand(B, H, N, E, layout, dtype, device).detach()
     slope = la.build_slopes(H, device=device)
     with torch.no_grad():
         fwd_ms = bench(lambda: fn(q, k, v, slope), [])
@@ -160,9 +173,9 @@ def main(argv=None):
     for N in args.n:
         B = max(1, args.tokens // N)
         tensor_bytes = B * N * H * D * elt
-        for name, fn in impls.items():
+        for name, impl in impls.items():
             try:
-                r = measure(fn, B, H, N, D, D, dtype, device, bench, not args.fwd_only)
+                r = measure(impl, B, H, N, D, D, dtype, device, bench, not args.fwd_only)
             except Exception as e:  # a peer that cannot run this shape: note it, go on
                 r = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
             r.update(impl=name, N=N, B=B)

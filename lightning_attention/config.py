@@ -8,6 +8,9 @@ HEAD_DIMS = tuple(range(16, 257, 16))
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: float64 is served by the torch backend alone (for gradcheck), with float64 states.
 TORCH_ONLY_DTYPES = (torch.float64,)
+#: Head dims (D = E) and dtypes the CUDA kernels are specialised for; other calls go to Triton.
+CUDA_HEAD_DIMS = (64, 128)
+CUDA_DTYPES = (torch.float16, torch.bfloat16)
 #: The backends in the order `auto` tries them.
 BACKEND_ORDER = ("cuda", "triton", "torch")
 #: Block (chunk) size of the PyTorch block form.

@@ -1,21 +1,18 @@
 """The `cuda` backend: the handwritten kernels of csrc/ (the extension `lightning_attention._C`,
 ops `torch.ops.lightning_attention_C.{fwd,bwd,decode}`), with the kernel interface of
-backends.py, and the fake (meta) kernels that let torch.compile and opcheck trace the ops.
+dispatch.py, and the fake (meta) kernels that let torch.compile and opcheck trace the ops.
 
-The kernels serve float16/bfloat16 with D = E in HEAD_DIMS on compute capability >= 8.0;
-everything else is declined by `unsupported` (the dispatcher then picks Triton).
+The kernels serve config.CUDA_DTYPES with D = E in config.CUDA_HEAD_DIMS on compute
+capability >= 8.0; everything else is declined by `unsupported` (the dispatcher then picks
+Triton).
 """
 import contextlib
 import os
 
 import torch
 
-from . import layout
+from . import config, layout
 
-#: Head dims (D = E) the CUDA kernels are specialised for.
-HEAD_DIMS = (64, 128)
-#: Input dtypes of the CUDA kernels (16-bit tensor-core operands, float32 accumulation).
-DTYPES = (torch.float16, torch.bfloat16)
 _BLOCK = 64
 
 try:
@@ -53,12 +50,13 @@ def smem_bytes(head_dim: int, backward: bool) -> int:
 def unsupported(q, k, v, cu_seqlens):
     if not q.is_cuda:
         return "the CUDA kernels need CUDA tensors"
-    if q.dtype not in DTYPES:
+    if q.dtype not in config.CUDA_DTYPES:
         return (f"the CUDA kernels take float16/bfloat16 (got {q.dtype}); "
                 "float32 is served by the Triton backend")
     D, E = q.shape[-1], v.shape[-1]
-    if D != E or D not in HEAD_DIMS:
-        return f"the CUDA kernels are specialised for D = E in {HEAD_DIMS} (got D = {D}, E = {E})"
+    if D != E or D not in config.CUDA_HEAD_DIMS:
+        return (f"the CUDA kernels are specialised for D = E in {config.CUDA_HEAD_DIMS} "
+                f"(got D = {D}, E = {E})")
     if q.shape[2] >= 2 ** 31:
         return f"N must be below 2^31 (got {q.shape[2]})"
     props = torch.cuda.get_device_properties(q.device)

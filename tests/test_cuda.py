@@ -25,7 +25,7 @@ DTYPES = [torch.bfloat16, torch.float16]
 def test_extension_registers_ops():
     """CPU too: the module imports, exposes its build metadata, and registers the ops."""
     info = C.build_info()
-    assert set(info["head_dims"]) == set(C.HEAD_DIMS)
+    assert set(info["head_dims"]) == set(la.config.CUDA_HEAD_DIMS)
     for name in ("fwd", "bwd", "decode"):
         assert hasattr(torch.ops.lightning_attention_C, name)
 
@@ -192,6 +192,40 @@ def test_one_million_tokens(decay):
     rel = ((o.float() - ro).norm() / ro.norm()).item()
     assert rel < 1e-2, rel
     assert ((fs - rfs).norm() / rfs.norm()).item() < 1e-2
+
+
+@gpu
+@built
+def test_gradients_at_256k_tokens():
+    """N = 256K in one sequence, several segments: output, final state, every gradient."""
+    utils.check_long_sequence(C)
+
+
+@gpu
+@built
+def test_module_training_matches_torch_backend():
+    """A short bf16 training run of LightningAttention: the CUDA backend's loss curve is the
+    torch backend's (same init, same data)."""
+    curves = {}
+    for backend in ("cuda", "torch"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(16, 256), la.LightningAttention(256, 2, backend=backend),
+            torch.nn.Linear(256, 16)).cuda().to(torch.bfloat16)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        curves[backend] = []
+        for _ in range(30):
+            x = torch.randn(4, 512, 16, device="cuda", generator=gen).to(torch.bfloat16)
+            target = x.float().cumsum(1) / torch.arange(1, 513, device="cuda").view(1, -1, 1)
+            loss = torch.nn.functional.mse_loss(model(x).float(), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curves[backend].append(loss.item())
+    cuda, ref = torch.tensor(curves["cuda"]), torch.tensor(curves["torch"])
+    assert cuda[-5:].mean() < 0.7 * cuda[:5].mean(), curves
+    assert ((cuda - ref).abs() / ref).max() < 0.05, curves
 
 
 @gpu

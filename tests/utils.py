@@ -148,3 +148,29 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
                                     leaves, ref_g, base_g):
             if leaf is not None:
                 assert_close(leaf.grad, r, b, name, factor)
+
+
+def check_long_sequence(backend, N=256 * 1024, D=64):
+    """One long sequence through a backend module's fwd/bwd (kernel interface), against the
+    float64 block form (the quadratic truth is too big), bounded by the PyTorch block form
+    in bf16: output, final state and every gradient."""
+    torch.manual_seed(0)
+    H = 2
+    q, k, v = make_inputs(1, H, N, D, D, dtype=torch.bfloat16, device="cuda")
+    slope = torch.tensor([0.001, 0.2], device="cuda")
+    s0 = rand_state(1, H, D, D, "cuda")
+    do = torch.randn(1, H, N, D, device="cuda").to(torch.bfloat16)
+    df = torch.randn(1, H, D, D, device="cuda")
+    with poisoned():
+        o, fs = backend.fwd(q, k, v, slope, 1.0, s0, None, True)
+        grads = backend.bwd(do, df, q, k, v, slope, 1.0, s0, None, False)[:4]
+    x64 = [x.double() for x in (q, k, v, do)]
+    ro, rfs = reference.fwd(*x64[:3], slope.double(), 1.0, s0.double(), None, True, block=256)
+    rg = reference.bwd(x64[3], df.double(), *x64[:3], slope.double(), 1.0, s0.double(), None,
+                       False, block=256)
+    bo, bfs = reference.fwd(q, k, v, slope, 1.0, s0, None, True, compute_dtype=torch.bfloat16)
+    bg = reference.bwd(do, df, q, k, v, slope, 1.0, s0, None, False, compute_dtype=torch.bfloat16)
+    assert_close(o, ro, bo, "o")
+    assert_close(fs, rfs, bfs, "final_state")
+    for name, a, r, b in zip(("dq", "dk", "dv", "dinitial_state"), grads, rg, bg):
+        assert_close(a, r, b, name)
