@@ -18,16 +18,14 @@ import datetime
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import lightning_attention as la  # noqa: E402
-from lightning_attention import dispatch  # noqa: E402
-from lightning_attention.distributed import lightning_attn_sp  # noqa: E402
+import lightning_attention as la
+from lightning_attention import dispatch
+from lightning_attention.distributed import lightning_attn_sp
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -15,14 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import lightning_attention as la  # noqa: E402
+import lightning_attention as la
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -126,7 +124,7 @@ def decode_table(args, device, names):
     slope = la.build_slopes(H, device=device)
     bench = timer(device)
     floor = bench(lambda: state.clone(), []) if device.type == "cuda" else None
-    print(f"\ndecode, B={B}, H={H}, D=E={D}, {args.dtype}" +
+    print(f"decode, B={B}, H={H}, D=E={D}, {args.dtype}" +
           (f"; floor (state copy) {floor:.4f} ms" if floor else ""))
     rows = []
     for name in names:
@@ -160,15 +158,32 @@ def main(argv=None):
     dtype = DTYPES[args.dtype]
     avail = {k for k, why in la.backends().items() if why is None}
     names = args.backends or [b for b in ("cuda", "triton") if b in avail and device.type == "cuda"] or ["torch"]
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    rate = copy_rate(device)
+    H, D = args.heads, args.dim
+    meta = {"card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+            "dtype": args.dtype, "H": H, "D": D, "E": D, "tokens": args.tokens,
+            "copy_rate_TBps": rate / 1e12 if rate else None, "version": la.__version__}
+    print(f"\n{card}, {meta['date']}, torch {torch.__version__}, {args.dtype}, H={H}, D=E={D}, "
+          f"B·N={args.tokens}" + (f", copy {meta['copy_rate_TBps']:.2f} TB/s" if rate else ""))
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+
+    def save(rows):  # after every row, so that a run cut short keeps what it measured
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
     if args.decode:
-        return decode_table(args, device, names)
+        rows = decode_table(args, device, names)
+        save(rows)
+        return rows
     impls = {f"lightning_attention {b}": ours(b) for b in names}
     if not args.no_peers and device.type == "cuda":
         impls.update(peers())
     bench = timer(device)
-    rate = copy_rate(device)
-    H, D = args.heads, args.dim
     elt = torch.finfo(dtype).bits // 8
+    head = (f"{'impl':<28}{'N':>7}{'B':>5}{'fwd ms':>9}{'f+b ms':>9}{'Mtok/s':>9}"
+            f"{'fwd/floor':>10}{'f+b/floor':>10}{'extra MB':>10}")
+    print(head)
+    print("-" * len(head))
     rows = []
     for N in args.n:
         B = max(1, args.tokens // N)
@@ -186,32 +201,23 @@ def main(argv=None):
                     if "fwdbwd_ms" in r:
                         r["fwdbwd_floor_x"] = r["fwdbwd_ms"] / (11 * tensor_bytes / rate * 1e3)
             rows.append(r)
-            torch.cuda.empty_cache() if device.type == "cuda" else None
-
-    card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    meta = {"card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "dtype": args.dtype, "H": H, "D": D, "E": D, "tokens": args.tokens,
-            "copy_rate_TBps": rate / 1e12 if rate else None, "version": la.__version__}
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"\n{card}, {meta['date']}, torch {torch.__version__}, {args.dtype}, H={H}, D=E={D}, "
-          f"B·N={args.tokens}" + (f", copy {meta['copy_rate_TBps']:.2f} TB/s" if rate else ""))
-    head = f"{'impl':<28}{'N':>7}{'B':>5}{'fwd ms':>9}{'f+b ms':>9}{'Mtok/s':>9}{'fwd/floor':>10}{'f+b/floor':>10}{'extra MB':>10}"
-    print(head)
-    print("-" * len(head))
-
-    def cell(r, key, fmt):
-        return format(r[key], fmt) if r.get(key) is not None else "-"
-    for r in rows:
-        if "error" in r:
-            print(f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}  {r['error']}")
-            continue
-        print(f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}{cell(r, 'fwd_ms', '.3f'):>9}"
-              f"{cell(r, 'fwdbwd_ms', '.3f'):>9}{r['tokens_per_s'] / 1e6:>9.1f}"
-              f"{cell(r, 'fwd_floor_x', '.2f'):>10}{cell(r, 'fwdbwd_floor_x', '.2f'):>10}"
-              f"{cell(r, 'extra_mb', '.0f'):>10}")
+            save(rows)
+            print(format_row(r), flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
+
+
+def format_row(r):
+    if "error" in r:
+        return f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}  {r['error']}"
+
+    def cell(key, fmt):
+        return format(r[key], fmt) if r.get(key) is not None else "-"
+    return (f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}{cell('fwd_ms', '.3f'):>9}"
+            f"{cell('fwdbwd_ms', '.3f'):>9}{r['tokens_per_s'] / 1e6:>9.1f}"
+            f"{cell('fwd_floor_x', '.2f'):>10}{cell('fwdbwd_floor_x', '.2f'):>10}"
+            f"{cell('extra_mb', '.0f'):>10}")
 
 
 if __name__ == "__main__":

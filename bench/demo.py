@@ -3,15 +3,12 @@ reference, and print a timing table.
 
     python bench/demo.py
 """
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import lightning_attention as la  # noqa: E402
-from lightning_attention import dispatch, reference  # noqa: E402
-import bench_speed  # noqa: E402
+import lightning_attention as la
+from lightning_attention import dispatch, reference
+import bench_speed
 
 
 def main():

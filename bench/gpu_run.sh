@@ -22,7 +22,7 @@ cuobjdump --dump-sass lightning_attention/_C*.so > /tmp/sass.txt 2>/dev/null
 echo "HMMA in SASS: $(grep -c HMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
 awk '/Function :/{f=$3} /HMMA/{n[f]++} END{for(k in n) print "  HMMA", n[k], k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > $OUT/hmma.txt
 grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > $OUT/ptxas_summary.txt
-timeout ${SPEED_TIMEOUT:-260} python3 bench/bench_speed.py --json $OUT/speed.json > $OUT/speed.log 2>&1
+timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py --json $OUT/speed.json > $OUT/speed.log 2>&1
 echo "bench rc=$?"
 timeout 40 python3 bench/bench_speed.py --decode --json $OUT/decode.json > $OUT/decode.log 2>&1
 if [ -z "${SKIP_TESTS:-}" ]; then

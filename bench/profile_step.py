@@ -17,8 +17,7 @@ import sys
 import torch
 
 os.environ.setdefault("LIGHTNING_ATTENTION_NVTX", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import lightning_attention as la  # noqa: E402
+import lightning_attention as la
 
 
 def main(argv=None):
