@@ -133,12 +133,12 @@ def _slope_grad(terms, initial_state, ds0, final_state, dfinal_state, cu_seqlens
     if initial_state is not None:
         dlog = dlog + (initial_state.double() * ds0.double()).sum(dim=(0, 2, 3))
     if dfinal_state is not None:
-        lengths = (N if cu_seqlens is None else (cu_seqlens[1:] - cu_seqlens[:-1]).double())
         inner = (final_state.double() * dfinal_state.double()).sum(dim=(2, 3))  # (num_states, H)
         if cu_seqlens is None:
-            dlog = dlog + (N - 1) * inner.sum(0)
+            weight = N - 1
         else:
-            dlog = dlog + ((lengths - 1).clamp(min=0)[:, None] * inner).sum(0)
+            weight = (cu_seqlens[1:] - cu_seqlens[:-1]).double().sub(1).clamp(min=0)[:, None]
+        dlog = dlog + (weight * inner).sum(0)
     return -dlog
 
 
