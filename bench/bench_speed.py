@@ -4,6 +4,8 @@
     python bench/bench_speed.py --n 1024 65536 --dim 64 --heads 64
     python bench/bench_speed.py --cpu-smoke           # tiny sizes on the CPU
     python bench/bench_speed.py --decode              # one decode step, B=128, H=32, D=E=128
+    python bench/bench_speed.py --plot speed.png      # also plot tokens/s and memory against N
+    python bench/bench_speed.py --replot a.json b.json --plot speed.png   # plot saved runs
 
 For every N (B = tokens / N): median ms of the forward and of forward+backward, tokens/s,
 the ratio to the memory floor (each input read once, each output written once, at the copy
@@ -149,7 +151,14 @@ def main(argv=None):
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--decode", action="store_true", help="time one decode step instead")
     p.add_argument("--decode-batch", type=int, default=128)
+    p.add_argument("--plot", default=None, help="write a PNG: tokens/s and memory against N")
+    p.add_argument("--replot", nargs="+", default=None, metavar="JSON",
+                   help="plot rows saved by earlier runs (later files win) instead of measuring")
     args = p.parse_args(argv)
+    if args.replot:
+        meta, rows = load(args.replot)
+        plot(meta, rows, args.plot or "bench/results/speed.png")
+        return rows
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
     if device.type == "cpu":
@@ -205,7 +214,51 @@ def main(argv=None):
             print(format_row(r), flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    if args.plot:
+        plot(meta, rows, args.plot)
     return rows
+
+
+def load(paths):
+    """(meta of the first file, rows of all files; a later file's (impl, N) replaces)."""
+    meta, rows = None, {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        meta = meta or data["meta"]
+        rows.update({(r["impl"], r["N"]): r for r in data["rows"]})
+    return meta, list(rows.values())
+
+
+def plot(meta, rows, path):
+    """Two panels like the paper's figure: forward+backward tokens/s and the extra memory
+    of forward+backward against N, one line per implementation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+        pts = sorted((r["N"], r) for r in rows if r["impl"] == impl and "fwd_ms" in r)
+        ns = [n for n, _ in pts]
+        ax_speed.plot(ns, [r["tokens_per_s"] / 1e6 for _, r in pts], marker="o", label=impl)
+        if any("extra_mb" in r for _, r in pts):
+            ax_mem.plot(ns, [r.get("extra_mb", float("nan")) / 1024 for _, r in pts], marker="o",
+                        label=impl)
+    what = "fwd+bwd" if any("fwdbwd_ms" in r for r in rows) else "fwd"
+    for ax, ylabel in ((ax_speed, f"{what} throughput (M tokens/s)"),
+                       (ax_mem, f"extra memory of {what} (GiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length N (B·N fixed)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_speed.set_yscale("log")
+    ax_speed.legend(fontsize=8)
+    fig.suptitle(f"{meta['card']}, {meta['date']}, torch {meta['torch']}, {meta['dtype']}, "
+                 f"H={meta['H']}, D=E={meta['D']}, B·N={meta['tokens']}")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def format_row(r):
