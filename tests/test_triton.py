@@ -33,55 +33,8 @@ def seg(monkeypatch):
     return set_seg
 
 
-EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
-
-
 def check(**kw):
-    """utils.check_backend("triton", ...) with one change for d slope, one number per head:
-    dL/d log lam = sum_t t (q_t.dq_t - k_t.dk_t) + state terms cancels heavily, so two correct
-    evaluations differ by about eps(dtype) * ||t (|q_t.dq_t| + |k_t.dk_t|)||_2 in a random
-    direction, and "2x the baseline's error" alone fails by chance about one time in four.
-    Measured on the CPU for the PyTorch baseline (N = 1000, 4097): error / that norm up to
-    2.9e-3 in bfloat16 (the baseline's d slope is then often off by more than its value),
-    3.6e-4 in float16, 2.6e-7 in float32. The bound adds 4 * eps(dtype) times the norm
-    (and the state terms' magnitudes); every other output keeps the rule as is."""
-    orig_close, orig_truth = utils.assert_close, utils.truth
-    scale = {}
-
-    def truth(q, k, v, slope=None, scale_=1.0, initial_state=None, cu_seqlens=None, do=None,
-              dfinal=None):
-        res = orig_truth(q, k, v, slope, scale_, initial_state, cu_seqlens, do, dfinal)
-        if do is not None:
-            g = res[2]
-            t = torch.arange(q.shape[2], dtype=torch.float64, device=q.device)
-            if cu_seqlens is not None:
-                starts = cu_seqlens.long()
-                seq = torch.searchsorted(starts[1:], t.long(), right=True).clamp(max=starts.numel() - 2)
-                t = t - starts[seq].double()
-            mag = (utils.f64(q) * g[0]).sum(-1).abs() + (utils.f64(k) * g[1]).sum(-1).abs()
-            total = ((mag * t) ** 2).sum(dim=(0, 2)).sqrt()
-            if initial_state is not None:
-                total = total + (utils.f64(initial_state) * g[4]).abs().sum(dim=(0, 2, 3))
-            if dfinal is not None:
-                total = total + q.shape[2] * (utils.f64(dfinal) * res[1]).abs().sum(dim=(0, 2, 3))
-            scale["dslope"] = total.max().item()
-        return res
-
-    def assert_close(out, ref, base, name="", factor=2.0, rtol=1e-6):
-        if name == "dslope":
-            slack = 4 * EPS[kw.get("dtype", torch.float32)] * scale["dslope"]
-            err, base_err = utils.max_err(out, ref), utils.max_err(base, ref)
-            assert torch.isfinite(out).all(), "dslope: non-finite values"
-            assert err <= factor * base_err + slack, (
-                f"dslope: max error {err:.3e} > {factor} x baseline {base_err:.3e} + {slack:.1e}")
-            return
-        orig_close(out, ref, base, name, factor, rtol)
-
-    utils.assert_close, utils.truth = assert_close, truth
-    try:
-        utils.check_backend("triton", **kw)
-    finally:
-        utils.assert_close, utils.truth = orig_close, orig_truth
+    utils.check_backend("triton", **kw)
 
 
 # ------------------------------------------------------------------ interface, no kernels

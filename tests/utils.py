@@ -75,13 +75,41 @@ def max_err(x, ref):
     return (x.detach().double() - ref).abs().max().item() if ref.numel() else 0.0
 
 
-def assert_close(out, ref, base, name="", factor=2.0, rtol=1e-6):
-    """err(out) <= factor * err(base) + rtol * max|ref|, and out has no NaN/Inf."""
+def assert_close(out, ref, base, name="", factor=2.0, rtol=1e-6, slack=0.0):
+    """err(out) <= factor * err(base) + rtol * max|ref| + slack, and out has no NaN/Inf."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} vs {tuple(ref.shape)}"
     assert torch.isfinite(out).all(), f"{name}: non-finite values (an unwritten element?)"
     err, base_err = max_err(out, ref), max_err(base, ref)
     bound = factor * base_err + rtol * max(ref.abs().max().item() if ref.numel() else 0.0, 1e-3)
+    bound += slack
     assert err <= bound, f"{name}: max error {err:.3e} > {factor} x baseline {base_err:.3e} + slack"
+
+
+EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+
+
+def dslope_slack(q, k, ref_grads, ref_final, initial_state, dfinal, cu_seqlens, dtype):
+    """The extra allowance of d slope, one number per head:
+    dL/d log λ = Σ_t t (q_t·dq_t − k_t·dk_t) + state terms cancels heavily, so two correct
+    evaluations differ by about eps(dtype) · ||t (|q_t·dq_t| + |k_t·dk_t|)||₂ in a random
+    direction, and "2x the baseline's error" alone fails by chance about one time in four.
+    Measured on the CPU for the PyTorch baseline (N = 1000, 4097): error / that norm up to
+    2.9e-3 in bfloat16, 3.6e-4 in float16, 2.6e-7 in float32. The slack is 4 eps(dtype)
+    times the norm plus the state terms' magnitudes."""
+    N = q.shape[2]
+    t = torch.arange(N, dtype=torch.float64, device=q.device)
+    if cu_seqlens is not None:
+        starts = cu_seqlens.long()
+        seq = torch.searchsorted(starts[1:], t.long(), right=True).clamp(max=starts.numel() - 2)
+        t = t - starts[seq].double()
+    dq, dk = ref_grads[0], ref_grads[1]
+    mag = (f64(q) * dq).sum(-1).abs() + (f64(k) * dk).sum(-1).abs()
+    total = ((mag * t) ** 2).sum(dim=(0, 2)).sqrt()
+    if initial_state is not None:
+        total = total + (f64(initial_state) * ref_grads[4]).abs().sum(dim=(0, 2, 3))
+    if dfinal is not None:
+        total = total + N * (f64(dfinal) * ref_final).abs().sum(dim=(0, 2, 3))
+    return 4 * EPS[dtype] * total.max().item()
 
 
 def baseline(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None, do=None,
@@ -146,8 +174,11 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
     if grads:
         for name, leaf, r, b in zip(("dq", "dk", "dv", "dslope", "dinitial_state"),
                                     leaves, ref_g, base_g):
-            if leaf is not None:
-                assert_close(leaf.grad, r, b, name, factor)
+            if leaf is None:
+                continue
+            slack = (dslope_slack(q, k, ref_g, ref_fs, s0, dfinal, cu, dtype)
+                     if name == "dslope" else 0.0)
+            assert_close(leaf.grad, r, b, name, factor, slack=slack)
 
 
 def check_long_sequence(backend, N=256 * 1024, D=64):
