@@ -7,6 +7,7 @@ import os
 import torch
 
 from . import config
+from .layout import num_states
 
 _ALL_DTYPES = config.DTYPES + config.TORCH_ONLY_DTYPES
 _DTYPE_NAMES = ", ".join(str(d).replace("torch.", "") for d in _ALL_DTYPES)
@@ -110,7 +111,6 @@ def check_attn(q, k, v, slope, initial_state, cu_seqlens):
     _check_head_dim(fn, "D (q.shape[-1])", D)
     _check_head_dim(fn, "E (v.shape[-1])", E)
     _check_slope(fn, slope, H, q.device)
-    num_states = B
     if cu_seqlens is not None:
         if not isinstance(cu_seqlens, torch.Tensor):
             _fail(fn, f"cu_seqlens must be a tensor (got {type(cu_seqlens).__name__})", TypeError)
@@ -123,11 +123,10 @@ def check_attn(q, k, v, slope, initial_state, cu_seqlens):
             _fail(fn, f"with cu_seqlens, q must have B == 1 (got B = {B})")
         if cu_seqlens.device != q.device:
             _fail(fn, f"cu_seqlens must be on q's device {q.device} (got {cu_seqlens.device})")
-        num_states = cu_seqlens.numel() - 1
     if initial_state is not None:
         what = "num_seqs" if cu_seqlens is not None else "B"
         _check_state(fn, f"initial_state ({what}, H, D, E)", initial_state, q,
-                     (num_states, H, D, E))
+                     (num_states(q, cu_seqlens), H, D, E))
     _check_slope_values(fn, slope)
     if cu_seqlens is not None and values_checked(cu_seqlens):
         c = cu_seqlens.tolist()

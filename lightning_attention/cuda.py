@@ -108,15 +108,11 @@ def decode(q, k, v, state, slope, scale):
     return torch.ops.lightning_attention_C.decode(q, k, v, state, slope, float(scale))
 
 
-def _num_states(q, cu_seqlens):
-    return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-
-
 if _C is not None:
     @torch.library.register_fake("lightning_attention_C::fwd")
     def _fwd_fake(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
         o = layout.empty_like_layout(q, v.shape[-1])
-        n = _num_states(q, cu_seqlens) if output_final_state else 0
+        n = layout.num_states(q, cu_seqlens) if output_final_state else 0
         return o, q.new_empty(n, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
 
     @torch.library.register_fake("lightning_attention_C::bwd")
@@ -125,7 +121,7 @@ if _C is not None:
         dq = layout.empty_like_layout(q, q.shape[-1])
         dk = layout.empty_like_layout(k, k.shape[-1])
         dv = layout.empty_like_layout(v, v.shape[-1])
-        n = _num_states(q, cu_seqlens) if initial_state is not None else 0
+        n = layout.num_states(q, cu_seqlens) if initial_state is not None else 0
         ds0 = q.new_empty(n, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
         terms = q.new_empty(q.shape[:3] if need_dslope else (0,), dtype=torch.float32)
         return dq, dk, dv, ds0, terms

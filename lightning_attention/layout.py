@@ -23,6 +23,11 @@ def is_bnhd(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) < x.stride(2)
 
 
+def num_states(q: torch.Tensor, cu_seqlens) -> int:
+    """How many states a call has: one per batch entry, or per packed sequence."""
+    return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
 def empty_like_layout(x: torch.Tensor, last_dim: int, dtype=None) -> torch.Tensor:
     """A new (B, H, N, last_dim) tensor laid out like `x`: (B, N, H, ·) memory when `x` is,
     else contiguous (B, H, N, ·)."""

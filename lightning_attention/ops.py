@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import dispatch
 from .checks import state_dtype
-from .layout import empty_like_layout
+from .layout import empty_like_layout, num_states
 
 
 def _nvtx(name: str, x: Tensor):
@@ -28,10 +28,6 @@ def _nvtx(name: str, x: Tensor):
 def _no_state(x: Tensor) -> Tensor:
     """Custom ops cannot return None: an empty float32 tensor stands for 'no state'."""
     return x.new_empty(0, dtype=torch.float32)
-
-
-def _num_states(q: Tensor, cu_seqlens: Optional[Tensor]) -> int:
-    return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
 def _is_empty(q: Tensor, v: Tensor) -> bool:
@@ -51,7 +47,7 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
             return o, _no_state(q)
         B, H, _, D = q.shape
         state = (initial_state.clone() if initial_state is not None else
-                 q.new_zeros(_num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
+                 q.new_zeros(num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
         return o, state
     with _nvtx(f"lightning_attn.fwd.{backend}", q):
         o, state = dispatch.get(backend).fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
@@ -65,7 +61,7 @@ def _(q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, back
     if not output_final_state:
         return o, _no_state(q)
     H, D, E = q.shape[1], q.shape[3], v.shape[3]
-    return o, q.new_empty(_num_states(q, cu_seqlens), H, D, E, dtype=state_dtype(q))
+    return o, q.new_empty(num_states(q, cu_seqlens), H, D, E, dtype=state_dtype(q))
 
 
 # ---------------------------------------------------------------------------- backward
@@ -113,6 +109,16 @@ def _rowdot(a, b, elements=1 << 24):
     return out
 
 
+def _positions(N, cu_seqlens, device):
+    """Each token's position in its sequence, int64 (N,) (no host synchronisation)."""
+    pos = torch.arange(N, device=device)
+    if cu_seqlens is not None:
+        starts = cu_seqlens.long()
+        seq = torch.searchsorted(starts[1:], pos, right=True).clamp(max=starts.numel() - 2)
+        pos = pos - starts[seq]
+    return pos
+
+
 def _slope_grad(terms, initial_state, ds0, final_state, dfinal_state, cu_seqlens):
     """dL/d slope from the per-token terms q_t·dq_t − k_t·dk_t of the true gradients
     (λ = exp(-slope), t = position in its sequence):
@@ -124,11 +130,7 @@ def _slope_grad(terms, initial_state, ds0, final_state, dfinal_state, cu_seqlens
     t, −s·k·dk takes s away; the initial and final states bring the two boundary terms.
     """
     N = terms.shape[2]
-    pos = torch.arange(N, device=terms.device)
-    if cu_seqlens is not None:
-        starts = cu_seqlens.long()
-        seq = torch.searchsorted(starts[1:], pos, right=True).clamp(max=starts.numel() - 2)
-        pos = pos - starts[seq]
+    pos = _positions(N, cu_seqlens, terms.device)
     dlog = (terms.double() * pos.double()).sum(dim=(0, 2))
     if initial_state is not None:
         dlog = dlog + (initial_state.double() * ds0.double()).sum(dim=(0, 2, 3))

@@ -9,7 +9,7 @@ import torch
 
 from . import config
 from .checks import state_dtype
-from .layout import empty_like_layout
+from .layout import empty_like_layout, num_states
 
 
 def _decay_rate(slope, H, like):
@@ -135,7 +135,7 @@ def _chunk_bwd(do, dstate, q, k, v, s, scale, state, compute_dtype, block):
     return dq, dk, dv, dstate
 
 
-def _per_sequence(q, cu_seqlens, num_states):
+def _per_sequence(q, cu_seqlens):
     """[(token slice, state slice)]: the whole batch, or each packed sequence."""
     if cu_seqlens is None:
         return [(slice(None), slice(None))]
@@ -146,11 +146,10 @@ def _per_sequence(q, cu_seqlens, num_states):
 def _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype):
     B, H, _, D = q.shape
     acc = state_dtype(q)
-    num_states = B if cu_seqlens is None else cu_seqlens.numel() - 1
     s = _decay_rate(slope, H, torch.empty(0, device=q.device, dtype=acc))
     s0 = (initial_state.to(acc) if initial_state is not None
-          else q.new_zeros(num_states, H, D, v.shape[-1], dtype=acc))
-    return acc, s, s0, compute_dtype or acc, _per_sequence(q, cu_seqlens, num_states)
+          else q.new_zeros(num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=acc))
+    return acc, s, s0, compute_dtype or acc, _per_sequence(q, cu_seqlens)
 
 
 def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, *,

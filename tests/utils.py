@@ -7,7 +7,7 @@ dtype (`reference.fwd/bwd(..., compute_dtype=dtype)`), plus a tiny absolute slac
 import pytest
 import torch
 
-from lightning_attention import reference
+from lightning_attention import ops, reference
 from lightning_attention.layout import is_bnhd, poisoned
 
 HAS_GPU = torch.cuda.is_available()
@@ -97,11 +97,7 @@ def dslope_slack(q, k, ref_grads, ref_final, initial_state, dfinal, cu_seqlens, 
     2.9e-3 in bfloat16, 3.6e-4 in float16, 2.6e-7 in float32. The slack is 4 eps(dtype)
     times the norm plus the state terms' magnitudes."""
     N = q.shape[2]
-    t = torch.arange(N, dtype=torch.float64, device=q.device)
-    if cu_seqlens is not None:
-        starts = cu_seqlens.long()
-        seq = torch.searchsorted(starts[1:], t.long(), right=True).clamp(max=starts.numel() - 2)
-        t = t - starts[seq].double()
+    t = ops._positions(N, cu_seqlens, q.device).double()
     dq, dk = ref_grads[0], ref_grads[1]
     mag = (f64(q) * dq).sum(-1).abs() + (f64(k) * dk).sum(-1).abs()
     total = ((mag * t) ** 2).sum(dim=(0, 2)).sqrt()
@@ -116,7 +112,6 @@ def baseline(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None
              dfinal=None):
     """The plain PyTorch block form in the inputs' dtype: (o, final_state) and, with `do`,
     (dq, dk, dv, d slope, d initial_state): the error yardstick of assert_close."""
-    from lightning_attention import ops
     slope32 = None if slope is None else slope.detach().float()
     s0 = None if initial_state is None else initial_state.detach()
     q, k, v = (x.detach() for x in (q, k, v))

@@ -110,9 +110,7 @@ class SegTable:
             self.NS = max(1, -(-N // seg))
             self.G = B * self.NS
             self.single = self.NS == 1
-            dummy = torch.empty(1, dtype=torch.int32, device="cpu")
             self.seq_of = self.j_of = self.bos = self.eos = self.first = None
-            self._dummy = dummy
         else:
             self.varlen = True
             nseqs = cu_seqlens.numel() - 1

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import empty_like_layout
+from ..layout import empty_like_layout, num_states
 from . import _common as C
 from ._common import kernel
 from . import fwd as F
@@ -142,7 +142,7 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
     dq = empty_like_layout(q, K)
     dk = empty_like_layout(k, K)
     dv = empty_like_layout(v, V)
-    nseqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    nseqs = num_states(q, cu_seqlens)
     dinit = None
     if initial_state is not None:
         dinit = torch.empty(nseqs, H, K, V, dtype=torch.float32, device=q.device)

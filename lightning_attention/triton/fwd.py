@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import empty_like_layout
+from ..layout import empty_like_layout, num_states
 from . import _common as C
 from ._common import kernel
 
@@ -361,7 +361,7 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
     B, H, N, K = q.shape
     V = v.shape[-1]
     o = empty_like_layout(q, V)
-    nseqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    nseqs = num_states(q, cu_seqlens)
     final = None
     if output_final_state:
         final = torch.empty(nseqs, H, K, V, dtype=torch.float32, device=q.device)
