@@ -26,6 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+# Imported before any process group exists, on purpose: torch._dynamo imported after
+# init_process_group (the first op call imports it) keeps the default group alive past
+# destroy_process_group. That group is then torn down during interpreter exit with its gloo
+# threads still joinable, and the worker dies now and then with "terminate called without an
+# active exception" (SIGABRT; pytorch/pytorch#65513 has the mechanism).
+import torch._dynamo  # noqa: E402,F401
+
 sys.path.insert(0, os.path.dirname(__file__))
 import lightning_attention as la  # noqa: E402
 from lightning_attention.distributed import lightning_attn_sp  # noqa: E402
@@ -119,25 +126,29 @@ def _check_module(rank, world):
         sp(x[:, a:b], output_state=True)
 
 
+def _checks(rank, world):
+    g = dist.group.WORLD
+    uneven = {2: [45, 1], 4: [37, 1, 64, 13]}[world]
+    with_empty = {2: [0, 50], 4: [20, 0, 33, 1]}[world]
+    _check_case(rank, world, g, uneven, dtype=torch.float64, scale=0.7)
+    _check_case(rank, world, g, with_empty, dtype=torch.float64, seed=1)
+    _check_case(rank, world, g, uneven[::-1], dtype=torch.float32, layout="bnhd", seed=2)
+    _check_case(rank, world, g, uneven, dtype=torch.float32, decay=False, seed=3)
+    # strong decay (slopes up to ~8): the distant states must vanish, not overflow
+    _check_case(rank, world, g, uneven, dtype=torch.float32, slope_scale=16.0, seed=4)
+    _check_module(rank, world)
+    if world == 4:  # two groups of two ranks, each splitting its own sequence
+        pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+        _check_case(rank, world, pairs[rank // 2], [30 + rank // 2, 17], dtype=torch.float64,
+                    seed=5 + rank // 2)
+
+
 def _worker(rank, world, init_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
-        g = dist.group.WORLD
-        uneven = {2: [45, 1], 4: [37, 1, 64, 13]}[world]
-        with_empty = {2: [0, 50], 4: [20, 0, 33, 1]}[world]
-        _check_case(rank, world, g, uneven, dtype=torch.float64, scale=0.7)
-        _check_case(rank, world, g, with_empty, dtype=torch.float64, seed=1)
-        _check_case(rank, world, g, uneven[::-1], dtype=torch.float32, layout="bnhd", seed=2)
-        _check_case(rank, world, g, uneven, dtype=torch.float32, decay=False, seed=3)
-        # strong decay (slopes up to ~8): the distant states must vanish, not overflow
-        _check_case(rank, world, g, uneven, dtype=torch.float32, slope_scale=16.0, seed=4)
-        _check_module(rank, world)
-        if world == 4:  # two groups of two ranks, each splitting its own sequence
-            pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
-            _check_case(rank, world, pairs[rank // 2], [30 + rank // 2, 17], dtype=torch.float64,
-                        seed=5 + rank // 2)
+        _checks(rank, world)
         dist.barrier()  # nobody tears gloo down while a peer still reads from it
     finally:
         dist.destroy_process_group()
