@@ -6,34 +6,35 @@ slice j ending at offset e_j and starting at offset b_j, and g_jr = b_r − e_j 
 tokens between the end of slice j and the start of slice r:
 
 forward (one all-gather of the per-rank states and lengths)
-    o_loc, S_r = lightning_attn(q, k, v, slope, output_final_state=True)  # from a zero state
-    S_in,r     = Σ_{j<r} λ^{g_jr} S_j                       # the state entering slice r
-    o_t        = o_loc,t + c λ^{t+1} q_t S_in,r               # t: local position, 0-based
+    S_r     = Σ_t λ^{N_r−1−t} k_tᵀ v_t                  # this slice alone, from a zero state
+    S_in,r  = Σ_{j<r} λ^{g_jr} S_j                       # the state entering slice r
+    o       = lightning_attn(q, k, v, slope, initial_state=S_in,r)
 
-backward (one all-gather of the per-rank dS_in)
-    dS_in,r    = c Σ_t λ^{t+1} q_tᵀ do_t
-    dS_r       = Σ_{m>r} λ^{g_rm} dS_in,m          # into the local op's final state
-    dq_t      += c λ^{t+1} do_t S_in,rᵀ
+backward (one all-gather of the per-rank G_m)
+    G_m     = c Σ_t λ^{t+1} q_tᵀ do_t                     # dL/dS_in,m from slice m's outputs
+    dS_r    = Σ_{m>r} λ^{g_rm} G_m                       # dL/d(final state of slice r)
+    dq, dk, dv = the local op's backward with (do, dS_r), initial state S_in,r
+    d slope = −Σ_t (b_r + t) (q_t·dq_t − k_t·dk_t)       # this rank's share
 
-and the local op's autograd turns (do, dS_r) into its dq, dk, dv and d slope. d slope has two
-more sources here, both as d/d log λ (d slope = −d/d log λ):
-    the λ^{t+1} factor:     Σ_t (t+1) q_t·dq_extra,t    (dq_extra: the dq_t term above)
-    the combination:        Σ_{m>r} g_rm λ^{g_rm} <S_r, dS_in,m>
-(each pair (j, m) of the combination is counted once, on rank j). Every decay is
-exp(−s·n) with n ≥ 0: no exponent can overflow at any length.
+The local op applies S_in in its kernels (c λ^{t+1} q_t S_in) and turns dS_r into the dk, dv
+terms of the later slices' use of S_r, so both exchanges cost one state-only pass over
+(k, v) or (q, do) and never touch the outputs. The last rank skips the first pass and the
+first rank the second (nobody reads their result). d slope uses ops.py's identity on the
+whole sequence, dL/d log λ = Σ_T T (q_T·dq_T − k_T·dk_T) at global positions T = b_r + t
+(no initial or final state there): with the full dq, dk on every rank, each rank sums its own
+tokens. Every decay is exp(−s·n) with n ≥ 0: no exponent can overflow at any length.
 
 Communication per call: two all-gathers of P·B·H·D·E state elements, independent of N; no
-point-to-point chain. Extra memory: S_in,r saved for the backward, and one scaled copy of q
-(forward) or do (backward) while the correction GEMMs run. The gradient of slope is each
-rank's share of the whole sequence's gradient (sum it over the group, as for every weight
-that sees only local tokens).
+point-to-point chain. Extra memory: S_in,r saved for the backward, and one scaled copy of k
+(forward) or q (backward) while a state pass runs. The gradient of slope is each rank's
+share of the whole sequence's gradient (sum it over the group, as for every weight that
+sees only local tokens).
 """
 import torch
 import torch.distributed as dist
 
+from . import checks, dispatch, ops
 from .api import lightning_attn
-from .layout import empty_like_layout, is_bnhd
-from .ops import _rowdot
 
 #: bmm with a float32 result from 16-bit operands (torch >= 2.8 on CUDA).
 _HAS_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
@@ -69,47 +70,97 @@ def lightning_attn_sp(q, k, v, slope=None, *, scale=1.0, group=None, backend=Non
         raise ValueError("lightning_attn_sp: this process is not a member of `group`")
     if dist.get_world_size(group) == 1:
         return lightning_attn(q, k, v, slope, scale=scale, backend=backend)
-    o_loc, state = lightning_attn(q, k, v, slope, scale=scale, output_final_state=True,
-                                  backend=backend)
-    return _StateExchange.apply(o_loc, state, q, slope, float(scale), group)
+    checks.check_attn(q, k, v, slope, None, None)
+    name = dispatch.select(backend, q, k, v)
+    if slope is not None:
+        slope = slope.to(checks.state_dtype(q)).contiguous()
+    return _SequenceParallel.apply(q, k, v, slope, float(scale), group, name)
 
 
-class _StateExchange(torch.autograd.Function):
-    """(o_loc, S_r, q, slope) → o: the cross-rank part of lightning_attn_sp (module docstring)."""
+class _SequenceParallel(torch.autograd.Function):
+    """(q, k, v, slope) of this rank's slice → its o, through the local op's kernels with the
+    exchanged states (module docstring)."""
 
     @staticmethod
-    def forward(ctx, o_loc, state, q, slope, scale, group):
-        rank = dist.get_rank(group)
-        states, lengths = _all_gather(state, q.shape[2], group)
-        log_decay = _log_decay(slope, q.shape[1], state)
+    def forward(ctx, q, k, v, slope, scale, group, backend):
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        log_decay = _log_decay(slope, q.shape[1], q)
+        N = q.shape[2]
+        if rank == world - 1:
+            s_loc = _zero_state(k, v)
+        else:
+            s_loc = _state(k, v, torch.exp(-log_decay[:, None] * _steps(N, q, to_end=True)))
+        states, lengths = _all_gather(s_loc, N, group)
         before, after = _gaps(lengths, rank)
-        s_in = torch.einsum("ph,pbhde->bhde", _decays(log_decay, before, states.dtype), states)
-        o = o_loc.clone() if rank == 0 else _add_correction(o_loc, q, s_in, log_decay, scale)
-        ctx.save_for_backward(q, slope, state, s_in, after)
-        ctx.scale, ctx.group, ctx.rank = scale, group, rank
+        s_in = None
+        if rank > 0:
+            s_in = torch.einsum("ph,pbhde->bhde", _decays(log_decay, before, states.dtype),
+                                states).contiguous()
+        o, _ = ops.fwd(q, k, v, slope, s_in, None, scale, False, backend)
+        ctx.save_for_backward(q, k, v, slope, s_in, lengths, after)
+        ctx.scale, ctx.group, ctx.rank, ctx.world, ctx.backend = scale, group, rank, world, backend
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, slope, state, s_in, after = ctx.saved_tensors
-        log_decay = _log_decay(slope, q.shape[1], state)
-        need_dslope = slope is not None and ctx.needs_input_grad[3]
-        if ctx.rank == 0:  # S_in = 0: no dq term, and no rank before this one wants dS_in
-            ds_in, dq, dlog = torch.zeros_like(state), None, None
+        q, k, v, slope, s_in, lengths, after = ctx.saved_tensors
+        log_decay = _log_decay(slope, q.shape[1], q)
+        N = q.shape[2]
+        if ctx.rank == 0:  # nobody before this rank reads its G
+            g_loc = _zero_state(q, do)
         else:
-            ds_in, dq, dlog = _correction_grads(do, q, s_in, log_decay, ctx.scale, need_dslope)
-        ds_ins, _ = _all_gather(ds_in, None, ctx.group)
-        w_out = _decays(log_decay, after, ds_ins.dtype)                      # (P, H)
-        dstate = torch.einsum("ph,pbhde->bhde", w_out, ds_ins)
+            w = ctx.scale * torch.exp(-log_decay[:, None] * _steps(N, q, to_end=False))
+            g_loc = _state(q, do, w)
+        gs, _ = _all_gather(g_loc, None, ctx.group)
+        dfinal = None
+        if ctx.rank < ctx.world - 1:
+            dfinal = torch.einsum("ph,pbhde->bhde", _decays(log_decay, after, gs.dtype),
+                                  gs).contiguous()
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        need_dslope = slope is not None and ctx.needs_input_grad[3]
+        dq, dk, dv, _, terms = ops.bwd(do, dfinal, q, k, v, slope, s_in, None, ctx.scale,
+                                       need_dslope, ctx.backend)
         dslope = None
         if need_dslope:
-            inner = torch.einsum("bhde,pbhde->ph", state.double(), ds_ins.double())
-            combine = (after.clamp(min=0)[:, None] * w_out.double() * inner).sum(0)
-            dlog = combine if dlog is None else dlog + combine
-            dslope = (-dlog).to(slope.dtype)
-        dq = dq if ctx.needs_input_grad[2] else None
-        return do, dstate, dq, dslope, None, None
+            start = (torch.cumsum(lengths, 0) - lengths)[ctx.rank]
+            pos = start.double() + torch.arange(N, dtype=torch.float64, device=q.device)
+            dslope = (-(terms.double() * pos).sum(dim=(0, 2))).to(slope.dtype)
+        return dq, dk, dv, dslope, None, None, None
+
+
+def _steps(N, like, to_end):
+    """The decay exponents of a state pass, float64 (N,), t in [0, N): N − 1 − t with
+    to_end (each token's reach to the slice's end), else t + 1 (the incoming state's reach
+    to each token)."""
+    t = torch.arange(N, dtype=torch.float64, device=like.device)
+    return (N - 1 - t) if to_end else (t + 1)
+
+
+def _zero_state(a, b):
+    return torch.zeros(a.shape[0], a.shape[1], a.shape[3], b.shape[3],
+                       dtype=checks.state_dtype(a), device=a.device)
+
+
+def _state(a, b, w):
+    """Σ_t w_t a_tᵀ b_t per (b, h): (B, H, D, E) in the state dtype, w float64 (H, N). One
+    scaled copy of a (the product formed in the state dtype, rounded once to a's dtype, as
+    the kernels round decayed keys) and one GEMM with float32 sums (16-bit operands on a GPU)."""
+    acc = checks.state_dtype(a)
+    B, H, N, D = a.shape
+    aw = torch.mul(a, w.to(acc)[None, :, :, None], out=torch.empty_like(a))
+    at, bb = _batched(aw).transpose(1, 2), _batched(b)
+    if a.is_cuda and a.dtype != acc and _HAS_BMM_OUT_DTYPE:
+        s = torch.ops.aten.bmm.dtype(at, bb, acc)
+    else:
+        s = torch.bmm(at.to(acc), bb.to(acc))
+    return s.view(B, H, D, b.shape[3])
+
+
+def _batched(x):
+    """(B, H, M, K) → (B·H, M, K): a view when the layout allows, else a copy."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def _all_gather(x, length, group):
@@ -154,59 +205,3 @@ def _decays(log_decay, gaps, dtype):
     w = torch.exp(-gaps.clamp(min=0)[:, None] * log_decay[None, :])
     return torch.where(gaps[:, None] >= 0, w, 0.0).to(dtype)
 
-
-def _token_decay(log_decay, N, scale, dtype):
-    """c λ^{t+1} for t in [0, N), as (1, H, N, 1) in `dtype` (exponents computed in float64)."""
-    t = torch.arange(1, N + 1, dtype=torch.float64, device=log_decay.device)
-    return (scale * torch.exp(-log_decay[:, None] * t[None, :])).to(dtype)[None, :, :, None]
-
-
-def _scaled(x, w):
-    """x ⊙ w in x's dtype, rounded once (the product is formed in w's precision)."""
-    return torch.mul(x, w, out=torch.empty_like(x))
-
-
-def _batched(x):
-    """(B, H, M, K) → (B·H, M, K): a view when the layout allows, else a copy."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _in_layout(x, like):
-    """x (B, H, N, ·) in `like`'s memory layout (BHND or BNHD)."""
-    if is_bnhd(x) == is_bnhd(like):
-        return x
-    return empty_like_layout(like, x.shape[-1], dtype=x.dtype).copy_(x)
-
-
-def _add_correction(o_loc, q, s_in, log_decay, scale):
-    """o = o_loc + c λ^{t+1} q_t S_in in o_loc's dtype and layout: one scaled copy of q and
-    one GEMM whose epilogue adds o_loc (16-bit operands and float32 accumulation on a GPU,
-    the state rounded to q's dtype as the kernels round it)."""
-    B, H, N, E = o_loc.shape
-    qd = _scaled(q, _token_decay(log_decay, N, scale, s_in.dtype))
-    o = torch.baddbmm(_batched(o_loc), _batched(qd), _batched(s_in.to(q.dtype)))
-    return _in_layout(o.view(B, H, N, E), o_loc)
-
-
-def _correction_grads(do, q, s_in, log_decay, scale, need_dslope):
-    """The gradients of o_t += c λ^{t+1} q_t S_in, with w_t = c λ^{t+1}:
-
-        dS_in = Σ_t q_tᵀ (w_t do_t)    (D, E) per (b, h), in the state dtype
-        dq_t  = (w_t do_t) S_inᵀ        in q's dtype and layout
-
-    and with need_dslope the d/d log λ of the term, Σ_t (t+1) q_t·dq_t, float64 (H,)."""
-    B, H, N, D = q.shape
-    acc = s_in.dtype
-    dod = _scaled(do, _token_decay(log_decay, N, scale, acc))
-    qt = _batched(q).transpose(1, 2)
-    if q.is_cuda and q.dtype != acc and _HAS_BMM_OUT_DTYPE:   # 16-bit operands, float32 sums
-        ds_in = torch.ops.aten.bmm.dtype(qt, _batched(dod), acc)
-    else:
-        ds_in = torch.bmm(qt.to(acc), _batched(dod).to(acc))
-    dq = torch.bmm(_batched(dod), _batched(s_in.to(q.dtype)).transpose(1, 2))
-    dq = _in_layout(dq.view(B, H, N, D), q)
-    dlog = None
-    if need_dslope:
-        t1 = torch.arange(1, N + 1, dtype=torch.float64, device=q.device)
-        dlog = (_rowdot(q, dq).double() * t1).sum(dim=(0, 2))
-    return ds_in.view_as(s_in), dq, dlog

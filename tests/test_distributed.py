@@ -13,8 +13,8 @@ On GPUs (NCCL, bf16, whichever backend `auto` picks):
     torchrun --nproc-per-node 2 tests/test_distributed.py
 compares against the float64 truth instead: the error of the split call is at most twice the
 error of the single-GPU call plus 2^-8 of the largest magnitude (half a bf16 ulp or more):
-the split rounds o = o_loc + correction and dq = dq_loc + dq_extra once more than one call
-does, and its correction GEMMs take c λ^{t+1} q_t and c λ^{t+1} do_t rounded to bf16.
+the exchanged states come from GEMMs over λ^{N_r-1-t} k_t and c λ^{t+1} q_t rounded to
+bf16, and d slope sums every rank's terms at global positions up to N.
 """
 import datetime
 import os
