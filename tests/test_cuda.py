@@ -2,9 +2,9 @@
 the error bounded by 2x the error of the PyTorch block form in the same dtype.
 
 CPU: the extension imports and its ops register (when it is built). GPU: every feature
-(decay, scale, initial/final state, cu_seqlens with an empty sequence), fp16/bf16, D = E in
-{64, 128}, BHND/BNHD/strided inputs, awkward N, outputs poisoned with NaN, N = 1M tokens,
-bitwise-deterministic backward, decode, opcheck.
+(decay, scale, initial/final state, cu_seqlens with an empty sequence), every dtype of
+config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
+outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck.
 """
 import pytest
 import torch
@@ -17,7 +17,8 @@ from lightning_attention import cuda as C
 from lightning_attention import reference
 
 built = pytest.mark.skipif(C._C is None, reason="the CUDA extension is not built")
-DTYPES = [torch.bfloat16, torch.float16]
+DTYPES = list(la.config.CUDA_DTYPES)
+HEAD_DIMS = list(la.config.CUDA_HEAD_DIMS)
 
 
 @built
@@ -47,7 +48,7 @@ def seg_len(monkeypatch):
 @gpu
 @built
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("N", [1, 63, 65, 1000, 4097])
 @pytest.mark.parametrize("seg", [128, 1 << 20])
 def test_shapes(dtype, D, N, seg, seg_len):
@@ -58,7 +59,7 @@ def test_shapes(dtype, D, N, seg, seg_len):
 @gpu
 @built
 @pytest.mark.parametrize("layout", ["bnhd", "strided"])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", HEAD_DIMS)
 def test_layouts(layout, D):
     check_cuda(B=2, H=3, N=1000, D=D, layout=layout)
 
@@ -74,7 +75,7 @@ def test_features(decay, states, N):
 
 @gpu
 @built
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("seg", [128, None])
 def test_varlen(D, dtype, seg, seg_len):
