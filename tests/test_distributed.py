@@ -2,7 +2,8 @@
 one sequence, give the output and every gradient of the single-process call.
 
 CPU, gloo, 2 and 4 processes (torch.multiprocessing), unequal slices (one of 1 token, one
-empty). Each rank computes the single-process result on the whole sequence itself and
+empty), the torch backend and (float32, when Triton is installed) the Triton kernels in
+Triton's interpreter. Each rank computes the single-process result on the whole sequence itself and
 compares its slice; d slope is the sum of the ranks' shares. Tolerances, as max |error|
 over the largest magnitude of the reference:
     float64: within 1e-11 of the single-process result (o, dq, dk, dv, d slope);
@@ -39,6 +40,12 @@ from lightning_attention.distributed import lightning_attn_sp  # noqa: E402
 from lightning_attention.layout import is_bnhd  # noqa: E402
 from utils import make_inputs, rand_slope, truth  # noqa: E402
 
+try:
+    import triton  # noqa: F401
+    _HAS_TRITON = True
+except ImportError:
+    _HAS_TRITON = False
+
 TOL64 = 1e-11
 SLACK32 = 1e-6
 SLACK16 = 2.0 ** -8
@@ -58,7 +65,7 @@ def _leaves(*xs):
 
 
 def _check_case(rank, world, group, lengths, *, dtype, decay=True, scale=1.0, layout="bhnd",
-                B=2, H=3, D=32, E=48, seed=0, slope_scale=1.0):
+                B=2, H=3, D=32, E=48, seed=0, slope_scale=1.0, backend=None):
     """One sequence of sum(lengths) tokens split over `group`; checks this rank's slice."""
     torch.manual_seed(seed)
     N = sum(lengths)
@@ -67,12 +74,12 @@ def _check_case(rank, world, group, lengths, *, dtype, decay=True, scale=1.0, la
     do = torch.randn(B, H, N, E).to(dtype)
 
     full = _leaves(q, k, v, slope)
-    o_ref = la.lightning_attn(*full, scale=scale)
+    o_ref = la.lightning_attn(*full, scale=scale, backend=backend)
     o_ref.backward(do)
 
     a, b = _bounds(lengths, dist.get_rank(group))
     local = _leaves(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], slope)
-    o = lightning_attn_sp(*local, scale=scale, group=group)
+    o = lightning_attn_sp(*local, scale=scale, group=group, backend=backend)
     o.backward(do[:, :, a:b])
 
     tag = f"rank {rank} lengths {lengths} {dtype} {layout} decay={decay}"
@@ -137,6 +144,9 @@ def _checks(rank, world):
     # strong decay (slopes up to ~8): the distant states must vanish, not overflow
     _check_case(rank, world, g, uneven, dtype=torch.float32, slope_scale=16.0, seed=4)
     _check_module(rank, world)
+    if _HAS_TRITON:  # a kernel backend: its initial-state, final-state-gradient and d slope
+        os.environ["TRITON_INTERPRET"] = "1"  # terms paths, in Triton's CPU interpreter
+        _check_case(rank, world, g, uneven, dtype=torch.float32, seed=6, backend="triton")
     if world == 4:  # two groups of two ranks, each splitting its own sequence
         pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
         _check_case(rank, world, pairs[rank // 2], [30 + rank // 2, 17], dtype=torch.float64,
