@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from . import config, layout
+from . import config, layout, reference
+from . import triton as triton_backend
 
 _BLOCK = 64
 
@@ -106,6 +107,14 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
 
 def decode(q, k, v, state, slope, scale):
     return torch.ops.lightning_attention_C.decode(q, k, v, state, slope, float(scale))
+
+
+def state(a, b, slope, scale, to_end):
+    """The state-only pass has no kernel of its own here: Triton's (which reads a and b
+    once), or the torch backend's GEMM where Triton cannot run."""
+    if triton_backend.unavailable() is None:
+        return triton_backend.state(a, b, slope, scale, to_end)
+    return reference.state(a, b, slope, scale, to_end)
 
 
 if _C is not None:

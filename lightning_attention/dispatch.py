@@ -10,6 +10,7 @@ dtypes agree, every tensor is on one device, `stride(-1) == 1`.
     bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
         -> (dq, dk, dv, dinitial_state or None, dslope_terms or None)
     decode(q, k, v, state, slope, scale) -> o          (state updated in place)
+    state(a, b, slope, scale, to_end) -> float32 (B, H, D, E)
 
 - q, k: (B, H, N, D); v: (B, H, N, E); any strides with stride(-1) == 1.
 - slope: None (no decay) or float32 contiguous (H,); the decay is exp(-slope).
@@ -26,6 +27,10 @@ dtypes agree, every tensor is on one device, `stride(-1) == 1`.
   (rounded bf16 gradients make d slope several % off); returning None makes ops.py
   compute them from the rounded dq, dk.
 - decode: q, k (B, H, D), v (B, H, E), state (B, H, D, E) float32, o (B, H, E).
+- state: a (B, H, N, D), b (B, H, N, E), N ≥ 1; returns Σ_t w_t a_tᵀ b_t with
+  w_t = λ^{N-1-t} when to_end (the state a sequence leaves from a zero start: a, b = k, v)
+  or scale·λ^{t+1} (the gradient its outputs send to its initial state: a, b = q, do).
+  Sequence parallelism (distributed.py) runs it once per direction.
 
 Besides those, each backend has `unavailable() -> str | None` (why it cannot run on this
 machine, or None) and `unsupported(q, k, v, cu_seqlens) -> str | None` (why it cannot

@@ -18,15 +18,15 @@ backward (one all-gather of the per-rank G_m)
 
 The local op applies S_in in its kernels (c λ^{t+1} q_t S_in) and turns dS_r into the dk, dv
 terms of the later slices' use of S_r, so both exchanges cost one state-only pass over
-(k, v) or (q, do) and never touch the outputs. The last rank skips the first pass and the
+(k, v) or (q, do) (the backend's `state`, dispatch.py) and never touch the outputs. The last rank skips the first pass and the
 first rank the second (nobody reads their result). d slope uses ops.py's identity on the
 whole sequence, dL/d log λ = Σ_T T (q_T·dq_T − k_T·dk_T) at global positions T = b_r + t
 (no initial or final state there): with the full dq, dk on every rank, each rank sums its own
 tokens. Every decay is exp(−s·n) with n ≥ 0: no exponent can overflow at any length.
 
 Communication per call: two all-gathers of P·B·H·D·E state elements, independent of N; no
-point-to-point chain. Extra memory: S_in,r saved for the backward, and one scaled copy of k
-(forward) or q (backward) while a state pass runs. The gradient of slope is each rank's
+point-to-point chain. Extra memory: S_in,r saved for the backward, and the state pass's
+per-segment partial states (Triton) or one scaled copy of k or q (the torch backend). The gradient of slope is each rank's
 share of the whole sequence's gradient (sum it over the group, as for every weight that
 sees only local tokens).
 """
@@ -36,8 +36,6 @@ import torch.distributed as dist
 from . import checks, dispatch, ops
 from .api import lightning_attn
 
-#: bmm with a float32 result from 16-bit operands (torch >= 2.8 on CUDA).
-_HAS_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
 #: One tensor from every rank into one tensor (renamed in newer PyTorch).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
@@ -86,10 +84,10 @@ class _SequenceParallel(torch.autograd.Function):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         log_decay = _log_decay(slope, q.shape[1], q)
         N = q.shape[2]
-        if rank == world - 1:
+        if rank == world - 1:  # nobody after this rank reads its state
             s_loc = _zero_state(k, v)
         else:
-            s_loc = _state(k, v, torch.exp(-log_decay[:, None] * _steps(N, q, to_end=True)))
+            s_loc = _state(k, v, slope, 1.0, True, backend)
         states, lengths = _all_gather(s_loc, N, group)
         before, after = _gaps(lengths, rank)
         s_in = None
@@ -110,8 +108,7 @@ class _SequenceParallel(torch.autograd.Function):
         if ctx.rank == 0:  # nobody before this rank reads its G
             g_loc = _zero_state(q, do)
         else:
-            w = ctx.scale * torch.exp(-log_decay[:, None] * _steps(N, q, to_end=False))
-            g_loc = _state(q, do, w)
+            g_loc = _state(q, do, slope, ctx.scale, False, ctx.backend)
         gs, _ = _all_gather(g_loc, None, ctx.group)
         dfinal = None
         if ctx.rank < ctx.world - 1:
@@ -130,37 +127,16 @@ class _SequenceParallel(torch.autograd.Function):
         return dq, dk, dv, dslope, None, None, None
 
 
-def _steps(N, like, to_end):
-    """The decay exponents of a state pass, float64 (N,), t in [0, N): N − 1 − t with
-    to_end (each token's reach to the slice's end), else t + 1 (the incoming state's reach
-    to each token)."""
-    t = torch.arange(N, dtype=torch.float64, device=like.device)
-    return (N - 1 - t) if to_end else (t + 1)
-
-
 def _zero_state(a, b):
     return torch.zeros(a.shape[0], a.shape[1], a.shape[3], b.shape[3],
                        dtype=checks.state_dtype(a), device=a.device)
 
 
-def _state(a, b, w):
-    """Σ_t w_t a_tᵀ b_t per (b, h): (B, H, D, E) in the state dtype, w float64 (H, N). One
-    scaled copy of a (the product formed in the state dtype, rounded once to a's dtype, as
-    the kernels round decayed keys) and one GEMM with float32 sums (16-bit operands on a GPU)."""
-    acc = checks.state_dtype(a)
-    B, H, N, D = a.shape
-    aw = torch.mul(a, w.to(acc)[None, :, :, None], out=torch.empty_like(a))
-    at, bb = _batched(aw).transpose(1, 2), _batched(b)
-    if a.is_cuda and a.dtype != acc and _HAS_BMM_OUT_DTYPE:
-        s = torch.ops.aten.bmm.dtype(at, bb, acc)
-    else:
-        s = torch.bmm(at.to(acc), bb.to(acc))
-    return s.view(B, H, D, b.shape[3])
-
-
-def _batched(x):
-    """(B, H, M, K) → (B·H, M, K): a view when the layout allows, else a copy."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+def _state(a, b, slope, scale, to_end, backend):
+    """The backend's state-only pass (dispatch.py), zeros for an empty slice."""
+    if a.numel() == 0 or b.numel() == 0:
+        return _zero_state(a, b)
+    return dispatch.get(backend).state(a, b, slope, scale, to_end)
 
 
 def _all_gather(x, length, group):

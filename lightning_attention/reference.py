@@ -2,8 +2,8 @@
 
 - `attention_ref`: the math of design §1 written as plainly as possible (quadratic in N,
   for tests; pass float64 tensors for the float64 reference; differentiable).
-- `fwd`, `bwd`, `decode`: the `torch` backend (kernel interface of dispatch.py): the block
-  form with a running D×E float32 state, O(N) memory, on CPU and GPU.
+- `fwd`, `bwd`, `decode`, `state`: the `torch` backend (kernel interface of dispatch.py):
+  the block form with a running D×E float32 state, O(N) memory, on CPU and GPU.
 """
 import torch
 
@@ -193,6 +193,32 @@ def decode(q, k, v, state, slope, scale):
     state.add_(k.to(acc).unsqueeze(-1) * v.to(acc).unsqueeze(-2))
     o = scale * (q.to(acc).unsqueeze(-2) @ state).squeeze(-2)
     return o.to(q.dtype)
+
+
+#: bmm with a float32 result from 16-bit operands (torch >= 2.8 on CUDA).
+_HAS_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
+
+
+def state(a, b, slope, scale, to_end):
+    """Σ_t w_t a_tᵀ b_t per (b, h), (B, H, D, E) in the state dtype, with w_t = λ^{N-1-t}
+    (to_end) or scale·λ^{t+1}: one scaled copy of a (the product formed in the state dtype,
+    rounded once to a's dtype, as the kernels round decayed keys) and one GEMM with float32
+    sums (16-bit operands on a GPU)."""
+    acc = state_dtype(a)
+    B, H, N, D = a.shape
+    E = b.shape[-1]
+    t = torch.arange(N, dtype=torch.float64, device=a.device)
+    steps = (N - 1 - t) if to_end else (t + 1)
+    rate = slope.double() if slope is not None else torch.zeros(H, dtype=torch.float64,
+                                                                   device=a.device)
+    w = torch.exp(-rate[:, None] * steps[None, :]) * (1.0 if to_end else scale)
+    aw = torch.mul(a, w.to(acc)[None, :, :, None], out=torch.empty_like(a))
+    at, bb = aw.reshape(B * H, N, D).transpose(1, 2), b.reshape(B * H, N, E)
+    if a.is_cuda and a.dtype != acc and _HAS_BMM_OUT_DTYPE:
+        s = torch.ops.aten.bmm.dtype(at, bb, acc)
+    else:
+        s = torch.bmm(at.to(acc), bb.to(acc))
+    return s.view(B, H, D, E)
 
 
 def unavailable():

@@ -5,7 +5,7 @@ import torch
 
 import lightning_attention as la
 from lightning_attention import reference
-from utils import check_backend, gpu, make_inputs, rand_slope, rand_state
+from utils import check_backend, check_state, gpu, make_inputs, rand_slope, rand_state
 
 
 @pytest.mark.parametrize("N", [1, 63, 65, 200])
@@ -26,6 +26,13 @@ def test_torch_backend_features(layout, decay, states):
 def test_torch_backend_varlen(states):
     check_backend("torch", B=1, N=150, cu_seqlens=[0, 40, 40, 107, 150],
                   initial_state=states, final_state=states)
+
+
+@pytest.mark.parametrize("N", [1, 65])
+@pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
+@pytest.mark.parametrize("decay", [True, False])
+def test_torch_backend_state_pass(N, layout, decay):
+    check_state("torch", N=N, layout=layout, decay=decay)
 
 
 def test_gradcheck_float64(monkeypatch):

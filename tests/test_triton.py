@@ -108,6 +108,16 @@ def test_cpu_varlen(interp, seg, seg_len):
                         final_state=True, scale=0.8)
 
 
+@pytest.mark.parametrize("N,seg_len", [(1, None), (63, None), (200, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("decay", [True, False])
+def test_cpu_state_pass(interp, seg, N, seg_len, dtype, decay):
+    """The state-only pass (sequence parallelism): several segments at N = 200."""
+    if seg_len:
+        seg(seg_len)
+    utils.check_state("triton", N=N, dtype=dtype, decay=decay, layout="bnhd")
+
+
 def test_cpu_malformed_cu_seqlens(interp):
     """Values out of range are clamped: no crash and no access out of bounds."""
     q, k, v = utils.make_inputs(1, 2, 100, 16, 16)
@@ -216,6 +226,15 @@ def test_gpu_varlen(seg, seg_len, dtype):
     check(B=1, H=4, N=5000, D=64, E=64, dtype=dtype, device="cuda",
                         cu_seqlens=[0, 1, 1, 1000, 1063, 4097, 5000], initial_state=True,
                         final_state=True)
+
+
+@gpu
+@pytest.mark.parametrize("N,seg_len", [(4097, None), (100_000, 4096)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_state_pass(seg, N, seg_len, dtype):
+    if seg_len:
+        seg(seg_len)
+    utils.check_state("triton", N=N, D=128, E=128, dtype=dtype, device="cuda", H=2, B=1)
 
 
 @gpu

@@ -176,6 +176,26 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
             assert_close(leaf.grad, r, b, name, factor, slack=slack)
 
 
+def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
+                layout="bhnd", decay=True, scale=0.7):
+    """A backend's state-only pass (dispatch.py) against the float64 truth: to_end over
+    (k, v) is the final state from a zero start, the other direction over (q, do) the
+    gradient of the initial state; each bounded by 2x the block form's error (assert_close)."""
+    from lightning_attention import dispatch
+    q, k, v = make_inputs(B, H, N, D, E, dtype=dtype, device=device, layout=layout)
+    slope = rand_slope(H, device) if decay else None
+    do = randn(B, H, N, E, dtype=dtype, device=device, layout=layout)
+    s0 = torch.zeros(B, H, D, E, device=device)
+    _, ref_final, ref_g = truth(q, k, v, slope, scale, s0, do=do)
+    _, base_final, base_g = baseline(q, k, v, slope, scale, s0, do=do)
+    mod = dispatch.get(backend)
+    st = mod.state(k, v, slope, 1.0, True)
+    assert st.dtype == torch.float32
+    assert_close(st, ref_final, base_final, f"{backend} state (k, v)")
+    assert_close(mod.state(q, do, slope, scale, False), ref_g[4], base_g[4],
+                 f"{backend} state (q, do)")
+
+
 def check_long_sequence(backend, N=256 * 1024, D=64):
     """One long sequence through a backend module's fwd/bwd (kernel interface), against the
     float64 block form (the quadratic truth is too big), bounded by the PyTorch block form

@@ -1,12 +1,13 @@
 """The Triton backend: the kernel interface of lightning_attention/dispatch.py.
 
     fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state) -> (o, final)
-    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens)
-        -> (dq, dk, dv, dinitial_state)
+    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
+        -> (dq, dk, dv, dinitial_state, dslope_terms)
     decode(q, k, v, state, slope, scale) -> o
+    state(a, b, slope, scale, to_end) -> (B, H, D, E) float32
 
-Kernels: fwd.py (segment states, scan, outputs), bwd.py (dk/dv reverse walk; dq reuses the
-forward), decode.py. On the CPU they run in Triton's interpreter when TRITON_INTERPRET=1.
+Kernels: fwd.py (segment states, scan, outputs; the state-only pass), bwd.py (dk/dv reverse
+walk; dq reuses the forward), decode.py. On the CPU they run in Triton's interpreter when TRITON_INTERPRET=1.
 """
 import os
 
@@ -21,12 +22,12 @@ except Exception as e:  # pragma: no cover - depends on the install
 if _IMPORT_ERROR is None:
     from .bwd import bwd
     from .decode import decode
-    from .fwd import fwd
+    from .fwd import fwd, state
 else:  # pragma: no cover
     def _missing(*args, **kwargs):
         raise RuntimeError(f"lightning_attn: Triton backend unavailable: {_IMPORT_ERROR}")
 
-    fwd = bwd = decode = _missing
+    fwd = bwd = decode = state = _missing
 
 
 def _interpret() -> bool:
@@ -58,4 +59,4 @@ def unsupported(q, k, v, cu_seqlens):
     return None
 
 
-__all__ = ["fwd", "bwd", "decode", "unavailable", "unsupported"]
+__all__ = ["fwd", "bwd", "decode", "state", "unavailable", "unsupported"]

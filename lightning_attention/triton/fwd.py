@@ -28,10 +28,12 @@ def _seg_state_kernel(
     s_ab, s_ah, s_an, s_bb, s_bh, s_bn,
     scale,
     HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
+    OWN_SLOT: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """Local (zero-start) state of one segment, K x V tile (ik, iv), written to the slot of
-    the next segment (forward: g+1; REVERSE: g-1, with weights lam^(t-start+1) * scale)."""
+    """Local (zero-start) state of one segment, K x V tile (ik, iv), weights lam^(end-1-t)
+    (forward) or lam^(t-start+1) * scale (REVERSE), written to the slot of the next segment
+    (forward: g+1; REVERSE: g-1), or with OWN_SLOT to slot g for every segment."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     NKT = (K + BK - 1) // BK
@@ -54,7 +56,9 @@ def _seg_state_kernel(
         bos = 0
         eos = N
     nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
-    if REVERSE:
+    if OWN_SLOT:
+        slot = g
+    elif REVERSE:
         if j == 0:
             return
         slot = g - 1
@@ -278,30 +282,37 @@ def _bv(K, V):
     return BK, min(C.next_pow2(V), cap)
 
 
-def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec):
-    """Incoming states (forward) or carries (reverse) of every segment: (G, H, K, V) fp32.
-    Slot g holds segment g's incoming state (forward, j >= 1) or carry from the right
-    (reverse, j < n-1); other slots are unused."""
+def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_prec):
+    """Pass 1: every segment's local state, (G, H, K, V) fp32, in the slots _seg_state_kernel
+    describes (slots it does not write are left uninitialised)."""
     dev = a.device
     st = torch.empty(table.G, H, K, V, dtype=torch.float32, device=dev)
     BK = min(C.next_pow2(K), 128)
     BV = min(C.next_pow2(V), 128)
     NKT, NVT = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    slope_arg = slope if slope is not None else st
     seq_of, j_of, bos, eos = table.args(dev)
     _seg_state_kernel[(table.G * NKT * NVT, H)](
-        a, b, slope_arg, st, seq_of, j_of, bos, eos,
+        a, b, slope if slope is not None else st, st, seq_of, j_of, bos, eos,
         table.N, H, K, V, table.seg, table.NS,
         a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
         float(scale),
-        HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen,
+        HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen, OWN_SLOT=own_slot,
         BT=C.CONFIG["bt_state"], BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
+    return st
+
+
+def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec):
+    """Incoming states (forward) or carries (reverse) of every segment: (G, H, K, V) fp32.
+    Slot g holds segment g's incoming state (forward, j >= 1) or carry from the right
+    (reverse, j < n-1); other slots are unused."""
+    st = _segment_states(a, b, slope, scale, table, H, K, V, reverse, False, dot_prec)
     BKs = min(C.next_pow2(K), 64)
     BVs = min(C.next_pow2(V), 64)
+    seq_of, j_of, bos, eos = table.args(a.device)
     first = table.first if table.varlen else bos
     _seg_scan_kernel[(table.nseqs, H, triton.cdiv(K, BKs) * triton.cdiv(V, BVs))](
-        st, init if init is not None else st, slope_arg, bos, eos, first,
+        st, init if init is not None else st, slope if slope is not None else st, bos, eos, first,
         table.N, H, K, V, table.seg, table.NS,
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, REVERSE=reverse,
         VARLEN=table.varlen, BK=BKs, BV=BVs, num_warps=4)
@@ -380,3 +391,22 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
         states = seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
     seg_out(q, k, v, o, slope, scale, initial_state, states, final, table, H, K, V, False, prec)
     return o, final
+
+
+def state(a, b, slope, scale, to_end):
+    """The state-only pass of dispatch.py's kernel interface: Σ_t w_t a_tᵀ b_t per (batch,
+    head), float32 (B, H, K, V), with w_t = λ^{N-1-t} (to_end) or scale·λ^{t+1}. Pass 1 of
+    the forward on every segment, then the segments' sums decayed to the sequence's end
+    (start): a and b are read once."""
+    B, H, N, K = a.shape
+    V = b.shape[-1]
+    table = make_table(a, None)
+    part = _segment_states(a, b, slope, 1.0 if to_end else scale, table, H, K, V,
+                           not to_end, True, C.dot_prec(a.dtype))
+    part = part.view(B, table.NS, H, K, V)
+    if slope is None:
+        return part.sum(1)
+    starts = torch.arange(table.NS, device=a.device, dtype=torch.float64) * table.seg
+    gaps = N - torch.clamp(starts + table.seg, max=N) if to_end else starts  # ≥ 0
+    w = torch.exp(-gaps[:, None] * slope.double()[None, :]).float()          # (NS, H)
+    return torch.einsum("bjhkv,jh->bhkv", part, w)
