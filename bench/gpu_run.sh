@@ -3,7 +3,8 @@
 # run the GPU tests and the sanitizer, check the SASS; logs under $OUT, a short summary last.
 #   bash bench/gpu_run.sh                 (peers join when .whl/ travels with the call)
 # Switches: SKIP_TESTS=1, SKIP_SANITIZE=1, TRITON_TESTS=1 (the Triton GPU matrix, ~4 min),
-#           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/)
+#           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/),
+#           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
 set -u
 export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
 export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0}
@@ -44,6 +45,13 @@ if [ -n "${CMAKE:-}" ]; then
 fi
 if [ -n "${PROFILE:-}" ]; then
   timeout 90 python3 bench/cuda_profile.py > $OUT/profile.log 2>&1; tail -25 $OUT/profile.log
+fi
+if [ -n "${SP:-}" ]; then
+  NP=$(nvidia-smi -L | wc -l)
+  timeout 120 torchrun --nproc-per-node $NP tests/test_distributed.py > $OUT/sp_test.log 2>&1
+  echo "sequence-parallel NCCL test rc=$?"; grep -E "PASS|FAIL" $OUT/sp_test.log | tail -3
+  timeout 240 torchrun --nproc-per-node $NP bench/bench_sequence_parallel.py > $OUT/sp_bench.log 2>&1
+  echo "sequence-parallel bench rc=$?"; tail -12 $OUT/sp_bench.log
 fi
 cat $OUT/ptxas_summary.txt
 cat $OUT/decode.log
