@@ -39,7 +39,7 @@ if [ -z "${SKIP_SANITIZE:-}" ]; then
 fi
 if [ -n "${CMAKE:-}" ]; then
   ( cmake -S . -B /tmp/cmb -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-      -DLA_CUDA_ARCHS=90 -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/cmb -j16 && \
+      -DLA_CUDA_ARCHS="9.0a" -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/cmb -j16 && \
     ctest --test-dir /tmp/cmb --output-on-failure ) > $OUT/ctest.log 2>&1
   echo "cmake + ctest rc=$?"; grep -E "tests passed|FAILED" $OUT/ctest.log | tail -3
 fi
