@@ -154,14 +154,13 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_bwd_dkdv_kernel(const 
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int64_t sidx = (int64_t)si.seq * p.seg.H + h;
   const int64_t widx = (int64_t)g * p.seg.H + h;
-  const int64_t batch = p.seg.seq_info ? 0 : si.seq;
-  const int64_t tok0 = si.bos + si.start;
-  const T* qg = static_cast<const T*>(p.q) + batch * p.q_bs + h * p.q_hs + tok0 * p.q_rs;
-  const T* kg = static_cast<const T*>(p.k) + batch * p.k_bs + h * p.k_hs + tok0 * p.k_rs;
-  const T* vg = static_cast<const T*>(p.v) + batch * p.v_bs + h * p.v_hs + tok0 * p.v_rs;
-  const T* dog = static_cast<const T*>(p.dout) + batch * p.do_bs + h * p.do_hs + tok0 * p.do_rs;
-  T* dkg = kPass1 ? nullptr : static_cast<T*>(p.dk) + batch * p.dk_bs + h * p.dk_hs + tok0 * p.dk_rs;
-  T* dvg = kPass1 ? nullptr : static_cast<T*>(p.dv) + batch * p.dv_bs + h * p.dv_hs + tok0 * p.dv_rs;
+  const SegRows rows = seg_rows(p.seg, si, h);
+  const T* qg = rows.at<const T>(p.q, p.q_bs, p.q_hs, p.q_rs);
+  const T* kg = rows.at<const T>(p.k, p.k_bs, p.k_hs, p.k_rs);
+  const T* vg = rows.at<const T>(p.v, p.v_bs, p.v_hs, p.v_rs);
+  const T* dog = rows.at<const T>(p.dout, p.do_bs, p.do_hs, p.do_rs);
+  T* dkg = kPass1 ? nullptr : rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs);
+  T* dvg = kPass1 ? nullptr : rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs);
 
   // stage st: Q at tile 2·st, dO at 2·st + 1, K at 4 + 2·st, V at 5 + 2·st; H after them
   auto sQ = [&](int st) { return smem + (2 * st) * Tr::kTile; };
@@ -171,7 +170,7 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_bwd_dkdv_kernel(const 
   T* sH = smem + 8 * Tr::kTile;
   float* sRed = reinterpret_cast<float*>(sH + F::kStateTile);
   const bool terms = !kPass1 && p.terms != nullptr;
-  float* termsg = terms ? p.terms + ((int64_t)batch * p.seg.H + h) * p.seg.N + tok0 : nullptr;
+  float* termsg = terms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
   const int gq = lane >> 2, tq = lane & 3;
 
   const int sm0 = (warp % F::kSWM) * 16;

@@ -58,32 +58,27 @@ __device__ __forceinline__ void load_tile(void* dst, const void* src_, int64_t r
   }
 }
 
-// acc(16 × kNT·8 warp tile, rows m0.., cols n0..) as fp32 to a D×E matrix with strides.
-template <int kNT>
-__device__ __forceinline__ void store_state(float* dst, int64_t sd, int64_t se,
-                                            const float (&acc)[kNT][4], int m0, int n0, int lane) {
+// Calls f(nt, i, d, e) for every element acc[nt][i] of a 16 × kNT·8 mma accumulator warp
+// tile whose rows start at m0 and columns at n0: (d, e) is the element's row and column.
+template <int kNT, typename F>
+__device__ __forceinline__ void for_each_acc(int m0, int n0, int lane, F&& f) {
   const int gq = lane >> 2, tq = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int d = m0 + gq + ((i & 2) ? 8 : 0);
-      const int e = n0 + nt * 8 + 2 * tq + (i & 1);
-      dst[d * sd + e * se] = acc[nt][i];
-    }
+    for (int i = 0; i < 4; ++i)
+      f(nt, i, m0 + gq + ((i & 2) ? 8 : 0), n0 + nt * 8 + 2 * tq + (i & 1));
+}
+// acc (warp tile at m0, n0) as fp32 to / from a D×E matrix with strides (sd, se).
+template <int kNT>
+__device__ __forceinline__ void store_state(float* dst, int64_t sd, int64_t se,
+                                            const float (&acc)[kNT][4], int m0, int n0, int lane) {
+  for_each_acc<kNT>(m0, n0, lane, [&](int nt, int i, int d, int e) { dst[d * sd + e * se] = acc[nt][i]; });
 }
 template <int kNT>
 __device__ __forceinline__ void load_state(const float* src, int64_t sd, int64_t se,
                                            float (&acc)[kNT][4], int m0, int n0, int lane) {
-  const int gq = lane >> 2, tq = lane & 3;
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int d = m0 + gq + ((i & 2) ? 8 : 0);
-      const int e = n0 + nt * 8 + 2 * tq + (i & 1);
-      acc[nt][i] = src[d * sd + e * se];
-    }
+  for_each_acc<kNT>(m0, n0, lane, [&](int nt, int i, int d, int e) { acc[nt][i] = src[d * sd + e * se]; });
 }
 // acc -> the 16-bit state copy in smem (row-major [d][e], padded stride).
 template <typename T, int kNT>
@@ -200,12 +195,11 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_fwd_kernel(const FwdPa
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int64_t sidx = (int64_t)si.seq * p.seg.H + h;
   const int64_t widx = (int64_t)g * p.seg.H + h;
-  const int64_t batch = p.seg.seq_info ? 0 : si.seq;
-  const int64_t tok0 = si.bos + si.start;
-  const T* qg = static_cast<const T*>(p.q) + batch * p.q_bs + h * p.q_hs + tok0 * p.q_rs;
-  const T* kg = static_cast<const T*>(p.k) + batch * p.k_bs + h * p.k_hs + tok0 * p.k_rs;
-  const T* vg = static_cast<const T*>(p.v) + batch * p.v_bs + h * p.v_hs + tok0 * p.v_rs;
-  T* og = kPass1 ? nullptr : static_cast<T*>(p.o) + batch * p.o_bs + h * p.o_hs + tok0 * p.o_rs;
+  const SegRows rows = seg_rows(p.seg, si, h);
+  const T* qg = rows.at<const T>(p.q, p.q_bs, p.q_hs, p.q_rs);
+  const T* kg = rows.at<const T>(p.k, p.k_bs, p.k_hs, p.k_rs);
+  const T* vg = rows.at<const T>(p.v, p.v_bs, p.v_hs, p.v_rs);
+  T* og = kPass1 ? nullptr : rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs);
 
   // stage st: K at tile 2·st, V at 2·st + 1, Q at 2·kStages + st; the state copy after them
   auto sK = [&](int st) { return smem + (2 * st) * Tr::kTile; };
@@ -214,9 +208,8 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_fwd_kernel(const FwdPa
   T* sS = smem + 3 * kStages * Tr::kTile;
   float* sRed = reinterpret_cast<float*>(sS + Tr::kStateTile);  // (64,) row partials
   const bool terms = !kPass1 && p.terms != nullptr;
-  const T* rqg = terms ? static_cast<const T*>(p.rq) + batch * p.rq_bs + h * p.rq_hs + tok0 * p.rq_rs
-                       : nullptr;
-  float* termsg = terms ? p.terms + ((int64_t)batch * p.seg.H + h) * p.seg.N + tok0 : nullptr;
+  const T* rqg = terms ? rows.at<const T>(p.rq, p.rq_bs, p.rq_hs, p.rq_rs) : nullptr;
+  float* termsg = terms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
 
   // The running state: warp tile rows [sm0, sm0 + 16) of D, columns [sn0, sn0 + kSTN) of E.
   const int sm0 = (warp % Tr::kSWM) * 16;

@@ -96,6 +96,20 @@ __device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
   }
   return s;
 }
+
+// Where a CTA's segment starts in a (B, H, N, ·) tensor: its batch entry (0 with cu_seqlens),
+// head and first token; `at` applies a tensor's element strides.
+struct SegRows {
+  int64_t batch, tok0;
+  int h;
+  template <typename T, typename V>
+  __device__ __forceinline__ T* at(V* base, int64_t bs, int64_t hs, int64_t rs) const {
+    return static_cast<T*>(base) + batch * bs + h * hs + tok0 * rs;
+  }
+};
+__device__ __forceinline__ SegRows seg_rows(const SegParams& p, const SegInfo& si, int h) {
+  return {p.seq_info ? 0 : si.seq, si.bos + si.start, h};
+}
 #endif  // __CUDACC__
 
 // Host-side launchers (instantiated per dtype and head dim in la_*_<dtype>_hd<D>.cu).
