@@ -89,21 +89,20 @@ class _SequenceParallel(torch.autograd.Function):
         else:
             s_loc = _state(k, v, slope, 1.0, True, backend)
         states, lengths = _all_gather(s_loc, N, group)
-        before, after = _gaps(lengths, rank)
+        before, after, start = _gaps(lengths, rank)
         s_in = None
         if rank > 0:
             s_in = torch.einsum("ph,pbhde->bhde", _decays(log_decay, before, states.dtype),
                                 states).contiguous()
         o, _ = ops.fwd(q, k, v, slope, s_in, None, scale, False, backend)
-        ctx.save_for_backward(q, k, v, slope, s_in, lengths, after)
+        ctx.save_for_backward(q, k, v, slope, s_in, log_decay, after, start)
         ctx.scale, ctx.group, ctx.rank, ctx.world, ctx.backend = scale, group, rank, world, backend
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, k, v, slope, s_in, lengths, after = ctx.saved_tensors
-        log_decay = _log_decay(slope, q.shape[1], q)
+        q, k, v, slope, s_in, log_decay, after, start = ctx.saved_tensors
         N = q.shape[2]
         if ctx.rank == 0:  # nobody before this rank reads its G
             g_loc = _zero_state(q, do)
@@ -121,7 +120,6 @@ class _SequenceParallel(torch.autograd.Function):
                                        need_dslope, ctx.backend)
         dslope = None
         if need_dslope:
-            start = (torch.cumsum(lengths, 0) - lengths)[ctx.rank]
             pos = start.double() + torch.arange(N, dtype=torch.float64, device=q.device)
             dslope = (-(terms.double() * pos).sum(dim=(0, 2))).to(slope.dtype)
         return dq, dk, dv, dslope, None, None, None
@@ -167,13 +165,14 @@ def _log_decay(slope, H, like):
 
 def _gaps(lengths, rank):
     """Tokens between the slices, float64 (P,): before[j] = b_rank − e_j for j < rank and
-    after[m] = b_m − e_rank for m > rank; −1 marks the other entries."""
+    after[m] = b_m − e_rank for m > rank; −1 marks the other entries. Also b_rank, this
+    slice's first token in the whole sequence (a 0-dim tensor)."""
     ends = torch.cumsum(lengths, 0)
     starts = ends - lengths
     idx = torch.arange(lengths.numel(), device=lengths.device)
     before = torch.where(idx < rank, starts[rank] - ends, -1).double()
     after = torch.where(idx > rank, starts - ends[rank], -1).double()
-    return before, after
+    return before, after, starts[rank]
 
 
 def _decays(log_decay, gaps, dtype):

@@ -58,10 +58,10 @@ class LightningAttention(nn.Module):
                                  f"output_state={output_state})")
             o = lightning_attn_sp(q, k, v, self.slope, group=self.sequence_parallel_group,
                                   backend=self.backend)
-            return self._output(o.transpose(1, 2).reshape(u.shape), u)
-        out = lightning_attn(q, k, v, self.slope, initial_state=state,
-                             output_final_state=output_state, backend=self.backend)
-        o, new_state = out if output_state else (out, None)
+        else:
+            o = lightning_attn(q, k, v, self.slope, initial_state=state,
+                               output_final_state=output_state, backend=self.backend)
+        o, new_state = o if output_state else (o, None)
         y = self._output(o.transpose(1, 2).reshape(u.shape), u)
         return (y, new_state) if output_state else y
 
