@@ -62,22 +62,8 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
       }
     }
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      float pm[2][4];
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = (i & 2) ? r1 : r0;
-          const int tau = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
-          pm[h2][i] = (kk >= rg && tau >= r)
-                          ? scale * p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(tau - r)) : 0.f;
-        }
-      pa[kk][0] = P2::pack(pm[0][0], pm[0][1]);
-      pa[kk][1] = P2::pack(pm[0][2], pm[0][3]);
-      pa[kk][2] = P2::pack(pm[1][0], pm[1][1]);
-      pa[kk][3] = P2::pack(pm[1][2], pm[1][3]);
-    }
+    for (int kk = 0; kk < 4; ++kk)
+      mask_decay_pack<T, true>(pa[kk], p_acc, kk, kk >= rg, r0, r1, tq, nl2, scale);
   }
   // 2) out = diag(λ^{n-1-j}) X Hm + P Z
   float acc[kONT][4];

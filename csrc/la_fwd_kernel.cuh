@@ -94,6 +94,31 @@ __device__ __forceinline__ void state_to_smem(T* sS, int stride, const float (&a
   }
 }
 
+// Key tile kk of the P accumulator (8 n-tiles of 16 × 8, this thread's rows r0 and r1 = r0 + 8)
+// as an mma A fragment, masked and decayed: element (r, j) is kept where `live` and j ≤ r
+// (kUpper false: causal rows) or j ≥ r (kUpper: the transposed product), times c·λ^|r − j|.
+template <typename T, bool kUpper>
+__device__ __forceinline__ void mask_decay_pack(uint32_t (&a)[4], const float (&p_acc)[8][4],
+                                                int kk, bool live, int r0, int r1, int tq,
+                                                float nl2, float c) {
+  float pm[2][4];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = (i & 2) ? r1 : r0;
+      const int j = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
+      const bool keep = kUpper ? j >= r : j <= r;
+      pm[h2][i] = (live && keep)
+                      ? c * p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(kUpper ? j - r : r - j))
+                      : 0.f;
+    }
+  a[0] = Pack2<T>::pack(pm[0][0], pm[0][1]);
+  a[1] = Pack2<T>::pack(pm[0][2], pm[0][3]);
+  a[2] = Pack2<T>::pack(pm[1][0], pm[1][1]);
+  a[3] = Pack2<T>::pack(pm[1][2], pm[1][3]);
+}
+
 template <typename T>
 __device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
   const float2 f = Pack2<T>::unpack(u);
@@ -301,17 +326,8 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_fwd_kernel(const FwdPa
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         if (kk <= rg) {
-          float pm[2][4];
-#pragma unroll
-          for (int h2 = 0; h2 < 2; ++h2)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const int r = (i & 2) ? r1 : r0;
-              const int j = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
-              pm[h2][i] = j <= r ? p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(r - j)) : 0.f;
-            }
-          uint32_t a[4] = {P2::pack(pm[0][0], pm[0][1]), P2::pack(pm[0][2], pm[0][3]),
-                           P2::pack(pm[1][0], pm[1][1]), P2::pack(pm[1][2], pm[1][3])};
+          uint32_t a[4];
+          mask_decay_pack<T, false>(a, p_acc, kk, true, r0, r1, tq, nl2, 1.f);
 #pragma unroll
           for (int np = 0; np < Tr::kONT / 2; ++np) {
             uint32_t bb[4];
