@@ -68,6 +68,22 @@ def kernel(fn):
     return LazyKernel(fn)
 
 
+class _DeviceFunction(triton.runtime.JITFunction):
+    """A @triton.jit device function that the kernels call both when compiled and in the
+    interpreter (kernel() picks the mode at launch; a plain JITFunction refuses the
+    interpreter's Python call)."""
+
+    def __call__(self, *args, **kwargs):
+        if interpret():
+            from triton.runtime.interpreter import InterpretedFunction
+            return InterpretedFunction(self.fn)(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+def device_function(fn):
+    return _DeviceFunction(fn)
+
+
 def next_pow2(x: int) -> int:
     return triton.next_power_of_2(max(int(x), 1))
 

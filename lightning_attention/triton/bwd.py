@@ -41,24 +41,11 @@ def _seg_dkdv_kernel(
     NVT = (V + BV - 1) // BV
     g = pid // NVT
     iv = pid % NVT
+    i_seq, b, j, nseg, s0, s1, n_blk = F._segment(g, seq_ptr, segj_ptr, bos_ptr, eos_ptr, N,
+                                                  SEG, NS, BT, VARLEN)
     if VARLEN:
-        i_seq = tl.load(seq_ptr + g)
-        if i_seq < 0:
+        if i_seq < 0:  # an unused slot of the table
             return
-        j = tl.load(segj_ptr + g)
-        bos = tl.load(bos_ptr + i_seq)
-        eos = tl.load(eos_ptr + i_seq)
-        b = i_seq * 0
-    else:
-        i_seq = g // NS
-        j = g % NS
-        bos = 0
-        eos = N
-        b = i_seq
-    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
-    s0 = bos + j * SEG
-    s1 = tl.minimum(s0 + SEG, eos)
-    n_blk = (s1 - s0 + BT - 1) // BT
 
     offs_t = tl.arange(0, BT)
     offs_k = tl.arange(0, BK)

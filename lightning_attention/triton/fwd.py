@@ -21,6 +21,30 @@ from . import _common as C
 from ._common import kernel
 
 
+@C.device_function
+def _segment(g, seq_ptr, segj_ptr, bos_ptr, eos_ptr, N, SEG, NS, BT: tl.constexpr,
+             VARLEN: tl.constexpr):
+    """Where segment g lies (SegTable): (its sequence i_seq, batch entry b, index j in the
+    sequence, the sequence's segment count, its tokens [s0, s1) and their BT-blocks).
+    i_seq < 0 marks an unused slot of a varlen table (the rest then describes sequence 0)."""
+    if VARLEN:
+        i_seq = tl.load(seq_ptr + g)
+        j = tl.load(segj_ptr + g)
+        bos = tl.load(bos_ptr + tl.maximum(i_seq, 0))
+        eos = tl.load(eos_ptr + tl.maximum(i_seq, 0))
+        b = i_seq * 0
+    else:
+        i_seq = g // NS
+        j = g % NS
+        bos = 0
+        eos = N
+        b = i_seq
+    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
+    s0 = bos + j * SEG
+    s1 = tl.minimum(s0 + SEG, eos)
+    return i_seq, b, j, nseg, s0, s1, (s1 - s0 + BT - 1) // BT
+
+
 def _seg_state_kernel(
     a_ptr, b_ptr, slope_ptr, st_ptr,
     seq_ptr, segj_ptr, bos_ptr, eos_ptr,
@@ -42,20 +66,11 @@ def _seg_state_kernel(
     r = pid % (NKT * NVT)
     ik = r // NVT
     iv = r % NVT
+    i_seq, b, j, nseg, s0, s1, n_blk = _segment(g, seq_ptr, segj_ptr, bos_ptr, eos_ptr, N, SEG,
+                                                NS, BT, VARLEN)
     if VARLEN:
-        i_seq = tl.load(seq_ptr + g)
-        if i_seq < 0:
+        if i_seq < 0:  # an unused slot of the table
             return
-        j = tl.load(segj_ptr + g)
-        bos = tl.load(bos_ptr + i_seq)
-        eos = tl.load(eos_ptr + i_seq)
-        b = i_seq * 0
-    else:
-        b = g // NS
-        j = g % NS
-        bos = 0
-        eos = N
-    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
     if OWN_SLOT:
         slot = g
     elif REVERSE:
@@ -66,9 +81,6 @@ def _seg_state_kernel(
         if j == nseg - 1:
             return
         slot = g + 1
-    s0 = bos + j * SEG
-    s1 = tl.minimum(s0 + SEG, eos)
-    n_blk = (s1 - s0 + BT - 1) // BT
 
     offs_t = tl.arange(0, BT)
     offs_k = ik * BK + tl.arange(0, BK)
@@ -182,24 +194,11 @@ def _seg_out_kernel(
     NVT = (V + BV - 1) // BV
     g = pid // NVT
     iv = pid % NVT
+    i_seq, b, j, nseg, s0, s1, n_blk = _segment(g, seq_ptr, segj_ptr, bos_ptr, eos_ptr, N, SEG,
+                                                NS, BT, VARLEN)
     if VARLEN:
-        i_seq = tl.load(seq_ptr + g)
-        if i_seq < 0:
+        if i_seq < 0:  # an unused slot of the table
             return
-        j = tl.load(segj_ptr + g)
-        bos = tl.load(bos_ptr + i_seq)
-        eos = tl.load(eos_ptr + i_seq)
-        b = i_seq * 0
-    else:
-        i_seq = g // NS
-        j = g % NS
-        bos = 0
-        eos = N
-        b = i_seq
-    nseg = tl.maximum((eos - bos + SEG - 1) // SEG, 1)
-    s0 = bos + j * SEG
-    s1 = tl.minimum(s0 + SEG, eos)
-    n_blk = (s1 - s0 + BT - 1) // BT
 
     offs_t = tl.arange(0, BT)
     offs_k = tl.arange(0, BK)
