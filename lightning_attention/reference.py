@@ -210,7 +210,7 @@ def state(a, b, slope, scale, to_end):
     t = torch.arange(N, dtype=torch.float64, device=a.device)
     steps = (N - 1 - t) if to_end else (t + 1)
     w = torch.exp(-_decay_rate(slope, H, t) * steps[:, None]) * (1.0 if to_end else scale)
-    aw = torch.mul(a, w.to(acc), out=torch.empty_like(a))
+    aw = torch.mul(a, w.to(acc), out=a.new_empty(a.shape))  # contiguous: the reshape below is a view
     at, bb = aw.reshape(B * H, N, D).transpose(1, 2), b.reshape(B * H, N, E)
     if a.is_cuda and a.dtype != acc and _HAS_BMM_OUT_DTYPE:
         s = torch.ops.aten.bmm.dtype(at, bb, acc)
