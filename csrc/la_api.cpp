@@ -248,15 +248,21 @@ void fwd_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
     p.terms = terms;
   }
   const int64_t D = q.size(3), E = v.size(3);
+  const bool sm90 = terms == nullptr && sm90_enabled(q.get_device());
   LA_DISPATCH(q.scalar_type(), D, [&] {
-    if (pl.multi) {
-      run_fwd<T, kHD>(p, /*pass1=*/true, pl.fwd_stages, stream);
+    auto pass = [&](bool pass1) {
+      if (sm90)
+        run_fwd_sm90<T, kHD>(p, pass1, stream);
+      else
+        run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (pl.multi) {
+      pass(/*pass1=*/true);
       run_state_scan(pl.seg, p.ws, state_in, sd, se, slope, (int)D, (int)E, /*reverse=*/false, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    run_fwd<T, kHD>(p, /*pass1=*/false, pl.fwd_stages, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pass(/*pass1=*/false);
   });
 }
 

@@ -1,0 +1,345 @@
+// Forward kernel of Lightning Attention-2 for Hopper (sm_90a): TMA loads, wgmma, warp
+// specialisation. One CTA per (sequence, head, segment), the passes of the mma.sync kernel:
+// pass 1 (kPass1: the segment's local state from zero, K and V only) and pass 2 (outputs and
+// final state from the segment's incoming state).
+//
+// Warpgroups: WG 0 is the producer (one thread issues the TMA loads of the (64, HD) tiles of
+// Q, K and V into a kStages-deep ring; 24 registers); WG 1.. are consumers, WG 1 + w owning the
+// 64 columns [64w, 64w + 64) of E: its slice of the state S (HD × 64, fp32 accumulators) and
+// of every output row. Per 64-token block of n tokens, each consumer warpgroup computes
+//   P   = (Q Kᵀ) ⊙ M                     SS wgmma (64 × 64), masked and decayed in registers
+//   O   = λ^{i+1} · Q S_w + P V_w         SS wgmma from a 16-bit copy of S_w, then RS with P
+//   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w   RS wgmma, Kᵀ fragments by ldmatrix.trans
+// The warpgroups never wait for each other: each keeps its own copy of its state slice
+// (double-buffered) and releases a stage of the ring when it is done with it.
+#pragma once
+
+#include "la_common.cuh"
+#include "la_params.h"
+#include "la_sm90.cuh"
+
+namespace la {
+
+template <typename T, int HD>
+struct Sm90FwdTraits {
+  static_assert(HD == 64 || HD == 128, "specialised head dims");
+  static constexpr int kBlock = 64;
+  static constexpr int kConsumers = HD / 64;               // consumer warpgroups
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
+  static constexpr int kStages = 3;
+  static constexpr int kBoxBytes = 64 * 64 * 2;            // (64 rows, 64 columns), 16-bit
+  static constexpr int kBoxes = HD / 64;                   // boxes per (64, HD) tile
+  static constexpr int kTileBytes = kBoxes * kBoxBytes;
+  static constexpr int kStageBytes = 3 * kTileBytes;       // Q, K, V
+  static constexpr int kStateCopyBytes = HD * 64 * 2;      // (HD, 64) 16-bit, MN-major
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  // 1 KiB of slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
+  static constexpr int kSmem = kStages * kStageBytes + kConsumers * 2 * kStateCopyBytes +
+                               kBarrierBytes + 1024;
+};
+
+namespace sm90 {
+
+// Byte offset of element (row, col) of a (rows, 64) 16-bit box under the 128-byte swizzle.
+__device__ __forceinline__ uint32_t sw128(int row, int col) {
+  return row * 128 + ((((col >> 3) ^ row) & 7) << 4) + (col & 7) * 2;
+}
+
+// The state slice (HD × 64, fp32 accumulators: tile dt holds rows [64dt, 64dt + 64)) as a
+// 16-bit MN-major operand: rows d, 64 columns, swizzled.
+template <typename T, int kTiles>
+__device__ __forceinline__ void state_copy(uint32_t dst, const float (&s)[kTiles][32], int warp,
+                                           int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int d = dt * 64 + warp * 16 + gq + hf * 8;
+        const uint32_t v = Pack2<T>::pack(s[dt][4 * j + 2 * hf], s[dt][4 * j + 2 * hf + 1]);
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dst + sw128(d, 8 * j + 2 * tq)), "r"(v));
+      }
+}
+
+// Calls f(dt, i, d, e) for accumulator register s[dt][i] of the state slice: row d of S,
+// column e of the slice (0..63).
+template <int kTiles, typename F>
+__device__ __forceinline__ void for_each_state(int warp, int lane, F&& f) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+      f(dt, i, dt * 64 + warp * 16 + gq + ((i & 2) ? 8 : 0), 8 * (i >> 2) + 2 * tq + (i & 1));
+}
+
+}  // namespace sm90
+
+template <typename T, int HD, bool kPass1>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
+                                  Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
+    la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
+                       const __grid_constant__ CUtensorMap tm_k,
+                       const __grid_constant__ CUtensorMap tm_v, const FwdParams p) {
+#ifdef LA_SM90_ENABLED
+  using namespace sm90;
+  using Tr = Sm90FwdTraits<T, HD>;
+  using P2 = Pack2<T>;
+  constexpr int kStages = Tr::kStages;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+
+  const int g = blockIdx.x, h = blockIdx.y;
+  const SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  if (kPass1 && si.seg == si.nseg - 1) return;  // nobody reads the last segment's local state
+
+  // smem: [stage][Q K V][box] | [consumer][2 buffers] state copies | full[], empty[] barriers
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t states = base + kStages * Tr::kStageBytes;
+  const uint32_t bars = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+  auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
+
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), Tr::kConsumers);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
+  const int wg = tid / 128;
+
+  if (wg == 0) {  // ------------------------------------------------------------ producer
+    regs_dealloc<Tr::kProducerRegs>();
+    if (tid == 0) {
+      tma_prefetch_desc(&tm_q);
+      tma_prefetch_desc(&tm_k);
+      tma_prefetch_desc(&tm_v);
+      const int b = (int)rows.batch;
+      for (int c = 0; c < nblk; ++c) {
+        const int s = c % kStages;
+        if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
+        mbar_expect_tx(full(s), (kPass1 ? 2 : 3) * Tr::kTileBytes);
+        const int tok = (int)rows.tok0 + c * 64;
+#pragma unroll
+        for (int x = 0; x < Tr::kBoxes; ++x) {
+          if (!kPass1) tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, full(s), x * 64, tok, h, b);
+        }
+      }
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------------------- consumers
+  regs_alloc<Tr::kConsumerRegs>();
+  const int w = wg - 1;                       // E columns [64w, 64w + 64)
+  const int t = tid - 128 * wg;               // thread in the warpgroup
+  const int warp = t >> 5, lane = t & 31;
+  const int gq = lane >> 2, tq = lane & 3;
+  const int bar_id = 1 + w;                   // this warpgroup's named barrier
+  const uint32_t copy0 = states + w * 2 * Tr::kStateCopyBytes;
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
+  const int64_t sidx = (int64_t)si.seq * p.seg.H + h;
+  const int64_t widx = (int64_t)g * p.seg.H + h;
+  T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w;
+
+  // incoming state of the segment: initial state (first segment), the scan's (others), or 0
+  float s_acc[Tr::kBoxes][32];
+  {
+    const float* src = nullptr;
+    int64_t sd = HD, se = 1;
+    if (kPass1) {
+    } else if (si.seg > 0) {
+      src = p.ws + widx * HD * HD;
+    } else if (p.state_in != nullptr) {
+      src = p.state_in + sidx * HD * HD;
+      sd = p.state_in_sd;
+      se = p.state_in_se;
+    }
+    for_each_state<Tr::kBoxes>(warp, lane, [&](int dt, int i, int d, int e) {
+      s_acc[dt][i] = src ? src[d * sd + (64 * w + e) * se] : 0.f;
+    });
+  }
+  if (!kPass1) {
+    state_copy<T>(copy0, s_acc, warp, lane);
+    fence_async_shared();
+    named_barrier(bar_id, 128);
+  }
+
+  const int r0 = warp * 16 + gq, r1 = r0 + 8;   // this thread's rows of the block
+  for (int c = 0; c < nblk; ++c) {
+    const int s = c % kStages;
+    const int n = min(64, si.len - c * 64);
+    const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
+    const uint32_t uS = copy0 + (c & 1) * Tr::kStateCopyBytes;
+    mbar_wait(full(s), (c / kStages) & 1);
+    if (n < 64) {
+      // rows past the sequence's end may hold the next packed sequence (finite or not):
+      // zero them in V, the one operand whose masked rows would still meet a 0 · x
+      for (int i = n * 8 + t; i < 64 * 8; i += 128)
+        asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(uV + i * 16), "r"(0));
+      fence_async_shared();
+      named_barrier(bar_id, 128);
+    }
+
+    // P = Q Kᵀ and O = Q S_w (both 64 × 64, k over HD); pass 1 only updates the state
+    float p_acc[32], o_acc[32];
+    uint32_t pa[4][4];
+    if constexpr (!kPass1) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * Tr::kBoxBytes + (kk & 3) * 32;
+      wgmma_ss_64x64<T, false>(p_acc, desc_sw128(uQ + off), desc_sw128(uK + off), kk > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * Tr::kBoxBytes + (kk & 3) * 32;
+      wgmma_ss_64x64<T, true>(o_acc, desc_sw128(uQ + off), desc_sw128(uS + kk * 2048), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(p_acc);
+
+    // P ⊙ M as the A fragments of the four 16-key steps: key j kept for j <= row, j < n
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      float v[2][4];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = (i & 2) ? r1 : r0;
+          const int j = (2 * kk + hf) * 8 + 2 * tq + (i & 1);
+          v[hf][i] = (j <= r && j < n) ? p_acc[4 * (2 * kk + hf) + i] * decay_pow(nl2, (float)(r - j))
+                                       : 0.f;
+        }
+      pa[kk][0] = P2::pack(v[0][0], v[0][1]);
+      pa[kk][1] = P2::pack(v[0][2], v[0][3]);
+      pa[kk][2] = P2::pack(v[1][0], v[1][1]);
+      pa[kk][3] = P2::pack(v[1][2], v[1][3]);
+    }
+    wgmma_wait<0>();
+    fence_regs(o_acc);
+    {
+      const float f0 = decay_pow(nl2, (float)(r0 + 1)), f1 = decay_pow(nl2, (float)(r1 + 1));
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? f1 : f0;
+    }
+    // O += P V_w
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
+    wgmma_commit();
+    }
+
+    // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n
+    const float dn = decay_pow(nl2, (float)n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= dn;
+    uint32_t ka[Tr::kBoxes][4][4];
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        // Kᵀ rows d = 16·warp + (0..15) of box dt, keys 16kk.. (ldmatrix.trans of K rows)
+        const int mat = lane >> 3;
+        const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
+        const int col = warp * 16 + ((mat & 1) ? 8 : 0);
+        ldsm_x4_t(ka[dt][kk], uK + dt * Tr::kBoxBytes + sw128(key, col));
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int j = kk * 16 + 2 * tq + ((x & 2) ? 8 : 0);
+          const float2 f = P2::unpack(ka[dt][kk][x]);
+          const float w0 = j < n ? decay_pow(nl2, (float)(n - 1 - j)) : 0.f;
+          const float w1 = j + 1 < n ? decay_pow(nl2, (float)(n - 2 - j)) : 0.f;
+          ka[dt][kk][x] = P2::pack(j < n ? f.x * w0 : 0.f, j + 1 < n ? f.y * w1 : 0.f);
+        }
+      }
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+    wgmma_fence();
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+    if (kPass1) {
+      named_barrier(bar_id, 128);  // the warpgroup is done with stage s
+      if (t == 0) mbar_arrive(empty(s));
+      continue;
+    }
+    fence_regs(o_acc);
+
+    // outputs (rows < n) straight from the accumulators
+    const float sc = p.scale;
+    T* orow0 = og + (int64_t)(c * 64 + r0) * p.o_rs;
+    T* orow1 = og + (int64_t)(c * 64 + r1) * p.o_rs;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int col = 8 * j + 2 * tq;
+      if (r0 < n)
+        *reinterpret_cast<uint32_t*>(orow0 + col) = P2::pack(sc * o_acc[4 * j], sc * o_acc[4 * j + 1]);
+      if (r1 < n)
+        *reinterpret_cast<uint32_t*>(orow1 + col) = P2::pack(sc * o_acc[4 * j + 2], sc * o_acc[4 * j + 3]);
+    }
+    if (c + 1 < nblk) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+    fence_async_shared();
+    named_barrier(bar_id, 128);  // the warpgroup is done with stage s and the old copy
+    if (t == 0) mbar_arrive(empty(s));
+  }
+
+  float* dst = kPass1 ? p.ws + widx * HD * HD
+                      : (si.seg == si.nseg - 1 ? p.state_out : nullptr);
+  if (dst != nullptr) {
+    if (!kPass1) dst += sidx * HD * HD;
+    dst += 64 * w;
+    for_each_state<Tr::kBoxes>(warp, lane, [&](int dt, int i, int d, int e) {
+      dst[d * HD + e] = s_acc[dt][i];
+    });
+  }
+#endif
+}
+
+}  // namespace la
+
+namespace la {
+
+// A 4-D TMA map over a (B, H, N, HD) 16-bit tensor with element strides (bs, hs, rs) and a
+// unit last stride, read as (64 tokens, 64 columns) boxes with the 128-byte swizzle.
+CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
+                          int64_t hs, int64_t bs);
+
+template <typename T, int HD>
+void run_fwd_sm90(const FwdParams& p, bool pass1, cudaStream_t stream) {
+  using Tr = Sm90FwdTraits<T, HD>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.q_rs, p.q_hs, p.q_bs);
+  const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
+  const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
+  auto kernel = pass1 ? la_fwd_sm90_kernel<T, HD, true> : la_fwd_sm90_kernel<T, HD, false>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, p);
+}
+
+}  // namespace la

@@ -1,0 +1,6 @@
+// Instantiation only: the sm_90a forward for __nv_bfloat16, D = E = 128.
+#include "la_fwd_sm90.cuh"
+
+namespace la {
+template void run_fwd_sm90<__nv_bfloat16, 128>(const FwdParams&, bool, cudaStream_t);
+}  // namespace la

@@ -1,0 +1,85 @@
+// Host side of the sm_90a kernels: TMA descriptors (through the driver's entry point, so the
+// extension needs no link against libcuda) and the rule for when the Hopper kernels run.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "la_fwd_sm90.cuh"
+
+#ifndef LA_CUDA_ARCHS
+#define LA_CUDA_ARCHS "unknown"
+#endif
+
+namespace la {
+
+namespace {
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_tiled() {
+  static EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+}  // namespace
+
+CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
+                          int64_t hs, int64_t bs) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {(cuuint64_t)HD, (cuuint64_t)N, (cuuint64_t)H, (cuuint64_t)B};
+  // bytes; a dimension of extent 1 may have any stride, TMA wants a multiple of 16 anyway
+  auto stride = [](int64_t s, int extent) { return (cuuint64_t)(extent == 1 ? 16 : s * 2); };
+  const cuuint64_t strides[3] = {stride(rs, N), stride(hs, H), stride(bs, B)};
+  const cuuint32_t box[4] = {64, 64, 1, 1};
+  const cuuint32_t elem[4] = {1, 1, 1, 1};
+  const CUresult r = encode_tiled()(
+      &map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error("lightning_attn (cuda): cuTensorMapEncodeTiled failed (" +
+                             std::to_string((int)r) + ")");
+  return map;
+}
+
+// The sm_90a kernels run when the build holds sm_90a code, the device is compute capability
+// 9.0, the driver has the TMA entry point, and LIGHTNING_ATTENTION_SM90=1 (read once: the
+// switch stays until the kernels have been verified on a GPU). Device capabilities are read
+// once per device.
+bool sm90_enabled(int device) {
+  static const bool built = std::string(LA_CUDA_ARCHS).find("9.0a") != std::string::npos;
+  static const bool wanted = [] {
+    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  if (!built || !wanted || encode_tiled() == nullptr) return false;
+  constexpr int kMaxDevices = 64;
+  static int cc[kMaxDevices] = {};  // 0: not read yet
+  static std::mutex mu;
+  if (device < 0 || device >= kMaxDevices) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (cc[device] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    cc[device] = 10 * major + minor;
+  }
+  return cc[device] == 90;
+}
+
+}  // namespace la
