@@ -48,22 +48,32 @@ __device__ __forceinline__ uint32_t sw128(int row, int col) {
   return row * 128 + ((((col >> 3) ^ row) & 7) << 4) + (col & 7) * 2;
 }
 
+__device__ __forceinline__ void stsm_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                        uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3));
+}
+
 // The state slice (HD × 64, fp32 accumulators: tile dt holds rows [64dt, 64dt + 64)) as a
-// 16-bit MN-major operand: rows d, 64 columns, swizzled.
+// 16-bit MN-major operand: rows d, 64 columns, swizzled. One stmatrix stores the 8 × 8
+// blocks (rows +0/+8) × (columns 8j, 8j + 8) of a warp's 16 rows.
 template <typename T, int kTiles>
 __device__ __forceinline__ void state_copy(uint32_t dst, const float (&s)[kTiles][32], int warp,
                                            int lane) {
-  const int gq = lane >> 2, tq = lane & 3;
+  using P2 = Pack2<T>;
+  const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
-  for (int dt = 0; dt < kTiles; ++dt)
+  for (int dt = 0; dt < kTiles; ++dt) {
+    const uint32_t row = dst + (dt * 64 + warp * 16 + (mat & 1) * 8 + r) * 128;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int d = dt * 64 + warp * 16 + gq + hf * 8;
-        const uint32_t v = Pack2<T>::pack(s[dt][4 * j + 2 * hf], s[dt][4 * j + 2 * hf + 1]);
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dst + sw128(d, 8 * j + 2 * tq)), "r"(v));
-      }
+    for (int j = 0; j < 8; j += 2) {
+      const int jj = j + (mat >> 1);  // the 8-column block this lane addresses
+      stsm_x4(row + ((jj ^ r) << 4), P2::pack(s[dt][4 * j], s[dt][4 * j + 1]),
+              P2::pack(s[dt][4 * j + 2], s[dt][4 * j + 3]),
+              P2::pack(s[dt][4 * j + 4], s[dt][4 * j + 5]),
+              P2::pack(s[dt][4 * j + 6], s[dt][4 * j + 7]));
+    }
+  }
 }
 
 // Calls f(dt, i, d, e) for accumulator register s[dt][i] of the state slice: row d of S,
@@ -76,6 +86,53 @@ __device__ __forceinline__ void for_each_state(int warp, int lane, F&& f) {
 #pragma unroll
     for (int i = 0; i < 32; ++i)
       f(dt, i, dt * 64 + warp * 16 + gq + ((i & 2) ? 8 : 0), 8 * (i >> 2) + 2 * tq + (i & 1));
+}
+
+// The decay factors of a full 64-token block for one consumer thread, computed once per CTA
+// (every exponent is a distance inside the block, 0..64):
+//   mask[4m + i]  scale · λ^{r - j} for its P element at row r = r0 (+8 for i & 2), key
+//                 j = 8m + 2tq + (i & 1), where j <= r (the value above the diagonal is unused)
+//   wk[kk][x]     λ^{63 - j} for its Kᵀ fragment element pairs (keys 16kk + 2tq (+1) (+8))
+//   row[2]        scale · λ^{r + 1} for its two output rows; total = λ^64
+struct BlockDecay {
+  float mask[32];
+  float wk[4][4];
+  float row[2];
+  float total;
+  __device__ __forceinline__ void init(float nl2, float scale, int r0, int tq) {
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+      const int r = r0 + ((e & 2) ? 8 : 0), j = 8 * (e >> 2) + 2 * tq + (e & 1);
+      mask[e] = scale * decay_pow(nl2, (float)max(r - j, 0));
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int x = 0; x < 4; ++x)
+        wk[kk][x] = decay_pow(nl2, (float)(63 - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0))));
+    row[0] = scale * decay_pow(nl2, (float)(r0 + 1));
+    row[1] = scale * decay_pow(nl2, (float)(r0 + 9));
+    total = decay_pow(nl2, 64.f);
+  }
+};
+
+// P = Q Kᵀ (64 × 64, k over HD): Q and K as K-major operands, box kk/4, k offset kk%4.
+template <typename T, int HD>
+__device__ __forceinline__ void issue_qk(float (&acc)[32], uint32_t uQ, uint32_t uK) {
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+    wgmma_ss_64x64<T, false>(acc, desc_sw128(uQ + off), desc_sw128(uK + off), kk > 0);
+  }
+}
+// O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step.
+template <typename T, int HD>
+__device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t uS) {
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+    wgmma_ss_64x64<T, true>(acc, desc_sw128(uQ + off), desc_sw128(uS + kk * 2048), kk > 0);
+  }
 }
 
 }  // namespace sm90
@@ -152,9 +209,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const int bar_id = 1 + w;                   // this warpgroup's named barrier
   const uint32_t copy0 = states + w * 2 * Tr::kStateCopyBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
-  const int64_t sidx = (int64_t)si.seq * p.seg.H + h;
-  const int64_t widx = (int64_t)g * p.seg.H + h;
-  T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w;
+  const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
+  BlockDecay dec;
+  dec.init(nl2, p.scale, r0, tq);
 
   // incoming state of the segment: initial state (first segment), the scan's (others), or 0
   float s_acc[Tr::kBoxes][32];
@@ -163,9 +220,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     int64_t sd = HD, se = 1;
     if (kPass1) {
     } else if (si.seg > 0) {
-      src = p.ws + widx * HD * HD;
+      src = p.ws + ((int64_t)g * p.seg.H + h) * HD * HD;
     } else if (p.state_in != nullptr) {
-      src = p.state_in + sidx * HD * HD;
+      src = p.state_in + ((int64_t)si.seq * p.seg.H + h) * HD * HD;
       sd = p.state_in_sd;
       se = p.state_in_se;
     }
@@ -179,13 +236,20 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     named_barrier(bar_id, 128);
   }
 
-  const int r0 = warp * 16 + gq, r1 = r0 + 8;   // this thread's rows of the block
+  // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
+  // cores have work while it stores outputs and the state copy.
+  float p_acc[32];
+  if (!kPass1 && nblk > 0) {
+    mbar_wait(full(0), 0);
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
+    wgmma_commit();
+  }
   for (int c = 0; c < nblk; ++c) {
     const int s = c % kStages;
     const int n = min(64, si.len - c * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
-    const uint32_t uS = copy0 + (c & 1) * Tr::kStateCopyBytes;
-    mbar_wait(full(s), (c / kStages) & 1);
+    if (kPass1) mbar_wait(full(s), (c / kStages) & 1);  // pass 2 waited when it issued P(c)
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
       // zero them in V, the one operand whose masked rows would still meet a 0 · x
@@ -195,64 +259,64 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       named_barrier(bar_id, 128);
     }
 
-    // P = Q Kᵀ and O = Q S_w (both 64 × 64, k over HD); pass 1 only updates the state
-    float p_acc[32], o_acc[32];
-    uint32_t pa[4][4];
+    float o_acc[32];
     if constexpr (!kPass1) {
-    wgmma_fence();
+      // O = Q S_w from the copy of the state entering the block
+      wgmma_fence();
+      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(p_acc);
+      // P ⊙ M (scaled) as the A fragments of the four 16-key steps. Key j = 8m + 2tq + x is
+      // kept where j <= row and j < n, i.e. 8m + x <= lim[row half]; key blocks right of the
+      // warp's rows are zero (a warp-uniform skip).
+      const int lim[2] = {min(r0, n - 1) - 2 * tq, min(r1, n - 1) - 2 * tq};
+      uint32_t pa[4][4];
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * Tr::kBoxBytes + (kk & 3) * 32;
-      wgmma_ss_64x64<T, false>(p_acc, desc_sw128(uQ + off), desc_sw128(uK + off), kk > 0);
-    }
-    wgmma_commit();
+      for (int kk = 0; kk < 4; ++kk) {
+        float v[8];
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * Tr::kBoxBytes + (kk & 3) * 32;
-      wgmma_ss_64x64<T, true>(o_acc, desc_sw128(uQ + off), desc_sw128(uS + kk * 2048), kk > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_regs(p_acc);
-
-    // P ⊙ M as the A fragments of the four 16-key steps: key j kept for j <= row, j < n
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      float v[2][4];
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = (i & 2) ? r1 : r0;
-          const int j = (2 * kk + hf) * 8 + 2 * tq + (i & 1);
-          v[hf][i] = (j <= r && j < n) ? p_acc[4 * (2 * kk + hf) + i] * decay_pow(nl2, (float)(r - j))
-                                       : 0.f;
+        for (int e = 0; e < 8; ++e) {
+          const int m = 2 * kk + (e >> 2), i = e & 3;
+          v[e] = (m <= 2 * warp + 1 && 8 * m + (i & 1) <= lim[i >> 1])
+                     ? p_acc[4 * m + i] * dec.mask[4 * m + i] : 0.f;
         }
-      pa[kk][0] = P2::pack(v[0][0], v[0][1]);
-      pa[kk][1] = P2::pack(v[0][2], v[0][3]);
-      pa[kk][2] = P2::pack(v[1][0], v[1][1]);
-      pa[kk][3] = P2::pack(v[1][2], v[1][3]);
-    }
-    wgmma_wait<0>();
-    fence_regs(o_acc);
-    {
-      const float f0 = decay_pow(nl2, (float)(r0 + 1)), f1 = decay_pow(nl2, (float)(r1 + 1));
+        pa[kk][0] = P2::pack(v[0], v[1]);
+        pa[kk][1] = P2::pack(v[2], v[3]);
+        pa[kk][2] = P2::pack(v[4], v[5]);
+        pa[kk][3] = P2::pack(v[6], v[7]);
+      }
+      wgmma_wait<0>();
+      fence_regs(o_acc);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? f1 : f0;
-    }
-    // O += P V_w
-    wgmma_fence();
+      for (int i = 0; i < 32; ++i) o_acc[i] *= dec.row[(i >> 1) & 1];
+      // O += P V_w
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
-    wgmma_commit();
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
+      wgmma_commit();
     }
 
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n
-    const float dn = decay_pow(nl2, (float)n);
+    float wk[4][4], total = dec.total;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) wk[kk][x] = dec.wk[kk][x];
+    if (n < 64) {  // the last block of a segment: weights relative to its own end
+      total = decay_pow(nl2, (float)n);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int j = 16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0);
+          wk[kk][x] = j < n ? decay_pow(nl2, (float)(n - 1 - j)) : 0.f;
+        }
+    }
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= dn;
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
     uint32_t ka[Tr::kBoxes][4][4];
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
@@ -265,11 +329,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         ldsm_x4_t(ka[dt][kk], uK + dt * Tr::kBoxBytes + sw128(key, col));
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
-          const int j = kk * 16 + 2 * tq + ((x & 2) ? 8 : 0);
+          // a zero weight must give 0 even for a non-finite key (another sequence's row)
           const float2 f = P2::unpack(ka[dt][kk][x]);
-          const float w0 = j < n ? decay_pow(nl2, (float)(n - 1 - j)) : 0.f;
-          const float w1 = j + 1 < n ? decay_pow(nl2, (float)(n - 2 - j)) : 0.f;
-          ka[dt][kk][x] = P2::pack(j < n ? f.x * w0 : 0.f, j + 1 < n ? f.y * w1 : 0.f);
+          const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
+          ka[dt][kk][x] = P2::pack(w0 > 0.f ? f.x * w0 : 0.f, w1 > 0.f ? f.y * w1 : 0.f);
         }
       }
 #pragma unroll
@@ -281,41 +344,51 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       for (int kk = 0; kk < 4; ++kk)
         wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
     wgmma_commit();
-    wgmma_wait<0>();
+
+    const bool next = !kPass1 && c + 1 < nblk;
+    if (next) {  // P(c + 1) runs under this block's epilogue
+      const int s1 = (c + 1) % kStages;
+      mbar_wait(full(s1), ((c + 1) / kStages) & 1);
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, tile(s1, 0), tile(s1, 1));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-    if (kPass1) {
-      named_barrier(bar_id, 128);  // the warpgroup is done with stage s
-      if (t == 0) mbar_arrive(empty(s));
-      continue;
-    }
-    fence_regs(o_acc);
-
-    // outputs (rows < n) straight from the accumulators
-    const float sc = p.scale;
-    T* orow0 = og + (int64_t)(c * 64 + r0) * p.o_rs;
-    T* orow1 = og + (int64_t)(c * 64 + r1) * p.o_rs;
+    if constexpr (!kPass1) {
+      fence_regs(o_acc);
+      // outputs (rows < n) straight from the accumulators (scale already applied)
+      T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w + 2 * tq;
+      T* orow0 = og + (int64_t)(c * 64 + r0) * p.o_rs;
+      T* orow1 = og + (int64_t)(c * 64 + r1) * p.o_rs;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int col = 8 * j + 2 * tq;
-      if (r0 < n)
-        *reinterpret_cast<uint32_t*>(orow0 + col) = P2::pack(sc * o_acc[4 * j], sc * o_acc[4 * j + 1]);
-      if (r1 < n)
-        *reinterpret_cast<uint32_t*>(orow1 + col) = P2::pack(sc * o_acc[4 * j + 2], sc * o_acc[4 * j + 3]);
+      for (int j = 0; j < 8; ++j) {
+        if (r0 < n) *reinterpret_cast<uint32_t*>(orow0 + 8 * j) = P2::pack(o_acc[4 * j], o_acc[4 * j + 1]);
+        if (r1 < n) *reinterpret_cast<uint32_t*>(orow1 + 8 * j) = P2::pack(o_acc[4 * j + 2], o_acc[4 * j + 3]);
+      }
+      if (next) {
+        state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+        fence_async_shared();
+      }
     }
-    if (c + 1 < nblk) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
-    fence_async_shared();
-    named_barrier(bar_id, 128);  // the warpgroup is done with stage s and the old copy
+    named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) mbar_arrive(empty(s));
+    // P(c + 1) completes inside the iteration: an accumulator still being written must not
+    // cross the loop's back edge (the compiler would copy it there and serialise every wgmma)
+    wgmma_wait<0>();
   }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
 
-  float* dst = kPass1 ? p.ws + widx * HD * HD
-                      : (si.seg == si.nseg - 1 ? p.state_out : nullptr);
+  float* dst = kPass1 ? p.ws + ((int64_t)g * p.seg.H + h) * HD * HD
+                      : (si.seg == si.nseg - 1 && p.state_out != nullptr
+                             ? p.state_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD
+                             : nullptr);
   if (dst != nullptr) {
-    if (!kPass1) dst += sidx * HD * HD;
-    dst += 64 * w;
     for_each_state<Tr::kBoxes>(warp, lane, [&](int dt, int i, int d, int e) {
-      dst[d * HD + e] = s_acc[dt][i];
+      dst[d * HD + 64 * w + e] = s_acc[dt][i];
     });
   }
 #endif
