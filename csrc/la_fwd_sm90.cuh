@@ -37,8 +37,8 @@ struct Sm90FwdTraits {
   static constexpr int kStateCopyBytes = HD * 64 * 2;      // (HD, 64) 16-bit, MN-major
   static constexpr int kBarrierBytes = 2 * kStages * 8;
   // 1 KiB of slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
-  static constexpr int kSmem = kStages * kStageBytes + kConsumers * 2 * kStateCopyBytes +
-                               kBarrierBytes + 1024;
+  static constexpr int kSmem = kStages * kStageBytes +
+                               kConsumers * (2 * kStateCopyBytes + kBoxBytes) + kBarrierBytes + 1024;
 };
 
 namespace sm90 {
@@ -54,26 +54,27 @@ __device__ __forceinline__ void stsm_x4(uint32_t addr, uint32_t r0, uint32_t r1,
                "r"(r0), "r"(r1), "r"(r2), "r"(r3));
 }
 
-// The state slice (HD × 64, fp32 accumulators: tile dt holds rows [64dt, 64dt + 64)) as a
-// 16-bit MN-major operand: rows d, 64 columns, swizzled. One stmatrix stores the 8 × 8
-// blocks (rows +0/+8) × (columns 8j, 8j + 8) of a warp's 16 rows.
+// A 64 × 64 fp32 accumulator tile as a 16-bit (64 rows, 64 columns) swizzled box: the
+// state copy (an MN-major operand, rows d) or the output staging (rows = tokens). One
+// stmatrix stores the 8 × 8 blocks (rows +0/+8) × (columns 8j, 8j + 8) of a warp's 16 rows.
+template <typename T>
+__device__ __forceinline__ void tile_to_box(uint32_t dst, const float (&a)[32], int warp, int lane) {
+  using P2 = Pack2<T>;
+  const int mat = lane >> 3, r = lane & 7;
+  const uint32_t row = dst + (warp * 16 + (mat & 1) * 8 + r) * 128;
+#pragma unroll
+  for (int j = 0; j < 8; j += 2) {
+    const int jj = j + (mat >> 1);  // the 8-column block this lane addresses
+    stsm_x4(row + ((jj ^ r) << 4), P2::pack(a[4 * j], a[4 * j + 1]), P2::pack(a[4 * j + 2], a[4 * j + 3]),
+            P2::pack(a[4 * j + 4], a[4 * j + 5]), P2::pack(a[4 * j + 6], a[4 * j + 7]));
+  }
+}
+// The state slice (HD × 64, tile dt = rows [64dt, 64dt + 64)) as boxes stacked along d.
 template <typename T, int kTiles>
 __device__ __forceinline__ void state_copy(uint32_t dst, const float (&s)[kTiles][32], int warp,
                                            int lane) {
-  using P2 = Pack2<T>;
-  const int mat = lane >> 3, r = lane & 7;
 #pragma unroll
-  for (int dt = 0; dt < kTiles; ++dt) {
-    const uint32_t row = dst + (dt * 64 + warp * 16 + (mat & 1) * 8 + r) * 128;
-#pragma unroll
-    for (int j = 0; j < 8; j += 2) {
-      const int jj = j + (mat >> 1);  // the 8-column block this lane addresses
-      stsm_x4(row + ((jj ^ r) << 4), P2::pack(s[dt][4 * j], s[dt][4 * j + 1]),
-              P2::pack(s[dt][4 * j + 2], s[dt][4 * j + 3]),
-              P2::pack(s[dt][4 * j + 4], s[dt][4 * j + 5]),
-              P2::pack(s[dt][4 * j + 6], s[dt][4 * j + 7]));
-    }
-  }
+  for (int dt = 0; dt < kTiles; ++dt) tile_to_box<T>(dst + dt * 8192, s[dt], warp, lane);
 }
 
 // Calls f(dt, i, d, e) for accumulator register s[dt][i] of the state slice: row d of S,
@@ -142,7 +143,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
                                   Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
-                       const __grid_constant__ CUtensorMap tm_v, const FwdParams p) {
+                       const __grid_constant__ CUtensorMap tm_v,
+                       const __grid_constant__ CUtensorMap tm_o, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
   using Tr = Sm90FwdTraits<T, HD>;
@@ -155,10 +157,12 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   if (!si.valid) return;
   if (kPass1 && si.seg == si.nseg - 1) return;  // nobody reads the last segment's local state
 
-  // smem: [stage][Q K V][box] | [consumer][2 buffers] state copies | full[], empty[] barriers
+  // smem: [stage][Q K V][box] | [consumer][2 buffers] state copies | [consumer] output box |
+  // full[], empty[] barriers
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t states = base + kStages * Tr::kStageBytes;
-  const uint32_t bars = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
+  const uint32_t staging = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
+  const uint32_t bars = staging + Tr::kConsumers * Tr::kBoxBytes;
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 8 * (kStages + s); };
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
@@ -208,6 +212,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const int gq = lane >> 2, tq = lane & 3;
   const int bar_id = 1 + w;                   // this warpgroup's named barrier
   const uint32_t copy0 = states + w * 2 * Tr::kStateCopyBytes;
+  const uint32_t out_box = staging + w * Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
   BlockDecay dec;
@@ -329,10 +334,12 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         ldsm_x4_t(ka[dt][kk], uK + dt * Tr::kBoxBytes + sw128(key, col));
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
-          // a zero weight must give 0 even for a non-finite key (another sequence's row)
+          // in a partial block a zero weight must give 0 even for a non-finite key (a row of
+          // the next packed sequence)
           const float2 f = P2::unpack(ka[dt][kk][x]);
           const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
-          ka[dt][kk][x] = P2::pack(w0 > 0.f ? f.x * w0 : 0.f, w1 > 0.f ? f.y * w1 : 0.f);
+          ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
+                                  : P2::pack(w0 > 0.f ? f.x * w0 : 0.f, w1 > 0.f ? f.y * w1 : 0.f);
         }
       }
 #pragma unroll
@@ -360,27 +367,39 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
     if constexpr (!kPass1) {
       fence_regs(o_acc);
-      // outputs (rows < n) straight from the accumulators (scale already applied)
-      T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w + 2 * tq;
-      T* orow0 = og + (int64_t)(c * 64 + r0) * p.o_rs;
-      T* orow1 = og + (int64_t)(c * 64 + r1) * p.o_rs;
+      // outputs (scale already applied): a full block through the staging box and one TMA
+      // store; a partial one (its rows past n may be the next sequence's) row by row
+      if (n == 64) {
+        if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
+        named_barrier(bar_id, 128);
+        tile_to_box<T>(out_box, o_acc, warp, lane);
+      } else {
+        T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w + 2 * tq;
+        T* orow0 = og + (int64_t)(c * 64 + r0) * p.o_rs;
+        T* orow1 = og + (int64_t)(c * 64 + r1) * p.o_rs;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        if (r0 < n) *reinterpret_cast<uint32_t*>(orow0 + 8 * j) = P2::pack(o_acc[4 * j], o_acc[4 * j + 1]);
-        if (r1 < n) *reinterpret_cast<uint32_t*>(orow1 + 8 * j) = P2::pack(o_acc[4 * j + 2], o_acc[4 * j + 3]);
+        for (int j = 0; j < 8; ++j) {
+          if (r0 < n) *reinterpret_cast<uint32_t*>(orow0 + 8 * j) = P2::pack(o_acc[4 * j], o_acc[4 * j + 1]);
+          if (r1 < n) *reinterpret_cast<uint32_t*>(orow1 + 8 * j) = P2::pack(o_acc[4 * j + 2], o_acc[4 * j + 3]);
+        }
       }
-      if (next) {
-        state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
-        fence_async_shared();
-      }
+      if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+      fence_async_shared();
     }
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
-    if (t == 0) mbar_arrive(empty(s));
+    if (t == 0) {
+      if (!kPass1 && n == 64) {
+        tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + c * 64, h, (int)rows.batch);
+        bulk_commit();
+      }
+      mbar_arrive(empty(s));
+    }
     // P(c + 1) completes inside the iteration: an accumulator still being written must not
     // cross the loop's back edge (the compiler would copy it there and serialise every wgmma)
     wgmma_wait<0>();
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
+  if (!kPass1 && t == 0) bulk_wait_all<false>();  // the output stores are done with smem
 
   float* dst = kPass1 ? p.ws + ((int64_t)g * p.seg.H + h) * HD * HD
                       : (si.seg == si.nseg - 1 && p.state_out != nullptr
@@ -410,9 +429,10 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, cudaStream_t stream) {
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.q_rs, p.q_hs, p.q_bs);
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
+  const CUtensorMap to = pass1 ? tv : make_tile_map(p.o, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.o_rs, p.o_hs, p.o_bs);
   auto kernel = pass1 ? la_fwd_sm90_kernel<T, HD, true> : la_fwd_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, p);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, to, p);
 }
 
 }  // namespace la
