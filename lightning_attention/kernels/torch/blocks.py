@@ -1,67 +1,15 @@
-"""Plain PyTorch implementations: the spec in code.
+"""The `torch` backend: the block form with a running D×E state in float32 (float64 for
+float64 inputs), O(N) memory, on the CPU and GPUs. Block size config.TORCH_BLOCK.
 
-- `attention_ref`: the math of design §1 written as plainly as possible (quadratic in N,
-  for tests; pass float64 tensors for the float64 reference; differentiable).
-- `fwd`, `bwd`, `decode`, `state`: the `torch` backend (kernel interface of dispatch.py):
-  the block form with a running D×E float32 state, O(N) memory, on CPU and GPU.
+`fwd` and `bwd` also take `compute_dtype`: the matmul operands' dtype, the accumulation
+dtype by default, or the inputs' dtype for the "plain PyTorch in the same dtype" error
+yardstick of the tests.
 """
 import torch
 
-from . import config
-from .checks import state_dtype
-from .layout import empty_like_layout, num_states
-
-
-def _decay_rate(slope, H, like):
-    """slope as a (1, H, 1, 1) tensor in `like`'s dtype (zeros for no decay)."""
-    if slope is None:
-        return torch.zeros(1, H, 1, 1, dtype=like.dtype, device=like.device)
-    return slope.to(like.dtype).view(1, H, 1, 1)
-
-
-def _seq_bounds(cu_seqlens, N):
-    """[(start, end)] of each packed sequence, clamped into [0, N] and non-decreasing."""
-    bounds, prev = [], 0
-    offsets = cu_seqlens.tolist()
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        a = min(max(a, prev), N)
-        b = min(max(b, a), N)
-        bounds.append((a, b))
-        prev = b
-    return bounds
-
-
-def attention_ref(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None):
-    """o_t = c Σ_{s≤t} λ^{t-s} (q_t·k_s) v_s + c λ^{t+1} q_t S_init, and the final state.
-
-    q, k: (B, H, N, D); v: (B, H, N, E); slope: (H,) or None; initial_state: (B, H, D, E)
-    (or (num_seqs, H, D, E) with cu_seqlens). Computes in the inputs' dtype.
-    Returns (o (B, H, N, E), final_state (B or num_seqs, H, D, E)).
-    """
-    if cu_seqlens is not None:
-        outs, states = [], []
-        for i, (a, b) in enumerate(_seq_bounds(cu_seqlens, q.shape[2])):
-            s0 = None if initial_state is None else initial_state[i:i + 1]
-            o, s = attention_ref(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], slope, scale, s0)
-            outs.append(o)
-            states.append(s)
-        return torch.cat(outs, dim=2), torch.cat(states, dim=0)
-    B, H, N, D = q.shape
-    E = v.shape[-1]
-    s = _decay_rate(slope, H, q)
-    t = torch.arange(N, device=q.device, dtype=q.dtype)
-    diff = t[:, None] - t[None, :]
-    causal = diff >= 0
-    decay = torch.exp(-s * diff.clamp(min=0)) * causal  # (1, H, N, N): λ^{t-s}, 0 above the diagonal
-    o = ((q @ k.transpose(-1, -2)) * decay) @ v
-    state = torch.zeros(B, H, D, E, dtype=q.dtype, device=q.device)
-    if initial_state is not None:
-        s0 = initial_state.to(q.dtype)
-        o = o + torch.exp(-s * (t + 1)[:, None]) * (q @ s0)
-        state = torch.exp(-s * N) * s0
-    k_decayed = k * torch.exp(-s * (N - 1 - t)[:, None])
-    state = state + k_decayed.transpose(-1, -2) @ v
-    return scale * o, state
+from ... import config
+from ...layout import empty_like_layout, no_state, num_states, state_dtype
+from ...reference import decay_rate, seq_bounds
 
 
 class _Block:
@@ -140,13 +88,13 @@ def _per_sequence(q, cu_seqlens):
     if cu_seqlens is None:
         return [(slice(None), slice(None))]
     return [(slice(a, b), slice(i, i + 1))
-            for i, (a, b) in enumerate(_seq_bounds(cu_seqlens, q.shape[2]))]
+            for i, (a, b) in enumerate(seq_bounds(cu_seqlens, q.shape[2]))]
 
 
 def _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype):
     B, H, _, D = q.shape
     acc = state_dtype(q)
-    s = _decay_rate(slope, H, torch.empty(0, device=q.device, dtype=acc))
+    s = decay_rate(slope, H, torch.empty(0, device=q.device, dtype=acc))
     s0 = (initial_state.to(acc) if initial_state is not None
           else q.new_zeros(num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=acc))
     return acc, s, s0, compute_dtype or acc, _per_sequence(q, cu_seqlens)
@@ -154,27 +102,23 @@ def _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype):
 
 def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, *,
         compute_dtype=None, block=config.TORCH_BLOCK):
-    """The torch backend's forward (kernel interface, dispatch.py). `compute_dtype` sets
-    the matmul operands' dtype: the accumulation dtype (float32; float64 for float64
-    inputs) by default, or the inputs' dtype for the "plain PyTorch in the same dtype"
-    error baseline of the tests. Tokens outside every (clamped) sequence get zeros."""
+    """Tokens outside every (clamped) sequence get zeros."""
     acc, s, s0, cdt, parts = _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype)
     o = empty_like_layout(q, v.shape[-1]).zero_()
     final = torch.empty_like(s0)
     for t, b in parts:
         o[:, :, t], final[b] = _chunk_fwd(q[:, :, t], k[:, :, t], v[:, :, t], s, scale, s0[b],
                                           cdt, block)
-    return o, (final if output_final_state else None)
+    return o, (final if output_final_state else no_state(q))
 
 
 def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope, *,
         compute_dtype=None, block=config.TORCH_BLOCK):
-    """The torch backend's backward (kernel interface, dispatch.py)."""
     acc, s, s0, cdt, parts = _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype)
     dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
     ds = dfinal_state.to(acc) if dfinal_state is not None else torch.zeros_like(s0)
     ds0 = torch.empty_like(s0)
-    terms = q.new_zeros(q.shape[:3], dtype=acc) if need_dslope else None
+    terms = q.new_zeros(q.shape[:3], dtype=acc) if need_dslope else no_state(q)
     for t, b in parts:
         qt, kt = q[:, :, t], k[:, :, t]
         dqt, dkt, dv[:, :, t], ds0[b] = _chunk_bwd(do[:, :, t], ds[b], qt, kt, v[:, :, t],
@@ -182,7 +126,7 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
         dq[:, :, t], dk[:, :, t] = dqt, dkt
         if need_dslope:  # from the unrounded gradients: see ops._slope_grad
             terms[:, :, t] = (qt.to(acc) * dqt).sum(-1) - (kt.to(acc) * dkt).sum(-1)
-    return dq, dk, dv, (ds0 if initial_state is not None else None), terms
+    return dq, dk, dv, (ds0 if initial_state is not None else no_state(q)), terms
 
 
 def decode(q, k, v, state, slope, scale):
@@ -209,7 +153,7 @@ def state(a, b, slope, scale, to_end):
     E = b.shape[-1]
     t = torch.arange(N, dtype=torch.float64, device=a.device)
     steps = (N - 1 - t) if to_end else (t + 1)
-    w = torch.exp(-_decay_rate(slope, H, t) * steps[:, None]) * (1.0 if to_end else scale)
+    w = torch.exp(-decay_rate(slope, H, t) * steps[:, None]) * (1.0 if to_end else scale)
     aw = torch.mul(a, w.to(acc), out=a.new_empty(a.shape))  # contiguous: the reshape below is a view
     at, bb = aw.reshape(B * H, N, D).transpose(1, 2), b.reshape(B * H, N, E)
     if a.is_cuda and a.dtype != acc and _HAS_BMM_OUT_DTYPE:
@@ -218,10 +162,3 @@ def state(a, b, slope, scale, to_end):
         s = torch.bmm(at.to(acc), bb.to(acc))
     return s.view(B, H, D, E)
 
-
-def unavailable():
-    return None
-
-
-def unsupported(q, k, v, cu_seqlens):
-    return None
