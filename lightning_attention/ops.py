@@ -19,10 +19,11 @@ from .layout import empty_like_layout, no_state, num_states, state_dtype
 _NVTX = os.environ.get("LIGHTNING_ATTENTION_NVTX") == "1"
 
 
-def _nvtx(name: str, x: Tensor):
-    """An NVTX range when LIGHTNING_ATTENTION_NVTX=1 or under emit_nvtx/the profiler."""
+def _nvtx(op: str, backend: str, x: Tensor):
+    """An NVTX range `lightning_attn.<op>.<backend>` when LIGHTNING_ATTENTION_NVTX=1 or under
+    emit_nvtx/the profiler."""
     if x.is_cuda and (_NVTX or torch.autograd._profiler_enabled()):
-        return torch.cuda.nvtx.range(name)
+        return torch.cuda.nvtx.range(f"lightning_attn.{op}.{backend}")
     return contextlib.nullcontext()
 
 
@@ -45,7 +46,7 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
         state = (initial_state.clone() if initial_state is not None else
                  q.new_zeros(num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
         return o, state
-    with _nvtx(f"lightning_attn.fwd.{backend}", q):
+    with _nvtx("fwd", backend, q):
         return BACKENDS[backend].fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
                                      output_final_state)
 
@@ -75,7 +76,7 @@ def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
             return dq, dk, dv, no_state(q), terms
         ds0 = dfinal_state.clone() if dfinal_state is not None else torch.zeros_like(initial_state)
         return dq, dk, dv, ds0, terms
-    with _nvtx(f"lightning_attn.bwd.{backend}", q):
+    with _nvtx("bwd", backend, q):
         return BACKENDS[backend].bwd(do, dfinal_state, q, k, v, slope, scale, initial_state,
                                      cu_seqlens, need_dslope)
 
@@ -160,7 +161,7 @@ def decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[Tenso
     """One token: state ← λ state + kᵀv in place; returns o = scale · q state, (B, H, E)."""
     if _is_empty(q, v):
         return q.new_empty(*q.shape[:2], v.shape[-1])
-    with _nvtx(f"lightning_attn.decode.{backend}", q):
+    with _nvtx("decode", backend, q):
         return BACKENDS[backend].decode(q, k, v, state, slope, scale)
 
 

@@ -287,3 +287,35 @@ def test_gpu_decode_cuda_graph():
     torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o.float(), ro.float(), rtol=2e-2, atol=2e-2)
 
+
+
+# ------------------------------------------------------------------ what the interpreter refuses
+
+def test_interpreter_refuses_bfloat16(interp):
+    """The interpreter's bfloat16 dot is wrong: the backend declines bf16 CPU tensors and the
+    automatic choice falls back to the torch backend (float32 still goes to Triton)."""
+    from lightning_attention import dispatch
+    q = torch.randn(1, 2, 8, 32, dtype=torch.bfloat16)
+    assert "bfloat16" in T.unsupported(q, q, q, None)
+    assert dispatch.select(None, q, q, q).name == "torch"
+    assert dispatch.select(None, q.float(), q.float(), q.float()).name == "triton"
+
+
+def test_interpreter_without_numpy_names_the_install(interp, monkeypatch):
+    """Triton's interpreter imports numpy: without it the reason is that import error and
+    its fix, not a hint to set TRITON_INTERPRET=1 (which is set)."""
+    import sys
+
+    import lightning_attention as la
+    import lightning_attention.kernels.triton as TB
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    monkeypatch.delitem(sys.modules, "triton.runtime.interpreter", raising=False)
+    TB._interpreter_error.cache_clear()
+    try:
+        why = T.unavailable()
+        assert "pip install numpy" in why and "TRITON_INTERPRET" not in why, why
+        q = torch.randn(1, 2, 8, 32)
+        with pytest.raises(RuntimeError, match="pip install numpy"):
+            la.lightning_attn(q, q, q, backend="triton")
+    finally:
+        TB._interpreter_error.cache_clear()
