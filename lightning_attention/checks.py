@@ -3,6 +3,7 @@ and nothing below it checks again. Shape/dtype/device checks read only metadata,
 cost no device synchronisation. Value checks run for CPU tensors always and for GPU tensors
 only with LIGHTNING_ATTENTION_DEBUG=1, never while torch.compile traces or a CUDA graph
 is captured."""
+import math
 import os
 
 import torch
@@ -88,8 +89,9 @@ def values_checked(x: torch.Tensor) -> bool:
 
 
 def _check_slope_values(fn, slope):
-    if slope is not None and values_checked(slope):
-        if not bool(torch.isfinite(slope).all()) or bool((slope < 0).any()):
+    if slope is not None and values_checked(slope) and slope.numel() > 0:
+        lo, hi = torch.aminmax(slope.detach())  # one pass; NaN fails both comparisons
+        if not (lo.item() >= 0 and hi.item() < math.inf):
             _fail(fn, f"slope must be finite and >= 0 (got {slope.tolist()})")
 
 

@@ -231,3 +231,14 @@ def test_state_pass_falls_back_to_another_backend():
     cuda = dispatch.BACKENDS["cuda"]
     assert cuda.state is None
     assert dispatch.state_pass(cuda, a, b) is dispatch.BACKENDS["torch"].state
+
+
+def test_every_submodule_is_a_module():
+    """No name shadows a submodule: `import lightning_attention.X.Y` and attribute access
+    give the same module, never a function re-exported under its name."""
+    import importlib
+    import pkgutil
+    for info in pkgutil.walk_packages(la.__path__, "lightning_attention."):
+        mod = importlib.import_module(info.name)
+        parent, _, leaf = info.name.rpartition(".")
+        assert getattr(importlib.import_module(parent), leaf) is mod, info.name
