@@ -7,7 +7,6 @@ once in csrc/la_specs.h and read here from `_C`; everything else is declined by
 `unsupported` and the dispatcher picks another backend. The state-only pass has no CUDA
 kernel: the dispatcher takes it from the next backend.
 """
-import functools
 import importlib
 
 import torch
@@ -48,26 +47,31 @@ def build_info() -> dict:
             "dtypes": DTYPES}
 
 
-@functools.cache
+# Settled at import (the extension and the visible GPUs do not change while a process runs);
+# plain values rather than a cache wrapper, so that torch.compile traces dispatch cleanly.
+_UNAVAILABLE = _IMPORT_ERROR or (None if torch.cuda.is_available()
+                                 else "no CUDA GPU is visible to PyTorch")
+
+
 def unavailable():
-    if _IMPORT_ERROR is not None:
-        return _IMPORT_ERROR
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible to PyTorch"
-    return None
+    return _UNAVAILABLE
 
 
-@functools.cache
+_DEVICE_REFUSAL = {}  # device index -> why the kernels cannot run there, or None
+
+
 def _device_refusal(index: int):
     """Why the kernels cannot run on GPU `index`, or None (read once per device)."""
-    props = torch.cuda.get_device_properties(index)
-    if (props.major, props.minor) < (8, 0):
-        return f"the CUDA kernels need compute capability >= 8.0 (got {props.major}.{props.minor})"
-    have = props.shared_memory_per_block_optin
-    need = max(_C.smem_bytes.values())
-    if have < need:
-        return f"the kernels need {need} bytes of shared memory per block (this GPU: {have})"
-    return None
+    if index not in _DEVICE_REFUSAL:
+        props = torch.cuda.get_device_properties(index)
+        have, need = props.shared_memory_per_block_optin, max(_C.smem_bytes.values())
+        why = None
+        if (props.major, props.minor) < (8, 0):
+            why = f"the CUDA kernels need compute capability >= 8.0 (got {props.major}.{props.minor})"
+        elif have < need:
+            why = f"the kernels need {need} bytes of shared memory per block (this GPU: {have})"
+        _DEVICE_REFUSAL[index] = why
+    return _DEVICE_REFUSAL[index]
 
 
 def unsupported(q, k, v, cu_seqlens):
