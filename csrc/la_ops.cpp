@@ -48,6 +48,10 @@ Tensor new_output(at::IntArrayRef shape, const at::TensorOptions& opts) {
   return t;
 }
 
+// "No state" (no final state asked for, no initial state, no d slope terms): an empty
+// float32 tensor, as in the Python layer.
+Tensor no_state(const Tensor& like) { return at::empty({0}, like.options().dtype(at::kFloat)); }
+
 bool is_bnhd(const Tensor& x) { return x.stride(1) < x.stride(2); }
 
 // A new (B, H, N, last) tensor laid out like x (BNHD memory when x is), as layout.py does.
@@ -129,8 +133,8 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tens
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
   Tensor o = output_like_layout(q_, E);
-  Tensor final_state = new_output({output_final_state ? num_seqs : 0, H, D, E},
-                                  q_.options().dtype(at::kFloat));
+  const auto f32 = q_.options().dtype(at::kFloat);
+  Tensor final_state = output_final_state ? new_output({num_seqs, H, D, E}, f32) : no_state(q_);
   const auto init = contiguous(initial_state), slope_c = contiguous(slope),
              cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_);
@@ -165,11 +169,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   Tensor dq = output_like_layout(q_, D);
   Tensor dk = output_like_layout(k_, D);
   Tensor dv = output_like_layout(v_, E);
-  Tensor dinit = new_output({initial_state.has_value() ? num_seqs : 0, H, D, E},
-                            q_.options().dtype(at::kFloat));
+  const auto f32 = q_.options().dtype(at::kFloat);
+  Tensor dinit = initial_state.has_value() ? new_output({num_seqs, H, D, E}, f32) : no_state(q_);
   // zeroed: the dq sweep and the dk/dv kernel both add their part
-  Tensor terms = need_dslope ? at::zeros({q_.size(0), H, N}, q_.options().dtype(at::kFloat))
-                             : at::empty({0}, q_.options().dtype(at::kFloat));
+  Tensor terms = need_dslope ? at::zeros({q_.size(0), H, N}, f32) : no_state(q_);
   const auto init = contiguous(initial_state), dfinal = contiguous(dfinal_state),
              slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);

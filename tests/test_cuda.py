@@ -30,6 +30,7 @@ def test_extension_registers_ops():
     """CPU too: the module imports, exposes its build metadata, and registers the ops."""
     info = cuda.build_info()
     assert set(info["head_dims"]) == set(la.config.CUDA_HEAD_DIMS)
+    assert set(cuda._C.smem_bytes) == set(info["head_dims"]) and info["dtypes"]
     for name in ("fwd", "bwd", "decode"):
         assert hasattr(torch.ops.lightning_attention_C, name)
 
