@@ -125,7 +125,7 @@ def main():
     clock = Clock(device)
     slope = la.build_slopes(args.heads, device=device)
     probe = torch.empty(1, args.heads, 1, args.dim, device=device, dtype=DTYPES[args.dtype])
-    backend = dispatch.select(args.backend, probe, probe, probe)
+    backend = dispatch.select(args.backend, probe, probe, probe).name
     card = torch.cuda.get_device_name(device) if cuda else "cpu"
 
     rows = []

@@ -1,4 +1,4 @@
-"""Speed and memory of lightning_attn's backends beside the peers (design §6, workload W).
+"""Speed and memory of lightning_attn's backends beside the peers, on workload W.
 
     python bench/bench_speed.py                       # W: bf16, H=32, D=E=128, B·N=65,536
     python bench/bench_speed.py --n 1024 65536 --dim 64 --heads 64

@@ -5,7 +5,7 @@
 """
 import torch
 
-from lightning_attention import cuda as C
+from lightning_attention.kernels.cuda import BACKEND as C
 
 torch.manual_seed(0)
 for D in (64, 128):
@@ -15,11 +15,11 @@ for D in (64, 128):
         slope = torch.rand(H, device="cuda")
         s0 = torch.randn(B, H, D, D, device="cuda")
         o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True)
-        C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None)
+        C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, False)
         cu = torch.tensor([0, 7, 7, 200, 300], dtype=torch.int32, device="cuda")
         s1 = torch.randn(4, H, D, D, device="cuda")
         o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True)
-        C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu)
+        C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, False)
         st = torch.randn(2, H, D, D, device="cuda")
         C.decode(q[0, :, :2].transpose(0, 1).contiguous(), k[0, :, :2].transpose(0, 1).contiguous(),
                  v[0, :, :2].transpose(0, 1).contiguous(), st, slope, 1.0)

@@ -21,7 +21,7 @@ def main():
     q, k, v = (torch.randn(B, H, N, D, device=device) / (D ** 0.5 if i < 2 else 1) for i in range(3))
     q, k, v = (x.to(dtype).requires_grad_() for x in (q, k, v))
     slope = la.build_slopes(H, device=device)
-    name = dispatch.select(None, q, k, v)
+    name = dispatch.select(None, q, k, v).name
     o = la.lightning_attn(q, k, v, slope)
     o.float().square().sum().backward()
     ref_leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]

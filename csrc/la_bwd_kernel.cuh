@@ -1,6 +1,6 @@
 // Backward dk/dv kernel of Lightning Attention-2: the reverse sweep with the running state
 // gradient (the paper's Algorithm 2), one CTA per (sequence, head, segment), blocks walked
-// from the last to the first. (dq is the forward kernel on (do, v, k), see la_api.cpp.)
+// from the last to the first. (dq is the forward kernel on (do, v, k), see la_launch.cpp.)
 //
 // With G_t = dL/dS_t and H = λ·G_{t0+n} (or d final_state for the sequence's last token),
 // for a block of n tokens [t0, t0 + n), rows j, and Mᵀ_jτ = λ^{τ-j} (τ >= j):
@@ -11,7 +11,8 @@
 // reverse scan gives each segment its incoming H, pass 2 writes dk and dv.
 #pragma once
 
-#include "la_fwd_kernel.cuh"
+#include "la_common.cuh"
+#include "la_params.h"
 
 namespace la {
 
@@ -20,9 +21,8 @@ struct BwdTraits {
   using F = FwdTraits<T, HD>;
   static constexpr int kStride = F::kStride;
   static constexpr int kTile = F::kTile;
-  // smem: [Q0 dO0 Q1 dO1] (+ [K0 V0 K1 V1 H] for pass 2)
-  static constexpr int kSmemPass1 = 4 * kTile * 2;
-  static constexpr int kSmemPass2 = (8 * kTile + F::kStateTile) * 2 + 128 * 4;  // + row partials
+  static constexpr int kSmemPass1 = TileShape<HD>::kSmemBwdPass1;
+  static constexpr int kSmemPass2 = TileShape<HD>::kSmemBwdPass2;
 };
 
 // One of dV / dK for the warp's 16 rows and HD/2 columns (see the header comment):

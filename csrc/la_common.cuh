@@ -1,5 +1,6 @@
-// Device helpers shared by the lightning-attention kernels: cp.async tile staging,
-// ldmatrix fragment loads and mma.sync m16n8k16 (bf16/fp16 operands, fp32 accumulate).
+// Device helpers shared by the forward and backward kernels: cp.async tile staging,
+// ldmatrix fragment loads, mma.sync m16n8k16 (bf16/fp16 operands, fp32 accumulate), the
+// warp layout of the running D×E state (FwdTraits) and the state and row-partial walks.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
 //   A (16x16, row-major): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
@@ -12,6 +13,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cstdint>
+
+#include "la_specs.h"
 
 namespace la {
 
@@ -124,5 +127,185 @@ __device__ __forceinline__ uint32_t addr_bkn(uint32_t base, int stride, int n0, 
 // λ^x = exp2(nl2 · x) with nl2 = -slope · log2(e); x is always a bounded, non-negative
 // distance inside a block or segment, so this never overflows.
 __device__ __forceinline__ float decay_pow(float nl2, float x) { return exp2f(nl2 * x); }
+
+template <typename T, int HD>
+struct FwdTraits {
+  using Shape = TileShape<HD>;
+  static constexpr int kBlock = Shape::kBlock;
+  static constexpr int kThreads = 256;
+  static constexpr int kWarps = 8;
+  static constexpr int kStride = Shape::kStride;          // smem row stride (elements)
+  static constexpr int kTile = Shape::kTile;              // (64, HD) tile, padded rows
+  static constexpr int kStateTile = Shape::kStateTile;    // (HD, HD) bf16 state copy
+  static constexpr int kSWM = HD / 16;                   // state warps along D
+  static constexpr int kSWN = kWarps / kSWM;             // state warps along E
+  static constexpr int kSTN = HD / kSWN;                 // state columns per warp
+  static constexpr int kSNT = kSTN / 8;                  // 8-wide n-tiles per warp (state)
+  static constexpr int kONT = HD / 16;                   // n-tiles per warp (outputs, E/2)
+  static constexpr int kSmemPass1 = Shape::kSmemFwdPass1;
+  static constexpr int smem_pass2(int stages) { return Shape::smem_fwd_pass2(stages); }
+};
+
+// (64, HD) tile rows [t0, t0 + n) of a sequence -> smem; rows >= n are zero-filled.
+template <int HD>
+__device__ __forceinline__ void load_tile(void* dst, const void* src_, int64_t rs, int t0, int n,
+                                          int tid) {
+  constexpr int kStride = HD + 8;
+  constexpr int kChunksPerRow = HD / 8;
+  constexpr int kIters = 64 * kChunksPerRow / 256;
+  const uint16_t* src = static_cast<const uint16_t*>(src_);
+  const uint32_t base = smem_u32(dst);
+#pragma unroll
+  for (int i = 0; i < kIters; ++i) {
+    const int c = tid + i * 256;
+    const int r = c / kChunksPerRow;
+    const int cc = c % kChunksPerRow;
+    const bool ok = r < n;
+    const uint16_t* s = src + (ok ? (int64_t)(t0 + r) * rs + cc * 8 : 0);
+    cp_async16(base + (r * kStride + cc * 8) * 2, s, ok ? 16 : 0);
+  }
+}
+
+// Calls f(nt, i, d, e) for every element acc[nt][i] of a 16 × kNT·8 mma accumulator warp
+// tile whose rows start at m0 and columns at n0: (d, e) is the element's row and column.
+template <int kNT, typename F>
+__device__ __forceinline__ void for_each_acc(int m0, int n0, int lane, F&& f) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      f(nt, i, m0 + gq + ((i & 2) ? 8 : 0), n0 + nt * 8 + 2 * tq + (i & 1));
+}
+// acc (warp tile at m0, n0) as fp32 to / from a D×E matrix with strides (sd, se).
+template <int kNT>
+__device__ __forceinline__ void store_state(float* dst, int64_t sd, int64_t se,
+                                            const float (&acc)[kNT][4], int m0, int n0, int lane) {
+  for_each_acc<kNT>(m0, n0, lane, [&](int nt, int i, int d, int e) { dst[d * sd + e * se] = acc[nt][i]; });
+}
+template <int kNT>
+__device__ __forceinline__ void load_state(const float* src, int64_t sd, int64_t se,
+                                           float (&acc)[kNT][4], int m0, int n0, int lane) {
+  for_each_acc<kNT>(m0, n0, lane, [&](int nt, int i, int d, int e) { acc[nt][i] = src[d * sd + e * se]; });
+}
+// acc -> the 16-bit state copy in smem (row-major [d][e], padded stride).
+template <typename T, int kNT>
+__device__ __forceinline__ void state_to_smem(T* sS, int stride, const float (&acc)[kNT][4],
+                                              int m0, int n0, int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int e = n0 + nt * 8 + 2 * tq;
+    *reinterpret_cast<uint32_t*>(sS + (m0 + gq) * stride + e) = Pack2<T>::pack(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<uint32_t*>(sS + (m0 + gq + 8) * stride + e) =
+        Pack2<T>::pack(acc[nt][2], acc[nt][3]);
+  }
+}
+
+// Key tile kk of the P accumulator (8 n-tiles of 16 × 8, this thread's rows r0 and r1 = r0 + 8)
+// as an mma A fragment, masked and decayed: element (r, j) is kept where `live` and j ≤ r
+// (kUpper false: causal rows) or j ≥ r (kUpper: the transposed product), times c·λ^|r − j|.
+template <typename T, bool kUpper>
+__device__ __forceinline__ void mask_decay_pack(uint32_t (&a)[4], const float (&p_acc)[8][4],
+                                                int kk, bool live, int r0, int r1, int tq,
+                                                float nl2, float c) {
+  float pm[2][4];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = (i & 2) ? r1 : r0;
+      const int j = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
+      const bool keep = kUpper ? j >= r : j <= r;
+      pm[h2][i] = (live && keep)
+                      ? c * p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(kUpper ? j - r : r - j))
+                      : 0.f;
+    }
+  a[0] = Pack2<T>::pack(pm[0][0], pm[0][1]);
+  a[1] = Pack2<T>::pack(pm[0][2], pm[0][3]);
+  a[2] = Pack2<T>::pack(pm[1][0], pm[1][1]);
+  a[3] = Pack2<T>::pack(pm[1][2], pm[1][3]);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
+  const float2 f = Pack2<T>::unpack(u);
+  return Pack2<T>::pack(f.x * w0, f.y * w1);
+}
+
+// Row dot products split over the two column-half warps of a row group (w and w + 4):
+// reduce over the 4 lanes of a quad, the upper warp parks its sums in smem, and after the
+// next barrier the lower warp adds them in a fixed order and writes them out (deterministic).
+__device__ __forceinline__ void row_partials_stage(float& part0, float& part1, float* sRed,
+                                                   int warp, int r0, int r1, int tq, int lane) {
+  part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
+  part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
+  part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
+  part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+  if (tq == 0) {
+    if (warp >= 4) {
+      sRed[r0] = part0;
+      sRed[r1] = part1;
+    } else {
+      sRed[64 + r0] = part0;  // the lower warp keeps its own half in the second array
+      sRed[64 + r1] = part1;
+    }
+  }
+}
+// out[t0 + r] (+)= sign · (lower + upper) for the block's valid rows.
+__device__ __forceinline__ void row_partials_finish(float* out, const float* sRed, int t0, int n,
+                                                    int warp, int rg, int gq, int tq, float sign,
+                                                    bool accumulate = false) {
+  if (warp < 4 && tq == 0) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int r = rg * 16 + gq + 8 * x;
+      if (r < n) {
+        const float v = sign * (sRed[64 + r] + sRed[r]);
+        out[t0 + r] = accumulate ? out[t0 + r] + v : v;
+      }
+    }
+  }
+}
+
+// acc(16 × kNT·8) += diag-weighted Xᵀ · Y over the 64 rows of a block:
+//   X (64, ·) and Y (64, ·) row-major tiles, A = Xᵀ rows m0.. (16), B = Y cols n0.. (kNT·8),
+//   row j of the block weighted by w(j) = j < n ? wscale·λ^{wexp(j)} : 0, where
+//   wexp(j) = wa + wb·j (forward: n-1-j; backward: j+1).
+template <typename T, int kNT>
+__device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, uint32_t sY,
+                                             int stride, int m0, int n0, int n, float nl2,
+                                             float wa, float wb, float wscale, int lane) {
+  const int tq = lane & 3;
+  const float dn = decay_pow(nl2, (float)n);
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] *= dn;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk * 16 < n) {
+      uint32_t a[4];
+      ldsm_x4_t(a, addr_at(sX, stride, m0, kk * 16, lane));
+      float w[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int j = kk * 16 + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0);
+        w[x] = j < n ? wscale * decay_pow(nl2, wa + wb * (float)j) : 0.f;
+      }
+      a[0] = scale_pair<T>(a[0], w[0], w[1]);
+      a[1] = scale_pair<T>(a[1], w[0], w[1]);
+      a[2] = scale_pair<T>(a[2], w[2], w[3]);
+      a[3] = scale_pair<T>(a[3], w[2], w[3]);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, addr_bkn(sY, stride, n0 + np * 16, kk * 16, lane));
+        mma16816<T>(acc[2 * np], a, b[0], b[1]);
+        mma16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
 
 }  // namespace la

@@ -121,11 +121,11 @@ void run_fwd(const FwdParams& p, bool pass1, int stages, cudaStream_t stream);
 template <typename T, int HD>
 void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 
-// The sm_90a forward (la_fwd_sm90.cuh), both passes, without d slope terms, and whether it
-// runs on `device` (la_sm90_host.cu).
+// The sm_90a forward (la_fwd_sm90.cuh), both passes, without d slope terms, and whether this
+// build and driver can run it (la_sm90_host.cu).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, cudaStream_t stream);
-bool sm90_enabled(int device);
+bool sm90_available();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -5,7 +5,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -57,29 +56,17 @@ CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int
   return map;
 }
 
-// The sm_90a kernels run when the build holds sm_90a code, the device is compute capability
-// 9.0, the driver has the TMA entry point, and LIGHTNING_ATTENTION_SM90=1 (read once: the
-// switch stays until the kernels have been verified on a GPU). Device capabilities are read
-// once per device.
-bool sm90_enabled(int device) {
-  static const bool built = std::string(LA_CUDA_ARCHS).find("9.0a") != std::string::npos;
-  static const bool wanted = [] {
+// The build holds sm_90a code and the driver has the TMA entry point; the kernels then run on
+// devices of compute capability 9.0 (la_plan.cpp) unless LIGHTNING_ATTENTION_SM90=0 (read
+// once, for comparisons with the mma.sync kernels).
+bool sm90_available() {
+  static const bool ok = [] {
     const char* e = std::getenv("LIGHTNING_ATTENTION_SM90");
-    return e != nullptr && std::strcmp(e, "1") == 0;
+    const bool off = e != nullptr && std::strcmp(e, "0") == 0;
+    return !off && std::string(LA_CUDA_ARCHS).find("9.0a") != std::string::npos &&
+           encode_tiled() != nullptr;
   }();
-  if (!built || !wanted || encode_tiled() == nullptr) return false;
-  constexpr int kMaxDevices = 64;
-  static int cc[kMaxDevices] = {};  // 0: not read yet
-  static std::mutex mu;
-  if (device < 0 || device >= kMaxDevices) return false;
-  std::lock_guard<std::mutex> lock(mu);
-  if (cc[device] == 0) {
-    int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    cc[device] = 10 * major + minor;
-  }
-  return cc[device] == 90;
+  return ok;
 }
 
 }  // namespace la

@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from . import dispatch
-from . import checks, ops
+from . import checks, dispatch, ops
+from .layout import state_dtype
 
 
 def lightning_attn(q, k, v, slope=None, *, scale=1.0, initial_state=None,
@@ -30,15 +30,15 @@ def lightning_attn(q, k, v, slope=None, *, scale=1.0, initial_state=None,
         o (B, H, N, E) in q's dtype, or (o, final_state) with output_final_state.
     """
     checks.check_attn(q, k, v, slope, initial_state, cu_seqlens)
-    name = dispatch.select(backend, q, k, v, cu_seqlens)
+    b = dispatch.select(backend, q, k, v, cu_seqlens)
     if slope is not None:
-        slope = slope.to(checks.state_dtype(q)).contiguous()
+        slope = slope.to(state_dtype(q)).contiguous()
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
     o, final_state = ops.fwd(q, k, v, slope, initial_state, cu_seqlens, float(scale),
-                             bool(output_final_state), name)
+                             bool(output_final_state), b.name)
     return (o, final_state) if output_final_state else o
 
 
@@ -47,10 +47,10 @@ def lightning_attn_decode(q, k, v, state, slope=None, *, scale=1.0, backend=None
     contiguous, updated in place to λ state + kᵀv. Returns o = scale · q state, (B, H, E).
     No host synchronisation: capturable in a CUDA graph."""
     checks.check_decode(q, k, v, state, slope)
-    name = dispatch.select(backend, q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2))
+    b = dispatch.select(backend, q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2))
     if slope is not None:
-        slope = slope.to(checks.state_dtype(q)).contiguous()
-    return ops.decode(q, k, v, state, slope, float(scale), name)
+        slope = slope.to(state_dtype(q)).contiguous()
+    return ops.decode(q, k, v, state, slope, float(scale), b.name)
 
 
 def _alibi_slopes(n):

@@ -1,13 +1,15 @@
-"""Input validation (design §3). Shape/dtype/device checks read only metadata, so they
+"""Input validation, the one place of error messages: every public entry calls it once,
+and nothing below it checks again. Shape/dtype/device checks read only metadata, so they
 cost no device synchronisation. Value checks run for CPU tensors always and for GPU tensors
 only with LIGHTNING_ATTENTION_DEBUG=1, never while torch.compile traces or a CUDA graph
 is captured."""
+import math
 import os
 
 import torch
 
 from . import config
-from .layout import num_states
+from .layout import num_states, state_dtype
 
 _ALL_DTYPES = config.DTYPES + config.TORCH_ONLY_DTYPES
 _DTYPE_NAMES = ", ".join(str(d).replace("torch.", "") for d in _ALL_DTYPES)
@@ -64,11 +66,6 @@ def _check_slope(fn, slope, H, device):
         _fail(fn, f"slope must be on q's device {device} (got {slope.device})")
 
 
-def state_dtype(q):
-    """States are float32 (float64 for float64 inputs)."""
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
-
-
 def _check_state(fn, name, state, q, shape):
     if not isinstance(state, torch.Tensor):
         _fail(fn, f"{name} must be a tensor (got {type(state).__name__})", TypeError)
@@ -92,8 +89,9 @@ def values_checked(x: torch.Tensor) -> bool:
 
 
 def _check_slope_values(fn, slope):
-    if slope is not None and values_checked(slope):
-        if not bool(torch.isfinite(slope).all()) or bool((slope < 0).any()):
+    if slope is not None and values_checked(slope) and slope.numel() > 0:
+        lo, hi = torch.aminmax(slope.detach())  # one pass; NaN fails both comparisons
+        if not (lo.item() >= 0 and hi.item() < math.inf):
             _fail(fn, f"slope must be finite and >= 0 (got {slope.tolist()})")
 
 

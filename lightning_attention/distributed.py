@@ -18,7 +18,7 @@ backward (one all-gather of the per-rank G_m)
 
 The local op applies S_in in its kernels (c λ^{t+1} q_t S_in) and turns dS_r into the dk, dv
 terms of the later slices' use of S_r, so both exchanges cost one state-only pass over
-(k, v) or (q, do) (the backend's `state`, dispatch.py) and never touch the outputs. The last rank skips the first pass and the
+(k, v) or (q, do) (the backend's `state`, lightning_attention/kernels) and never touch the outputs. The last rank skips the first pass and the
 first rank the second (nobody reads their result). d slope uses ops.py's identity on the
 whole sequence, dL/d log λ = Σ_T T (q_T·dq_T − k_T·dk_T) at global positions T = b_r + t
 (no initial or final state there): with the full dq, dk on every rank, each rank sums its own
@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from . import checks, dispatch, ops
+from .layout import state_dtype
 from .api import lightning_attn
 
 #: One tensor from every rank into one tensor (renamed in newer PyTorch).
@@ -69,9 +70,9 @@ def lightning_attn_sp(q, k, v, slope=None, *, scale=1.0, group=None, backend=Non
     if dist.get_world_size(group) == 1:
         return lightning_attn(q, k, v, slope, scale=scale, backend=backend)
     checks.check_attn(q, k, v, slope, None, None)
-    name = dispatch.select(backend, q, k, v)
+    name = dispatch.select(backend, q, k, v).name
     if slope is not None:
-        slope = slope.to(checks.state_dtype(q)).contiguous()
+        slope = slope.to(state_dtype(q)).contiguous()
     return _SequenceParallel.apply(q, k, v, slope, float(scale), group, name)
 
 
@@ -127,14 +128,14 @@ class _SequenceParallel(torch.autograd.Function):
 
 def _zero_state(a, b):
     return torch.zeros(a.shape[0], a.shape[1], a.shape[3], b.shape[3],
-                       dtype=checks.state_dtype(a), device=a.device)
+                       dtype=state_dtype(a), device=a.device)
 
 
 def _state(a, b, slope, scale, to_end, backend):
-    """The backend's state-only pass (dispatch.py), zeros for an empty slice."""
+    """The state-only pass (lightning_attention/kernels), zeros for an empty slice."""
     if a.numel() == 0 or b.numel() == 0:
         return _zero_state(a, b)
-    return dispatch.get(backend).state(a, b, slope, scale, to_end)
+    return dispatch.state_pass(dispatch.BACKENDS[backend], a, b)(a, b, slope, scale, to_end)
 
 
 def _all_gather(x, length, group):

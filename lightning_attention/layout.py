@@ -1,21 +1,6 @@
-"""Output allocation that keeps the caller's memory layout (BHND or BNHD)."""
-import contextlib
-
+"""Output allocation: the caller's memory layout (BHND or BNHD), the state dtype, and the
+empty tensor that stands for "no state"."""
 import torch
-
-_poison = False
-
-
-@contextlib.contextmanager
-def poisoned():
-    """Tests: fill every output allocated here with NaN, so an element a kernel forgets
-    to write fails the comparison."""
-    global _poison
-    _poison, before = True, _poison
-    try:
-        yield
-    finally:
-        _poison = before
 
 
 def is_bnhd(x: torch.Tensor) -> bool:
@@ -28,13 +13,21 @@ def num_states(q: torch.Tensor, cu_seqlens) -> int:
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
+def state_dtype(q: torch.Tensor) -> torch.dtype:
+    """States are float32 (float64 for float64 inputs)."""
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def no_state(like: torch.Tensor) -> torch.Tensor:
+    """Custom ops cannot return None: an empty float32 tensor stands for 'no state'."""
+    return like.new_empty(0, dtype=torch.float32)
+
+
 def empty_like_layout(x: torch.Tensor, last_dim: int, dtype=None) -> torch.Tensor:
     """A new (B, H, N, last_dim) tensor laid out like `x`: (B, N, H, ·) memory when `x` is,
     else contiguous (B, H, N, ·)."""
     B, H, N, _ = x.shape
     dtype = x.dtype if dtype is None else dtype
     if is_bnhd(x):
-        out = torch.empty(B, N, H, last_dim, dtype=dtype, device=x.device).transpose(1, 2)
-    else:
-        out = torch.empty(B, H, N, last_dim, dtype=dtype, device=x.device)
-    return out.fill_(float("nan")) if _poison else out
+        return torch.empty(B, N, H, last_dim, dtype=dtype, device=x.device).transpose(1, 2)
+    return torch.empty(B, H, N, last_dim, dtype=dtype, device=x.device)

@@ -1,9 +1,9 @@
 """The custom ops (`torch.ops.lightning_attention.*`): fake kernels, registered autograd,
 the d slope reduction, NVTX ranges, and the call into the chosen backend.
 
-The backend is chosen before the op (api.py) and passed in as a string, so that the op is
+The backend is chosen before the op (api.py) and passed in by name, so that the op is
 one graph node for torch.compile whatever serves it. Empty inputs (B, H or N = 0) are
-answered here, so backends only ever see non-empty tensors.
+answered here, and only here: backends never see them.
 """
 import contextlib
 import os
@@ -12,22 +12,19 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import dispatch
-from .checks import state_dtype
-from .layout import empty_like_layout, num_states
+from .dispatch import BACKENDS
+from .layout import empty_like_layout, no_state, num_states, state_dtype
+
+#: NVTX ranges for every call (read once: the profiler's own switch covers the rest).
+_NVTX = os.environ.get("LIGHTNING_ATTENTION_NVTX") == "1"
 
 
-def _nvtx(name: str, x: Tensor):
-    """An NVTX range when LIGHTNING_ATTENTION_NVTX=1 or under emit_nvtx/the profiler."""
-    if x.is_cuda and (os.environ.get("LIGHTNING_ATTENTION_NVTX") == "1"
-                      or torch.autograd._profiler_enabled()):
-        return torch.cuda.nvtx.range(name)
+def _nvtx(op: str, backend: str, x: Tensor):
+    """An NVTX range `lightning_attn.<op>.<backend>` when LIGHTNING_ATTENTION_NVTX=1 or under
+    emit_nvtx/the profiler."""
+    if x.is_cuda and (_NVTX or torch.autograd._profiler_enabled()):
+        return torch.cuda.nvtx.range(f"lightning_attn.{op}.{backend}")
     return contextlib.nullcontext()
-
-
-def _no_state(x: Tensor) -> Tensor:
-    """Custom ops cannot return None: an empty float32 tensor stands for 'no state'."""
-    return x.new_empty(0, dtype=torch.float32)
 
 
 def _is_empty(q: Tensor, v: Tensor) -> bool:
@@ -44,22 +41,21 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
     if _is_empty(q, v):
         o = empty_like_layout(q, v.shape[-1]).zero_()
         if not output_final_state:
-            return o, _no_state(q)
+            return o, no_state(q)
         B, H, _, D = q.shape
         state = (initial_state.clone() if initial_state is not None else
                  q.new_zeros(num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
         return o, state
-    with _nvtx(f"lightning_attn.fwd.{backend}", q):
-        o, state = dispatch.get(backend).fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
-                                             output_final_state)
-    return o, (state if state is not None else _no_state(q))
+    with _nvtx("fwd", backend, q):
+        return BACKENDS[backend].fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
+                                     output_final_state)
 
 
 @fwd.register_fake
 def _(q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, backend):
     o = empty_like_layout(q, v.shape[-1])
     if not output_final_state:
-        return o, _no_state(q)
+        return o, no_state(q)
     H, D, E = q.shape[1], q.shape[3], v.shape[3]
     return o, q.new_empty(num_states(q, cu_seqlens), H, D, E, dtype=state_dtype(q))
 
@@ -75,38 +71,22 @@ def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
     the per-token d slope terms (B, H, N) with need_dslope, else empty)."""
     if _is_empty(q, v):
         dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
-        terms = q.new_zeros(q.shape[:3], dtype=state_dtype(q)) if need_dslope else _no_state(q)
+        terms = q.new_zeros(q.shape[:3], dtype=state_dtype(q)) if need_dslope else no_state(q)
         if initial_state is None:
-            return dq, dk, dv, _no_state(q), terms
+            return dq, dk, dv, no_state(q), terms
         ds0 = dfinal_state.clone() if dfinal_state is not None else torch.zeros_like(initial_state)
         return dq, dk, dv, ds0, terms
-    with _nvtx(f"lightning_attn.bwd.{backend}", q):
-        dq, dk, dv, ds0, terms = dispatch.get(backend).bwd(
-            do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
-    if need_dslope and terms is None:
-        terms = _rowdot(q, dq) - _rowdot(k, dk)
-    return (dq, dk, dv, ds0 if ds0 is not None else _no_state(q),
-            terms if terms is not None else _no_state(q))
+    with _nvtx("bwd", backend, q):
+        return BACKENDS[backend].bwd(do, dfinal_state, q, k, v, slope, scale, initial_state,
+                                     cu_seqlens, need_dslope)
 
 
 @bwd.register_fake
 def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, need_dslope, backend):
     grads = tuple(empty_like_layout(x, x.shape[-1]) for x in (q, k, v))
-    ds0 = torch.empty_like(initial_state) if initial_state is not None else _no_state(q)
-    terms = q.new_empty(q.shape[:3], dtype=state_dtype(q)) if need_dslope else _no_state(q)
+    ds0 = torch.empty_like(initial_state) if initial_state is not None else no_state(q)
+    terms = q.new_empty(q.shape[:3], dtype=state_dtype(q)) if need_dslope else no_state(q)
     return (*grads, ds0, terms)
-
-
-def _rowdot(a, b, elements=1 << 24):
-    """Σ_d a·b over the last dim in float32 (float64 for float64), (B, H, N), with the
-    products in that precision: a few tokens at a time, so no full-size upcast copy."""
-    acc = state_dtype(a)
-    B, H, N, D = a.shape
-    out = torch.empty(B, H, N, dtype=acc, device=a.device)
-    step = max(1, elements // max(1, B * H * D))
-    for c in range(0, N, step):
-        out[:, :, c:c + step] = (a[:, :, c:c + step].to(acc) * b[:, :, c:c + step].to(acc)).sum(-1)
-    return out
 
 
 def _positions(N, cu_seqlens, device):
@@ -181,8 +161,8 @@ def decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[Tenso
     """One token: state ← λ state + kᵀv in place; returns o = scale · q state, (B, H, E)."""
     if _is_empty(q, v):
         return q.new_empty(*q.shape[:2], v.shape[-1])
-    with _nvtx(f"lightning_attn.decode.{backend}", q):
-        return dispatch.get(backend).decode(q, k, v, state, slope, scale)
+    with _nvtx("decode", backend, q):
+        return BACKENDS[backend].decode(q, k, v, state, slope, scale)
 
 
 @decode.register_fake

@@ -1,6 +1,8 @@
-"""The public API on the CPU: errors (design §3), dispatch, slopes, the custom ops under
+"""The public API on the CPU: errors, dispatch, slopes, the custom ops under
 opcheck and torch.compile."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -80,9 +82,9 @@ def test_backend_errors_and_selection(monkeypatch):
     if dispatch.report()["cuda"] is not None:  # no GPU / no extension here: say how to fix it
         with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot serve this call: .*to fix"):
             la.lightning_attn(q, k, v, backend="cuda")
-    assert dispatch.select(None, q, k, v) in ("torch", "triton")
+    assert dispatch.select(None, q, k, v).name in ("torch", "triton")
     monkeypatch.setenv(dispatch.ENV_BACKEND, "torch")
-    assert dispatch.select(None, q, k, v) == "torch"
+    assert dispatch.select(None, q, k, v).name == "torch"
     report = la.backends()
     assert set(report) == {"cuda", "triton", "torch"} and report["torch"] is None
 
@@ -195,3 +197,48 @@ def test_decode_is_capturable_in_a_cuda_graph(monkeypatch):
     ref = la.lightning_attn_decode(q, k, v, ref_state, slope, backend="torch")
     torch.testing.assert_close(o.float(), ref.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(state, ref_state, rtol=1e-3, atol=1e-3)
+
+
+def test_hint_names_what_works_when_no_install_helps(monkeypatch):
+    """A built extension on a machine without a GPU, or tensors it cannot take: the message
+    names a backend that serves the call, never the reinstall command."""
+    from lightning_attention.kernels import cuda
+    q, k, v = _qkv()
+    monkeypatch.setitem(dispatch.BACKENDS, "cuda", cuda.BACKEND._replace(unavailable=lambda: None))
+    with pytest.raises(RuntimeError, match=r"need CUDA tensors \(got cpu tensors\); to fix: pass "
+                                           r"backend='(torch|triton)'") as e:
+        la.lightning_attn(q, k, v, backend="cuda")
+    assert "pip install" not in str(e.value)
+
+
+def test_missing_extension_says_so_plainly():
+    """Without lightning_attention._C, la.backends() says it is not built and gives the one
+    command that builds it, not the import machinery's circular-import message."""
+    code = ("import sys; sys.modules['lightning_attention._C'] = None\n"
+            "import lightning_attention as la; print(la.backends()['cuda'])")
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=root)).stdout
+    from lightning_attention.kernels import cuda
+    assert "is not built" in out and cuda.REINSTALL in out, out
+    assert "circular" not in out and "partially initialized" not in out, out
+
+
+def test_state_pass_falls_back_to_another_backend():
+    """The CUDA backend has no state-only pass of its own: the dispatcher takes the next
+    backend's that can serve the tensors (no backend imports another)."""
+    a, b = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 32)
+    cuda = dispatch.BACKENDS["cuda"]
+    assert cuda.state is None
+    assert dispatch.state_pass(cuda, a, b) is dispatch.BACKENDS["torch"].state
+
+
+def test_every_submodule_is_a_module():
+    """No name shadows a submodule: `import lightning_attention.X.Y` and attribute access
+    give the same module, never a function re-exported under its name."""
+    import importlib
+    import pkgutil
+    for info in pkgutil.walk_packages(la.__path__, "lightning_attention."):
+        mod = importlib.import_module(info.name)
+        parent, _, leaf = info.name.rpartition(".")
+        assert getattr(importlib.import_module(parent), leaf) is mod, info.name

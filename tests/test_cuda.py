@@ -1,4 +1,4 @@
-"""The CUDA backend (csrc/, lightning_attention/cuda.py) against the float64 reference, with
+"""The CUDA backend (csrc/, lightning_attention/kernels/cuda) against the float64 reference, with
 the error bounded by 2x the error of the PyTorch block form in the same dtype.
 
 CPU: the extension imports and its ops register (when it is built). GPU: every feature
@@ -6,6 +6,8 @@ CPU: the extension imports and its ops register (when it is built). GPU: every f
 config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
 outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck.
 """
+import functools
+
 import pytest
 import torch
 
@@ -13,10 +15,12 @@ import utils
 from utils import gpu
 
 import lightning_attention as la
-from lightning_attention import cuda as C
-from lightning_attention import reference
+from lightning_attention import dispatch
+from lightning_attention.kernels import cuda
+from lightning_attention.kernels.torch import blocks
 
-built = pytest.mark.skipif(C._C is None, reason="the CUDA extension is not built")
+C = cuda.BACKEND
+built = pytest.mark.skipif(cuda._C is None, reason="the CUDA extension is not built")
 DTYPES = list(la.config.CUDA_DTYPES)
 HEAD_DIMS = list(la.config.CUDA_HEAD_DIMS)
 
@@ -24,8 +28,9 @@ HEAD_DIMS = list(la.config.CUDA_HEAD_DIMS)
 @built
 def test_extension_registers_ops():
     """CPU too: the module imports, exposes its build metadata, and registers the ops."""
-    info = C.build_info()
+    info = cuda.build_info()
     assert set(info["head_dims"]) == set(la.config.CUDA_HEAD_DIMS)
+    assert set(cuda._C.smem_bytes) == set(info["head_dims"]) and info["dtypes"]
     for name in ("fwd", "bwd", "decode"):
         assert hasattr(torch.ops.lightning_attention_C, name)
 
@@ -41,7 +46,10 @@ def seg_len(monkeypatch):
     """Force the segment length (tokens) of the CUDA ops: 128 takes the multi-segment path
     (pass 1, scan, pass 2) at any N > 128, 2^20 the single-segment one."""
     def set_len(n):
-        monkeypatch.setenv("LIGHTNING_ATTENTION_SEG_LEN", str(n))
+        ops = torch.ops.lightning_attention_C
+        monkeypatch.setitem(dispatch.BACKENDS, "cuda", C._replace(
+            fwd=functools.partial(ops.fwd.default, seg_len=n),
+            bwd=functools.partial(ops.bwd.default, seg_len=n)))
     return set_len
 
 
@@ -92,7 +100,7 @@ def test_varlen_malformed_never_out_of_bounds():
     q, k, v = utils.make_inputs(1, 2, 300, 64, 64, dtype=torch.bfloat16, device="cuda")
     cu = torch.tensor([0, 500, 100, -7, 300], dtype=torch.int32, device="cuda")
     o, fs = C.fwd(q, k, v, None, 1.0, None, cu, True)
-    dq, dk, dv, _, _ = C.bwd(torch.randn_like(o), None, q, k, v, None, 1.0, None, cu)
+    dq, dk, dv, _, _ = C.bwd(torch.randn_like(o), None, q, k, v, None, 1.0, None, cu, False)
     torch.cuda.synchronize()
     assert fs.shape == (4, 2, 64, 64) and torch.isfinite(fs).all()
 
@@ -121,7 +129,7 @@ def test_one_million_tokens(decay):
     q, k, v = utils.make_inputs(1, H, N, D, D, dtype=torch.bfloat16, device="cuda")
     slope = torch.tensor([0.001, 2.0], device="cuda") if decay else None
     o, fs = C.fwd(q, k, v, slope, 1.0, None, None, True)
-    ro, rfs = reference.fwd(q.float(), k.float(), v.float(), slope, 1.0, None, None, True)
+    ro, rfs = blocks.fwd(q.float(), k.float(), v.float(), slope, 1.0, None, None, True)
     rel = ((o.float() - ro).norm() / ro.norm()).item()
     assert rel < 1e-2, rel
     assert ((fs - rfs).norm() / rfs.norm()).item() < 1e-2
@@ -170,7 +178,7 @@ def test_decode(dtype):
     state = torch.randn(B, H, D, D, device="cuda")
     slope = utils.rand_slope(H, "cuda")
     ref_state = state.clone()
-    ro = reference.decode(q, k, v, ref_state, slope, 0.7)
+    ro = blocks.decode(q, k, v, ref_state, slope, 0.7)
     o = C.decode(q, k, v, state, slope, 0.7)
     torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o.float(), ro.float(), rtol=2e-2, atol=2e-2)

@@ -190,7 +190,7 @@ def _nccl_main():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     dev = torch.device("cuda" if cuda else "cpu")
     backend = la.api.dispatch.select(None, *(torch.empty(1, 1, 1, 64, device=dev,
-                                                         dtype=torch.bfloat16),) * 3)
+                                                         dtype=torch.bfloat16),) * 3).name
     failures = []
     sizes = ((4096, 4, 128), (3000, 2, 64)) if cuda else ((700, 2, 64), (300, 2, 32))
     for N, H, D in sizes:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lightning_attention as la
-from lightning_attention import reference
+from lightning_attention.kernels.torch import blocks
 from utils import check_backend, check_state, gpu, make_inputs, rand_slope, rand_state
 
 
@@ -38,7 +38,7 @@ def test_torch_backend_state_pass(N, layout, decay):
 def test_gradcheck_float64(monkeypatch):
     """Every gradient (q, k, v, slope, initial state, through o and the final state) by
     finite differences; blocks of 4 tokens so that N = 9 crosses block boundaries."""
-    for fn in (reference.fwd, reference.bwd):
+    for fn in (blocks.fwd, blocks.bwd):
         monkeypatch.setitem(fn.__kwdefaults__, "block", 4)
     q, k, v = make_inputs(1, 2, 9, 16, 16, dtype=torch.float64)
     args = [x.requires_grad_() for x in (q, k, v, rand_slope(2).double(),
@@ -119,7 +119,7 @@ def test_long_sequence_is_finite_and_exact(slope_value):
     ref = torch.empty(1, H, N, D, dtype=torch.float64)
     q64, k64, v64 = (x.double() for x in (q, k, v))
     for t in range(N):
-        ref[:, :, t] = reference.decode(q64[:, :, t], k64[:, :, t], v64[:, :, t], state,
+        ref[:, :, t] = blocks.decode(q64[:, :, t], k64[:, :, t], v64[:, :, t], state,
                                         slope.double(), 1.0)
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
     err = (o.double() - ref).abs().max() / ref.abs().max()

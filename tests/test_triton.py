@@ -13,9 +13,10 @@ from utils import gpu
 
 triton = pytest.importorskip("triton")
 
-from lightning_attention import reference  # noqa: E402
-from lightning_attention import triton as T  # noqa: E402
-from lightning_attention.triton import _common as TC  # noqa: E402
+from lightning_attention import ops  # noqa: E402
+from lightning_attention.kernels.torch import blocks  # noqa: E402
+from lightning_attention.kernels.triton import BACKEND as T  # noqa: E402
+from lightning_attention.kernels.triton import _common as TC  # noqa: E402
 
 
 @pytest.fixture
@@ -135,19 +136,21 @@ def test_cpu_bwd_returns_dinitial(interp):
     s0 = utils.rand_state(1, 2, 16, 32)
     do = torch.randn(1, 2, 70, 32)
     _, _, _, ds0, terms = T.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
-    assert terms is None
+    assert terms.numel() == 0  # no terms without need_dslope
     _, _, grads = utils.truth(q, k, v, slope, 1.0, s0, None, do, None)
-    base = reference.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
+    base = blocks.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
     utils.assert_close(ds0, grads[4], base[3])
 
 
 def test_cpu_empty(interp):
+    """Empty inputs are answered by the op layer (ops.py), before any backend."""
     q, k, v = utils.make_inputs(2, 2, 0, 16, 32)
     s0 = utils.rand_state(2, 2, 16, 32)
-    o, fs = T.fwd(q, k, v, None, 1.0, s0, None, True)
+    o, fs = ops.fwd(q, k, v, None, s0, None, 1.0, True, "triton")
     assert o.shape == (2, 2, 0, 32) and torch.equal(fs, s0)
     df = torch.randn_like(s0)
-    dq, dk, dv, ds0, terms = T.bwd(torch.empty_like(o), df, q, k, v, None, 1.0, s0, None, True)
+    dq, dk, dv, ds0, terms = ops.bwd(torch.empty_like(o), df, q, k, v, None, s0, None, 1.0, True,
+                                     "triton")
     assert torch.equal(ds0, df) and dq.shape == q.shape and terms.shape == (2, 2, 0)
 
 
@@ -158,7 +161,7 @@ def _check_decode(device, dtype, D, E, decay):
     state = utils.rand_state(B, H, D, E, device)
     ref_state = state.double().clone()
     o = T.decode(q, k, v, state, slope, 0.9)
-    ro = reference.decode(q.double(), k.double(), v.double(), ref_state,
+    ro = blocks.decode(q.double(), k.double(), v.double(), ref_state,
                           None if slope is None else slope.double(), 0.9)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert o.dtype == dtype and o.shape == (B, H, E)
@@ -279,8 +282,40 @@ def test_gpu_decode_cuda_graph():
     state.copy_(start)
     g.replay()
     ref_state = start.clone()
-    ro = reference.decode(q, k, v, ref_state, slope, 1.0)
+    ro = blocks.decode(q, k, v, ref_state, slope, 1.0)
     torch.cuda.synchronize()
     torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o.float(), ro.float(), rtol=2e-2, atol=2e-2)
 
+
+
+# ------------------------------------------------------------------ what the interpreter refuses
+
+def test_interpreter_refuses_bfloat16(interp):
+    """The interpreter's bfloat16 dot is wrong: the backend declines bf16 CPU tensors and the
+    automatic choice falls back to the torch backend (float32 still goes to Triton)."""
+    from lightning_attention import dispatch
+    q = torch.randn(1, 2, 8, 32, dtype=torch.bfloat16)
+    assert "bfloat16" in T.unsupported(q, q, q, None)
+    assert dispatch.select(None, q, q, q).name == "torch"
+    assert dispatch.select(None, q.float(), q.float(), q.float()).name == "triton"
+
+
+def test_interpreter_without_numpy_names_the_install(interp, monkeypatch):
+    """Triton's interpreter imports numpy: without it the reason is that import error and
+    its fix, not a hint to set TRITON_INTERPRET=1 (which is set)."""
+    import sys
+
+    import lightning_attention as la
+    import lightning_attention.kernels.triton as TB
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    monkeypatch.delitem(sys.modules, "triton.runtime.interpreter", raising=False)
+    TB._interpreter_error.cache_clear()
+    try:
+        why = T.unavailable()
+        assert "pip install numpy" in why and "TRITON_INTERPRET" not in why, why
+        q = torch.randn(1, 2, 8, 32)
+        with pytest.raises(RuntimeError, match="pip install numpy"):
+            la.lightning_attn(q, q, q, backend="triton")
+    finally:
+        TB._interpreter_error.cache_clear()

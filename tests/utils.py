@@ -2,16 +2,44 @@
 
 The error rule (FlashAttention's): a backend's error against the float64 reference is at
 most `factor` (2) times the error of the plain PyTorch block form computed in the same
-dtype (`reference.fwd/bwd(..., compute_dtype=dtype)`), plus a tiny absolute slack.
+dtype (`blocks.fwd/bwd(..., compute_dtype=dtype)`, the torch backend), plus a tiny absolute
+slack.
 """
+import contextlib
+
 import pytest
 import torch
 
 from lightning_attention import ops, reference
-from lightning_attention.layout import is_bnhd, poisoned
+from lightning_attention.kernels import cuda as cuda_backend
+from lightning_attention.kernels.torch import blocks
+from lightning_attention.layout import is_bnhd
 
 HAS_GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+
+
+@contextlib.contextmanager
+def poisoned():
+    """Every floating tensor that torch.empty allocates from Python (the Python backends'
+    outputs), and every output of the C++ ops, starts as NaN: an element a kernel forgets to
+    write fails the comparison. Test-only: the package never reads a switch for this."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        x = real(*args, **kwargs)
+        return x.fill_(float("nan")) if x.is_floating_point() else x
+
+    ext = cuda_backend._C
+    torch.empty = empty
+    if ext is not None:
+        ext.set_poison_outputs(True)
+    try:
+        yield
+    finally:
+        torch.empty = real
+        if ext is not None:
+            ext.set_poison_outputs(False)
 
 
 def randn(*shape, dtype=torch.float32, device="cpu", layout="bhnd", scale=1.0):
@@ -116,10 +144,10 @@ def baseline(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None
     s0 = None if initial_state is None else initial_state.detach()
     q, k, v = (x.detach() for x in (q, k, v))
     cdt = q.dtype
-    o, fs = reference.fwd(q, k, v, slope32, scale, s0, cu_seqlens, True, compute_dtype=cdt)
+    o, fs = blocks.fwd(q, k, v, slope32, scale, s0, cu_seqlens, True, compute_dtype=cdt)
     if do is None:
         return o, fs
-    dq, dk, dv, ds0, terms = reference.bwd(do, dfinal, q, k, v, slope32, scale, s0, cu_seqlens,
+    dq, dk, dv, ds0, terms = blocks.bwd(do, dfinal, q, k, v, slope32, scale, s0, cu_seqlens,
                                            slope is not None, compute_dtype=cdt)
     dslope = None
     if slope is not None:
@@ -178,7 +206,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
 
 def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
                 layout="bhnd", decay=True, scale=0.7):
-    """A backend's state-only pass (dispatch.py) against the float64 truth: to_end over
+    """A backend's state-only pass (lightning_attention/kernels) against the float64 truth: to_end over
     (k, v) is the final state from a zero start, the other direction over (q, do) the
     gradient of the initial state; each bounded by 2x the block form's error (assert_close)."""
     from lightning_attention import dispatch
@@ -188,7 +216,7 @@ def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, dev
     s0 = torch.zeros(B, H, D, E, device=device)
     _, ref_final, ref_g = truth(q, k, v, slope, scale, s0, do=do)
     _, base_final, base_g = baseline(q, k, v, slope, scale, s0, do=do)
-    mod = dispatch.get(backend)
+    mod = dispatch.BACKENDS[backend]
     st = mod.state(k, v, slope, 1.0, True)
     assert st.dtype == torch.float32
     assert_close(st, ref_final, base_final, f"{backend} state (k, v)")
@@ -197,7 +225,7 @@ def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, dev
 
 
 def check_long_sequence(backend, N=256 * 1024, D=64):
-    """One long sequence through a backend module's fwd/bwd (kernel interface), against the
+    """One long sequence through a Backend's fwd/bwd (kernel interface), against the
     float64 block form (the quadratic truth is too big), bounded by the PyTorch block form
     in bf16: output, final state and every gradient."""
     torch.manual_seed(0)
@@ -211,11 +239,11 @@ def check_long_sequence(backend, N=256 * 1024, D=64):
         o, fs = backend.fwd(q, k, v, slope, 1.0, s0, None, True)
         grads = backend.bwd(do, df, q, k, v, slope, 1.0, s0, None, False)[:4]
     x64 = [x.double() for x in (q, k, v, do)]
-    ro, rfs = reference.fwd(*x64[:3], slope.double(), 1.0, s0.double(), None, True, block=256)
-    rg = reference.bwd(x64[3], df.double(), *x64[:3], slope.double(), 1.0, s0.double(), None,
+    ro, rfs = blocks.fwd(*x64[:3], slope.double(), 1.0, s0.double(), None, True, block=256)
+    rg = blocks.bwd(x64[3], df.double(), *x64[:3], slope.double(), 1.0, s0.double(), None,
                        False, block=256)
-    bo, bfs = reference.fwd(q, k, v, slope, 1.0, s0, None, True, compute_dtype=torch.bfloat16)
-    bg = reference.bwd(do, df, q, k, v, slope, 1.0, s0, None, False, compute_dtype=torch.bfloat16)
+    bo, bfs = blocks.fwd(q, k, v, slope, 1.0, s0, None, True, compute_dtype=torch.bfloat16)
+    bg = blocks.bwd(do, df, q, k, v, slope, 1.0, s0, None, False, compute_dtype=torch.bfloat16)
     assert_close(o, ro, bo, "o")
     assert_close(fs, rfs, bfs, "final_state")
     for name, a, r, b in zip(("dq", "dk", "dv", "dinitial_state"), grads, rg, bg):

@@ -104,9 +104,6 @@ def plan_segment(n_tokens: int, n_streams: int, device, seg=None) -> int:
     programs per multiprocessor; `n_tokens` is the longest a sequence can be."""
     if seg is not None:
         return max(BT, int(seg) // BT * BT)
-    env = os.environ.get("LIGHTNING_ATTENTION_TRITON_SEG")
-    if env:
-        return max(BT, int(env) // BT * BT)
     target = 4 * num_sms(device)
     per_stream = max(1, -(-target // max(n_streams, 1)))  # segments wanted per sequence
     seg = next_pow2(-(-max(n_tokens, 1) // per_stream))

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import empty_like_layout, num_states
+from ...layout import empty_like_layout, no_state, num_states
 from . import _common as C
 from ._common import kernel
 from . import fwd as F
@@ -123,25 +123,15 @@ def _seg_dkdv_kernel(
 _seg_dkdv_kernel = kernel(_seg_dkdv_kernel)
 
 
-def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope=False):
+def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope):
     B, H, N, K = q.shape
     V = v.shape[-1]
     dq = empty_like_layout(q, K)
     dk = empty_like_layout(k, K)
     dv = empty_like_layout(v, V)
-    nseqs = num_states(q, cu_seqlens)
     dinit = None
     if initial_state is not None:
-        dinit = torch.empty(nseqs, H, K, V, dtype=torch.float32, device=q.device)
-    if dq.numel() == 0 or nseqs == 0 or N == 0:
-        if dinit is not None:
-            # no tokens: final = initial, so d initial = d final
-            if dfinal_state is None:
-                dinit.zero_()
-            else:
-                dinit.copy_(dfinal_state)
-        terms = torch.zeros(B, H, N, dtype=torch.float32, device=q.device) if need_dslope else None
-        return dq, dk, dv, dinit, terms
+        dinit = torch.empty(num_states(q, cu_seqlens), H, K, V, dtype=torch.float32, device=q.device)
     prec = C.dot_prec(q.dtype)
     BK, BV = F._bv(K, V)
     NVT = triton.cdiv(V, BV)
@@ -187,7 +177,7 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
         num_warps=C.CONFIG["bwd_warps"], num_stages=C.CONFIG["bwd_stages"])
     if NVT > 1:
         dk.copy_(dk_out.sum(0))
-    terms = None
+    terms = no_state(q)
     if need_dslope:
         terms = tq - (tk[0] if NVT == 1 else tk.sum(0))
-    return dq, dk, dv, dinit, terms
+    return dq, dk, dv, (dinit if dinit is not None else no_state(q)), terms

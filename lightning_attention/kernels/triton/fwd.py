@@ -1,4 +1,4 @@
-"""Forward kernels of the block form (design.md §1), split into segments for parallelism.
+"""Forward kernels of the block form, split into segments for parallelism.
 
 Per (sequence, head), tokens are cut into segments of `seg` tokens (a multiple of BT):
   pass 1  `_seg_state_kernel`: each segment's local state  sum_t lam^(end-1-t) k_t^T v_t
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import empty_like_layout, num_states
+from ...layout import empty_like_layout, no_state, num_states
 from . import _common as C
 from ._common import kernel
 
@@ -371,29 +371,22 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
     B, H, N, K = q.shape
     V = v.shape[-1]
     o = empty_like_layout(q, V)
-    nseqs = num_states(q, cu_seqlens)
-    final = None
+    final = no_state(q)
     if output_final_state:
-        final = torch.empty(nseqs, H, K, V, dtype=torch.float32, device=q.device)
-    if o.numel() == 0 or nseqs == 0 or N == 0:
-        if final is not None:
-            if initial_state is not None:
-                final.copy_(initial_state)
-            else:
-                final.zero_()
-        return o, final
+        final = torch.empty(num_states(q, cu_seqlens), H, K, V, dtype=torch.float32, device=q.device)
     _, BV = _bv(K, V)
     table = make_table(q, cu_seqlens, triton.cdiv(V, BV))
     prec = C.dot_prec(q.dtype)
     states = None
     if not table.single:
         states = seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
-    seg_out(q, k, v, o, slope, scale, initial_state, states, final, table, H, K, V, False, prec)
+    seg_out(q, k, v, o, slope, scale, initial_state, states,
+            final if output_final_state else None, table, H, K, V, False, prec)
     return o, final
 
 
 def state(a, b, slope, scale, to_end):
-    """The state-only pass of dispatch.py's kernel interface: Σ_t w_t a_tᵀ b_t per (batch,
+    """The state-only pass of the kernel interface (kernels/__init__.py): Σ_t w_t a_tᵀ b_t per (batch,
     head), float32 (B, H, K, V), with w_t = λ^{N-1-t} (to_end) or scale·λ^{t+1}. Pass 1 of
     the forward on every segment, then the segments' sums decayed to the sequence's end
     (start): a and b are read once."""

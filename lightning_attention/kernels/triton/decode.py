@@ -54,8 +54,6 @@ def decode(q, k, v, state, slope, scale):
     B, H, K = q.shape
     V = v.shape[-1]
     o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
-    if o.numel() == 0:
-        return o
     BK = C.next_pow2(K)
     # (BK x BV) fp32 tiles of <= 4K elements: 16 per thread at 4 warps, many programs
     BV = min(C.next_pow2(V), max(16, 4096 // BK))

@@ -1,0 +1,105 @@
+// Kernel launches (la_launch.h).
+#include "la_launch.h"
+
+#include <c10/cuda/CUDAException.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+#include "la_specs.h"
+
+namespace la {
+namespace {
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>, integral_constant<int, D>) for the compiled (dtype, head dim) pair of
+// la_specs.h; any other pair is an error, never mapped to a compiled one.
+template <typename F>
+void dispatch_kernel(at::ScalarType dtype, int64_t hd, F&& f) {
+#define LA_HEAD_DIM_CASE(D) \
+  if (hd == D) return f(TypeTag<T>{}, std::integral_constant<int, D>{});
+#define LA_DTYPE_CASE(CT, ST, NAME)            \
+  if (dtype == at::k##ST) {                    \
+    using T = CT;                              \
+    LA_FOR_EACH_HEAD_DIM(LA_HEAD_DIM_CASE)     \
+  }
+  LA_FOR_EACH_DTYPE(LA_DTYPE_CASE)
+#undef LA_DTYPE_CASE
+#undef LA_HEAD_DIM_CASE
+  TORCH_CHECK(false, "lightning_attention_C: no kernel compiled for ", dtype, " with D = E = ", hd,
+              " (csrc/la_specs.h)");
+}
+
+}  // namespace
+
+FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& o, const float* slope, float scale, const float* state_in,
+                     int64_t sd, int64_t se, float* state_out, const Plan& pl,
+                     const at::Tensor* rq, float* terms) {
+  FwdParams p{};
+  p.seg = pl.seg;
+  p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.o = o.data_ptr();
+  p.q_bs = q.stride(0); p.q_hs = q.stride(1); p.q_rs = q.stride(2);
+  p.k_bs = k.stride(0); p.k_hs = k.stride(1); p.k_rs = k.stride(2);
+  p.v_bs = v.stride(0); p.v_hs = v.stride(1); p.v_rs = v.stride(2);
+  p.o_bs = o.stride(0); p.o_hs = o.stride(1); p.o_rs = o.stride(2);
+  p.slope = slope;
+  p.scale = scale;
+  p.state_in = state_in; p.state_in_sd = sd; p.state_in_se = se;
+  p.state_out = state_out;
+  p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
+  if (terms != nullptr) {
+    p.rq = rq->data_ptr();
+    p.rq_bs = rq->stride(0); p.rq_hs = rq->stride(1); p.rq_rs = rq->stride(2);
+    p.terms = terms;
+  }
+  return p;
+}
+
+void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
+                       const Plan& pl, cudaStream_t stream) {
+  // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
+  // build has it, except for the dq sweep's d slope terms; the mma.sync kernel otherwise.
+  const bool sm90 = pl.sm90 && p.terms == nullptr;
+  dispatch_kernel(dtype, D, [&](auto t, auto hd) {
+    using T = typename decltype(t)::type;
+    constexpr int kHD = decltype(hd)::value;
+    auto pass = [&](bool pass1) {
+      if (sm90)
+        run_fwd_sm90<T, kHD>(p, pass1, stream);
+      else
+        run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (pl.multi) {
+      pass(/*pass1=*/true);
+      run_state_scan(pl.seg, p.ws, p.state_in, p.state_in_sd, p.state_in_se, p.slope, (int)D,
+                     (int)E, /*reverse=*/false, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    pass(/*pass1=*/false);
+  });
+}
+
+void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
+                       const Plan& pl, cudaStream_t stream) {
+  dispatch_kernel(dtype, D, [&](auto t, auto hd) {
+    using T = typename decltype(t)::type;
+    constexpr int kHD = decltype(hd)::value;
+    if (pl.multi) {
+      run_bwd<T, kHD>(p, /*pass1=*/true, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      run_state_scan(pl.seg, p.ws, p.dstate_in, E, 1, p.slope, (int)D, (int)E, /*reverse=*/true, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    run_bwd<T, kHD>(p, /*pass1=*/false, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace la

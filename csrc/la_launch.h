@@ -1,0 +1,32 @@
+// Kernel launches: kernel parameters from tensors, the switch from (dtype, head dim) to the
+// compiled kernels, and the order of the passes. Inputs are checked by la_ops.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include "la_params.h"
+#include "la_plan.h"
+
+namespace la {
+
+// The forward's kernel parameters: o = forward(q, k, v) with the incoming state of each
+// sequence read through (sd, se) strides (the dq sweep of the backward passes the transposed
+// initial state). With `terms`, pass 2 also writes rq_t · o_t per token (the dq sweep's
+// d slope terms).
+FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& o, const float* slope, float scale, const float* state_in,
+                     int64_t sd, int64_t se, float* state_out, const Plan& pl,
+                     const at::Tensor* rq = nullptr, float* terms = nullptr);
+
+// The forward's passes: pass 1 and the scan when the plan has several segments per
+// sequence, then pass 2. The one place that chooses the forward kernel.
+void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
+                       const Plan& pl, cudaStream_t stream);
+
+// dk, dv (and the k · dk part of the terms): the reverse sweep's pass 1 and scan when the
+// plan has several segments, then pass 2.
+void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
+                       const Plan& pl, cudaStream_t stream);
+
+}  // namespace la

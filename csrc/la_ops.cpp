@@ -1,0 +1,291 @@
+// The ops lightning_attention_C::fwd, ::bwd, ::decode: TORCH_LIBRARY schemas, output
+// allocation in the caller's layout, and the Python module with build metadata.
+//
+// The Python package validates every call and answers empty inputs before it gets here
+// (lightning_attention/checks.py, ops.py): the messages users read are written there. The
+// guards below are for C++ callers and only keep the kernels from reading or writing out of
+// bounds; they read shapes and dtypes, never data.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+#ifdef TORCH_EXTENSION_NAME
+#include <torch/extension.h>
+#endif
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+#include "la_launch.h"
+#include "la_params.h"
+#include "la_plan.h"
+#include "la_specs.h"
+
+#ifndef LA_CUDA_ARCHS
+#define LA_CUDA_ARCHS "unknown"
+#endif
+
+namespace la {
+namespace {
+
+using at::Tensor;
+
+#define LA_GUARD(cond, ...) TORCH_CHECK(cond, "lightning_attention_C: ", __VA_ARGS__)
+
+// Tests only (tests/utils.py poisoned()): outputs start as NaN, so that an element a kernel
+// forgets to write fails the comparison.
+std::atomic<bool> g_poison_outputs{false};
+
+Tensor new_output(at::IntArrayRef shape, const at::TensorOptions& opts) {
+  Tensor t = at::empty(shape, opts);
+  if (g_poison_outputs.load(std::memory_order_relaxed)) t.fill_(NAN);
+  return t;
+}
+
+// "No state" (no final state asked for, no initial state, no d slope terms): an empty
+// float32 tensor, as in the Python layer.
+Tensor no_state(const Tensor& like) { return at::empty({0}, like.options().dtype(at::kFloat)); }
+
+bool is_bnhd(const Tensor& x) { return x.stride(1) < x.stride(2); }
+
+// A new (B, H, N, last) tensor laid out like x (BNHD memory when x is), as layout.py does.
+Tensor output_like_layout(const Tensor& x, int64_t last) {
+  if (is_bnhd(x))
+    return new_output({x.size(0), x.size(2), x.size(1), last}, x.options()).transpose(1, 2);
+  return new_output({x.size(0), x.size(1), x.size(2), last}, x.options());
+}
+
+// The kernels stage rows with 16-byte copies: the base pointer and every stride but the
+// last must be multiples of 16 bytes, the last stride 1. Otherwise work on a copy.
+Tensor aligned(const Tensor& t) {
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int i = 0; i + 1 < t.dim(); ++i) ok = ok && (t.size(i) == 1 || t.stride(i) % 8 == 0);
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+std::optional<Tensor> contiguous(const std::optional<Tensor>& t) {
+  if (!t.has_value()) return t;
+  return t->contiguous();
+}
+
+template <typename T>
+const T* ptr_or_null(const std::optional<Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+// q, k (B, H, N, D), v (B, H, N, E): one CUDA device and dtype, D = E, nothing empty.
+void guard_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
+  LA_GUARD(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
+           "q, k, v must be on one CUDA device");
+  LA_GUARD(q.dim() == 4 && k.sizes() == q.sizes() && v.dim() == 4 && v.size(0) == q.size(0) &&
+               v.size(1) == q.size(1) && v.size(2) == q.size(2) && v.size(3) == q.size(3),
+           "q, k, v must be (B, H, N, D) with D = E (got ", q.sizes(), ", ", k.sizes(), ", ",
+           v.sizes(), ")");
+  LA_GUARD(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+           "q, k, v must have one dtype");
+  LA_GUARD(q.numel() > 0, "empty inputs have no kernel (got ", q.sizes(), ")");
+  LA_GUARD(q.size(2) < (int64_t(1) << 31), "N must be below 2^31");
+}
+
+// A float32 (n, H, D, E) state on q's device, or none.
+void guard_state(const std::optional<Tensor>& s, int64_t n, int64_t H, int64_t D, int64_t E,
+                 const Tensor& q) {
+  if (!s.has_value()) return;
+  LA_GUARD(s->device() == q.device() && s->scalar_type() == at::kFloat && s->dim() == 4 &&
+               s->size(0) == n && s->size(1) == H && s->size(2) == D && s->size(3) == E,
+           "states must be float32 (", n, ", ", H, ", ", D, ", ", E, ") on q's device (got ",
+           s->scalar_type(), " ", s->sizes(), ")");
+}
+
+void guard_slope(const std::optional<Tensor>& slope, int64_t H, const Tensor& q) {
+  if (!slope.has_value()) return;
+  LA_GUARD(slope->device() == q.device() && slope->scalar_type() == at::kFloat &&
+               slope->dim() == 1 && slope->size(0) == H,
+           "slope must be float32 (H,) = (", H, ",) on q's device");
+}
+
+// The number of states: B, or the packed sequences of an int32 cu_seqlens (then B == 1).
+int64_t guard_num_seqs(const Tensor& q, const std::optional<Tensor>& cu) {
+  if (!cu.has_value()) return q.size(0);
+  LA_GUARD(cu->device() == q.device() && cu->scalar_type() == at::kInt && cu->dim() == 1 &&
+               cu->size(0) >= 2 && q.size(0) == 1,
+           "cu_seqlens must be int32 (num_seqs + 1,) with num_seqs >= 1 on q's device, and B == 1");
+  return cu->size(0) - 1;
+}
+
+std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                                  const std::optional<Tensor>& slope, double scale,
+                                  const std::optional<Tensor>& initial_state,
+                                  const std::optional<Tensor>& cu_seqlens, bool output_final_state,
+                                  std::optional<int64_t> seg_len) {
+  guard_qkv(q_, k_, v_);
+  const int64_t H = q_.size(1), D = q_.size(3), E = v_.size(3);
+  const int64_t num_seqs = guard_num_seqs(q_, cu_seqlens);
+  guard_slope(slope, H, q_);
+  guard_state(initial_state, num_seqs, H, D, E, q_);
+  c10::cuda::CUDAGuard device(q_.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+
+  Tensor o = output_like_layout(q_, E);
+  const auto f32 = q_.options().dtype(at::kFloat);
+  Tensor final_state = output_final_state ? new_output({num_seqs, H, D, E}, f32) : no_state(q_);
+  const auto init = contiguous(initial_state), slope_c = contiguous(slope),
+             cu = contiguous(cu_seqlens);
+  const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
+  const FwdParams p = fwd_params(q, k, v, o, ptr_or_null<float>(slope_c), (float)scale,
+                                 ptr_or_null<float>(init), E, 1,
+                                 output_final_state ? final_state.data_ptr<float>() : nullptr, pl);
+  launch_fwd_passes(p, q.scalar_type(), D, E, pl, stream);
+  return {o, final_state};
+}
+
+// Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
+// (B, H, N) float32 are q_t·dq_t − k_t·dk_t from the unrounded float32 gradients (ops.py
+// turns them into d slope); computing them from the 16-bit dq, dk loses too much.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
+    const Tensor& dout_, const std::optional<Tensor>& dfinal_state, const Tensor& q_,
+    const Tensor& k_, const Tensor& v_, const std::optional<Tensor>& slope, double scale,
+    const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens,
+    bool need_dslope, std::optional<int64_t> seg_len) {
+  guard_qkv(q_, k_, v_);
+  const int64_t H = q_.size(1), N = q_.size(2), D = q_.size(3), E = v_.size(3);
+  LA_GUARD(dout_.device() == q_.device() && dout_.scalar_type() == q_.scalar_type() &&
+               dout_.sizes() == v_.sizes(),
+           "dout must be like the output (B, H, N, E) (got ", dout_.sizes(), ")");
+  const int64_t num_seqs = guard_num_seqs(q_, cu_seqlens);
+  guard_slope(slope, H, q_);
+  guard_state(initial_state, num_seqs, H, D, E, q_);
+  guard_state(dfinal_state, num_seqs, H, D, E, q_);
+  c10::cuda::CUDAGuard device(q_.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+
+  Tensor dq = output_like_layout(q_, D);
+  Tensor dk = output_like_layout(k_, D);
+  Tensor dv = output_like_layout(v_, E);
+  const auto f32 = q_.options().dtype(at::kFloat);
+  Tensor dinit = initial_state.has_value() ? new_output({num_seqs, H, D, E}, f32) : no_state(q_);
+  // zeroed: the dq sweep and the dk/dv kernel both add their part
+  Tensor terms = need_dslope ? at::zeros({q_.size(0), H, N}, f32) : no_state(q_);
+  const auto init = contiguous(initial_state), dfinal = contiguous(dfinal_state),
+             slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
+  const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
+  const float* slope_p = ptr_or_null<float>(slope_c);
+
+  // dq_t = scale · do_t S_tᵀ: the forward on (do, v, k) with the transposed initial state.
+  const FwdParams pq = fwd_params(dout, v, k, dq, slope_p, (float)scale, ptr_or_null<float>(init),
+                                  /*sd=*/1, /*se=*/E, nullptr, pl, &q,
+                                  need_dslope ? terms.data_ptr<float>() : nullptr);
+  launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
+
+  BwdParams p{};
+  p.seg = pl.seg;
+  p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.dout = dout.data_ptr();
+  p.dk = dk.data_ptr(); p.dv = dv.data_ptr();
+  p.q_bs = q.stride(0); p.q_hs = q.stride(1); p.q_rs = q.stride(2);
+  p.k_bs = k.stride(0); p.k_hs = k.stride(1); p.k_rs = k.stride(2);
+  p.v_bs = v.stride(0); p.v_hs = v.stride(1); p.v_rs = v.stride(2);
+  p.do_bs = dout.stride(0); p.do_hs = dout.stride(1); p.do_rs = dout.stride(2);
+  p.dk_bs = dk.stride(0); p.dk_hs = dk.stride(1); p.dk_rs = dk.stride(2);
+  p.dv_bs = dv.stride(0); p.dv_hs = dv.stride(1); p.dv_rs = dv.stride(2);
+  p.slope = slope_p;
+  p.scale = (float)scale;
+  p.dstate_in = ptr_or_null<float>(dfinal);
+  p.dstate_out = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
+  p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
+  p.terms = need_dslope ? terms.data_ptr<float>() : nullptr;
+  launch_bwd_passes(p, q.scalar_type(), D, E, pl, stream);
+  return {dq, dk, dv, dinit, terms};
+}
+
+Tensor la_decode(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor& state,
+                 const std::optional<Tensor>& slope, double scale) {
+  LA_GUARD(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device() &&
+               state.device() == q_.device(),
+           "decode: q, k, v, state must be on one CUDA device");
+  LA_GUARD(q_.dim() == 3 && k_.sizes() == q_.sizes() && v_.dim() == 3 &&
+               v_.size(0) == q_.size(0) && v_.size(1) == q_.size(1),
+           "decode: q, k must be (B, H, D) and v (B, H, E) (got ", q_.sizes(), ", ", k_.sizes(),
+           ", ", v_.sizes(), ")");
+  const int64_t B = q_.size(0), H = q_.size(1), D = q_.size(2), E = v_.size(2);
+  const auto dt = q_.scalar_type();
+  LA_GUARD((dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16) &&
+               k_.scalar_type() == dt && v_.scalar_type() == dt,
+           "decode: q, k, v must be one of float16, bfloat16, float32");
+  LA_GUARD(B * H > 0 && D > 0 && D <= 256 && E > 0 && E <= 256 && E % 4 == 0,
+           "decode: B, H > 0, D, E in [1, 256] and E % 4 == 0 (got D = ", D, ", E = ", E, ")");
+  LA_GUARD(state.scalar_type() == at::kFloat && state.dim() == 4 && state.size(0) == B &&
+               state.size(1) == H && state.size(2) == D && state.size(3) == E &&
+               state.is_contiguous() && reinterpret_cast<uintptr_t>(state.data_ptr()) % 16 == 0,
+           "decode: state must be float32 (B, H, D, E) = (", B, ", ", H, ", ", D, ", ", E,
+           "), contiguous and 16-byte aligned (got ", state.scalar_type(), " ", state.sizes(), ")");
+  guard_slope(slope, H, q_);
+  c10::cuda::CUDAGuard device(q_.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  Tensor o = new_output({B, H, E}, q_.options());
+  const Tensor q = q_.stride(-1) == 1 ? q_ : q_.contiguous();
+  const Tensor k = k_.stride(-1) == 1 ? k_ : k_.contiguous();
+  const Tensor v = v_.stride(-1) == 1 ? v_ : v_.contiguous();
+  const auto slope_c = contiguous(slope);
+  run_decode(q.data_ptr(), k.data_ptr(), v.data_ptr(), state.data_ptr<float>(), o.data_ptr(),
+             ptr_or_null<float>(slope_c), (float)scale, (int)B, (int)H, (int)D, (int)E,
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return o;
+}
+
+}  // namespace
+}  // namespace la
+
+// seg_len: a forced segment length (tests take both the single- and multi-segment paths);
+// None plans it from the shape and the device.
+TORCH_LIBRARY(lightning_attention_C, m) {
+  m.def(
+      "fwd(Tensor q, Tensor k, Tensor v, Tensor? slope, float scale, Tensor? initial_state, "
+      "Tensor? cu_seqlens, bool output_final_state, int? seg_len=None) -> (Tensor, Tensor)");
+  m.def(
+      "bwd(Tensor dout, Tensor? dfinal_state, Tensor q, Tensor k, Tensor v, Tensor? slope, "
+      "float scale, Tensor? initial_state, Tensor? cu_seqlens, bool need_dslope, "
+      "int? seg_len=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state, Tensor? slope, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lightning_attention_C, CUDA, m) {
+  m.impl("fwd", &la::la_fwd);
+  m.impl("bwd", &la::la_bwd);
+  m.impl("decode", &la::la_decode);
+}
+
+#ifdef TORCH_EXTENSION_NAME
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lightning_attention CUDA kernels (ops under torch.ops.lightning_attention_C)";
+  m.attr("cuda_version") = CUDA_VERSION;
+  m.attr("cuda_archs") = LA_CUDA_ARCHS;
+  // What the kernels are compiled for (la_specs.h): head dims (D = E), dtypes, and the
+  // shared memory per block that every op needs at each head dim.
+  pybind11::list head_dims, dtypes;
+  pybind11::dict smem;
+#define LA_EXPORT_HEAD_DIM(D)                                              \
+  head_dims.append(D);                                                     \
+  smem[pybind11::int_(D)] = std::max(la::TileShape<D>::kSmemBwdPass2,      \
+                                     la::TileShape<D>::smem_fwd_pass2(2));
+#define LA_EXPORT_DTYPE(CT, ST, NAME) dtypes.append(NAME);
+  LA_FOR_EACH_HEAD_DIM(LA_EXPORT_HEAD_DIM)
+  LA_FOR_EACH_DTYPE(LA_EXPORT_DTYPE)
+#undef LA_EXPORT_HEAD_DIM
+#undef LA_EXPORT_DTYPE
+  m.attr("head_dims") = pybind11::tuple(head_dims);
+  m.attr("dtypes") = pybind11::tuple(dtypes);
+  m.attr("smem_bytes") = smem;
+  m.def("set_poison_outputs", [](bool on) { la::g_poison_outputs = on; },
+        "Tests only: the ops' outputs start as NaN while on.");
+}
+#endif

@@ -1,0 +1,113 @@
+// Segment planning (la_plan.h).
+#include "la_plan.h"
+
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "la_specs.h"
+
+namespace la {
+namespace {
+
+constexpr int kMaxSegLen = 2048;
+constexpr int kMinSegLen = 128;
+constexpr int kMaxDevices = 64;
+
+struct DeviceInfo {
+  int sms = 0, smem_optin = 0, cc_major = 0, cc_minor = 0;
+};
+
+// Device attributes, queried once per device (never on every call).
+const DeviceInfo& device_info(int dev) {
+  static std::once_flag once[kMaxDevices];
+  static DeviceInfo info[kMaxDevices];
+  TORCH_CHECK(dev >= 0 && dev < kMaxDevices, "lightning_attention_C: device index ", dev);
+  std::call_once(once[dev], [dev] {
+    DeviceInfo& d = info[dev];
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
+  });
+  return info[dev];
+}
+
+// Pass 2 runs one CTA per SM, so its time is (waves) x (blocks per segment); more segments
+// fill the machine but add pass 1 (K, V read once more, two CTAs per SM, about 0.77 of a
+// pass-2 block each, measured on an H100) and the scan. Pick the segment length with the
+// least modelled time, preferring longer segments (fewer states) on ties.
+// W on an H100: N <= 16K -> one segment per sequence; N = 32K, 64K -> 4K, 8K-token segments.
+int pick_seg_len(int64_t rows, int64_t N, int sms) {
+  auto cost = [&](int64_t L) {
+    const int64_t nseg = (N + L - 1) / L, blocks = (L + 63) / 64;
+    double c = (double)((rows * nseg + sms - 1) / sms) * blocks;
+    if (nseg > 1)  // pass 1, the scan, and ~4 blocks' worth of state traffic per segment
+      c += (double)((rows * (nseg - 1) + 2 * sms - 1) / (2 * sms)) * blocks * 0.77 + 10.0 +
+           4.0 * rows * nseg / sms;
+    return c;
+  };
+  int64_t best = std::max<int64_t>(64, (N + 63) / 64 * 64);
+  double best_cost = cost(best);
+  for (int64_t L = int64_t(1) << 30; L >= kMinSegLen; L /= 2) {
+    if (L >= N) continue;
+    const double c = cost(L);
+    if (c < best_cost * 0.98) {
+      best = L;
+      best_cost = c;
+    }
+  }
+  return (int)std::min<int64_t>(best, int64_t(1) << 30);
+}
+
+}  // namespace
+
+Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream) {
+  Plan pl;
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
+  const DeviceInfo& dev = device_info(q.get_device());
+  pl.cc_major = dev.cc_major;
+  pl.cc_minor = dev.cc_minor;
+  pl.sm90 = dev.cc_major == 9 && dev.cc_minor == 0 && sm90_available();
+  // forward pass-2 pipeline depth: 3 stages where shared memory allows (Hopper), else 2
+  pl.fwd_stages = smem_fwd_pass2((int)D, 3) <= dev.smem_optin ? 3 : 2;
+  int L;
+  if (seg_len.has_value()) {
+    TORCH_CHECK(*seg_len >= 64 && *seg_len % 64 == 0 && *seg_len <= (int64_t(1) << 30),
+                "lightning_attention_C: seg_len must be a positive multiple of 64 (got ", *seg_len, ")");
+    L = (int)*seg_len;
+  } else if (cu.has_value()) {  // packed sequences of unknown lengths: the longest segment
+    // (<= kMaxSegLen) that gives four CTAs per SM if the tokens formed one sequence
+    L = kMaxSegLen;
+    while (L > kMinSegLen && H * ((N + L - 1) / L) < 4 * dev.sms) L /= 2;
+  } else {
+    L = pick_seg_len(B * H, N, dev.sms);
+  }
+  pl.seg.B = (int)B;
+  pl.seg.H = (int)H;
+  pl.seg.N = (int)N;
+  pl.seg.num_seqs = (int)num_seqs;
+  pl.seg.seg_len = L;
+  if (!cu.has_value()) {
+    pl.seg.segs_per_seq = (int)std::max<int64_t>(1, (N + L - 1) / L);
+    pl.seg.num_segs = (int)(B * pl.seg.segs_per_seq);
+    pl.multi = pl.seg.segs_per_seq > 1;
+  } else {
+    pl.seg.segs_per_seq = 0;
+    pl.seg.num_segs = (int)((N + L - 1) / L + num_seqs);
+    pl.multi = N > L;
+    pl.seq_info = at::empty({num_seqs, 4}, q.options().dtype(at::kInt));
+    pl.seg_seq = at::empty({pl.seg.num_segs}, q.options().dtype(at::kInt));
+    run_varlen_plan(cu->data_ptr<int>(), (int)num_seqs, (int)N, L, pl.seg.num_segs,
+                    pl.seq_info.data_ptr<int>(), pl.seg_seq.data_ptr<int>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pl.seg.seq_info = pl.seq_info.data_ptr<int>();
+    pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
+  }
+  if (pl.multi) pl.ws = at::empty({pl.seg.num_segs, H, D, E}, q.options().dtype(at::kFloat));
+  return pl;
+}
+
+}  // namespace la

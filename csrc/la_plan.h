@@ -1,0 +1,30 @@
+// Segment planning: how the tokens of each (sequence, head) are cut into segments, one CTA
+// each, the varlen table, the forward's pipeline depth and the workspace of per-segment states.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "la_params.h"
+
+namespace la {
+
+struct Plan {
+  SegParams seg{};
+  at::Tensor seq_info, seg_seq, ws;
+  bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
+  int fwd_stages = 2;  // cp.async pipeline depth of the forward's pass 2 (2 or 3)
+  int cc_major = 0, cc_minor = 0;  // the device's compute capability
+  bool sm90 = false;  // the forward runs on the sm_90a kernels (la_fwd_sm90.cuh)
+};
+
+// `seg_len`: a forced segment length (a positive multiple of 64; tests use it to take the
+// single- and multi-segment paths), or nullopt to plan it. Reads the device's properties once
+// per device and caches them.
+Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream);
+
+}  // namespace la

@@ -1,0 +1,53 @@
+"""The backends, one folder each (this package is `kernels`, since `la.backends()` is the public
+report of what runs here): cuda/ (the kernels of csrc/), triton/ (Triton kernels, on a
+GPU or in Triton's CPU interpreter), torch/ (the block form in plain PyTorch). Each folder's
+`__init__.py` exposes `BACKEND`, a `Backend` below; lightning_attention/dispatch.py lists them
+and picks one per call. No backend imports another: a function a backend lacks is None, and
+the dispatcher takes it from the next backend that has it.
+
+The kernel interface. Inputs are clean (lightning_attention/checks.py and ops.py): shapes
+and dtypes agree, every tensor is on one device, stride(-1) == 1, no dimension is empty.
+
+    fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state)
+        -> (o, final_state)
+    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
+        -> (dq, dk, dv, dinitial_state, dslope_terms)
+    decode(q, k, v, state, slope, scale) -> o          (state updated in place)
+    state(a, b, slope, scale, to_end) -> float32 (B, H, D, E)
+
+- q, k: (B, H, N, D); v: (B, H, N, E); any strides with stride(-1) == 1.
+- slope: None (no decay) or float32 contiguous (H,); the decay is exp(-slope).
+- scale: Python float.
+- initial_state / dfinal_state: None or float32 contiguous (B, H, D, E), or
+  (num_seqs, H, D, E) with cu_seqlens.
+- cu_seqlens: None or int32 contiguous (num_seqs + 1,) on q's device; then B == 1.
+- o, dq, dk, dv: the dtype and memory layout of q, k, v (layout.empty_like_layout).
+- "No state" is an empty float32 tensor, the form the custom ops return (they cannot return
+  None): final_state without output_final_state, dinitial_state without initial_state,
+  dslope_terms without need_dslope.
+- bwd returns dinitial_state whenever initial_state is given (the d slope reduction in
+  ops.py needs it even when the state itself does not require grad). With need_dslope it
+  returns the per-token terms q_t·dq_t − k_t·dk_t, float32 (B, H, N), from its float32
+  gradients before they are rounded to the output dtype (rounded bf16 gradients make d slope
+  several % off); ops.py turns them into d slope.
+- decode: q, k (B, H, D), v (B, H, E), state (B, H, D, E) float32, o (B, H, E).
+- state: a (B, H, N, D), b (B, H, N, E), N ≥ 1; returns Σ_t w_t a_tᵀ b_t with
+  w_t = λ^{N-1-t} when to_end (the state a sequence leaves from a zero start: a, b = k, v)
+  or scale·λ^{t+1} (the gradient its outputs send to its initial state: a, b = q, do).
+  Sequence parallelism (distributed.py) runs it once per direction.
+
+Besides those: `unavailable() -> str | None` (why it cannot run on this machine, with the
+fix where there is one) and `unsupported(q, k, v, cu_seqlens) -> str | None` (why it cannot
+serve these tensors, naming the input change that would work where there is one).
+"""
+from typing import Callable, NamedTuple, Optional
+
+
+class Backend(NamedTuple):
+    name: str
+    fwd: Callable
+    bwd: Callable
+    decode: Callable
+    state: Optional[Callable]
+    unavailable: Callable
+    unsupported: Callable

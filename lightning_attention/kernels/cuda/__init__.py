@@ -1,0 +1,99 @@
+"""The `cuda` backend: the handwritten kernels of csrc/, in the extension
+`lightning_attention._C` (ops `torch.ops.lightning_attention_C.{fwd,bwd,decode}`, whose
+schemas follow the kernel interface, so they are this backend's functions as they are).
+
+What the kernels are compiled for (head dims, dtypes, shared memory per block) is declared
+once in csrc/la_specs.h and read here from `_C`; everything else is declined by
+`unsupported` and the dispatcher picks another backend. The state-only pass has no CUDA
+kernel: the dispatcher takes it from the next backend.
+"""
+import importlib
+
+import torch
+
+from .. import Backend
+
+#: The one command that builds the extension into an existing install of the package.
+REINSTALL = ("CUDA_HOME=/usr/local/cuda pip install --no-build-isolation --no-deps "
+             "--force-reinstall .")
+
+
+def _load():
+    """(the extension module, None), or (None, why it is missing and the command that fixes it)."""
+    try:
+        return importlib.import_module("lightning_attention._C"), None
+    except ModuleNotFoundError as e:
+        if e.name != "lightning_attention._C":
+            why = f"the CUDA extension lightning_attention._C failed to import ({type(e).__name__}: {e})"
+        else:
+            why = "the CUDA extension lightning_attention._C is not built (a pure-Python install)"
+    except Exception as e:  # a broken extension never breaks the package
+        why = f"the CUDA extension lightning_attention._C failed to load ({type(e).__name__}: {e})"
+    return None, f"{why}; to fix: reinstall from the source checkout with `{REINSTALL}`"
+
+
+_C, _IMPORT_ERROR = _load()
+
+#: Head dims (D = E) and input dtypes the kernels are compiled for (empty without them).
+HEAD_DIMS = tuple(_C.head_dims) if _C is not None else ()
+DTYPES = tuple(getattr(torch, name) for name in _C.dtypes) if _C is not None else ()
+
+
+def build_info() -> dict:
+    """What the extension was built with (empty without it)."""
+    if _C is None:
+        return {}
+    return {"cuda_version": _C.cuda_version, "cuda_archs": _C.cuda_archs, "head_dims": HEAD_DIMS,
+            "dtypes": DTYPES}
+
+
+# Settled at import (the extension and the visible GPUs do not change while a process runs);
+# plain values rather than a cache wrapper, so that torch.compile traces dispatch cleanly.
+_UNAVAILABLE = _IMPORT_ERROR or (None if torch.cuda.is_available()
+                                 else "no CUDA GPU is visible to PyTorch")
+
+
+def unavailable():
+    return _UNAVAILABLE
+
+
+_DEVICE_REFUSAL = {}  # device index -> why the kernels cannot run there, or None
+
+
+def _device_refusal(index: int):
+    """Why the kernels cannot run on GPU `index`, or None (read once per device)."""
+    if index not in _DEVICE_REFUSAL:
+        props = torch.cuda.get_device_properties(index)
+        have, need = props.shared_memory_per_block_optin, max(_C.smem_bytes.values())
+        why = None
+        if (props.major, props.minor) < (8, 0):
+            why = f"the CUDA kernels need compute capability >= 8.0 (got {props.major}.{props.minor})"
+        elif have < need:
+            why = f"the kernels need {need} bytes of shared memory per block (this GPU: {have})"
+        _DEVICE_REFUSAL[index] = why
+    return _DEVICE_REFUSAL[index]
+
+
+def unsupported(q, k, v, cu_seqlens):
+    if not q.is_cuda:
+        return f"the CUDA kernels need CUDA tensors (got {q.device.type} tensors)"
+    if q.dtype not in DTYPES:
+        names = "/".join(str(d).removeprefix("torch.") for d in DTYPES)
+        return f"the CUDA kernels take {names} (got {q.dtype}); cast q, k, v to one of them"
+    D, E = q.shape[-1], v.shape[-1]
+    if D != E or D not in HEAD_DIMS:
+        return f"the CUDA kernels are specialised for D = E in {HEAD_DIMS} (got D = {D}, E = {E})"
+    if q.shape[2] >= 2 ** 31:
+        return f"N must be below 2^31 (got {q.shape[2]})"
+    return _device_refusal(q.device.index if q.device.index is not None else torch.cuda.current_device())
+
+
+if _C is not None:
+    from . import fakes  # noqa: F401  (torch.compile and opcheck on the C++ ops)
+    _ops = torch.ops.lightning_attention_C
+    BACKEND = Backend(name="cuda", fwd=_ops.fwd.default, bwd=_ops.bwd.default,
+                      decode=_ops.decode.default, state=None, unavailable=unavailable,
+                      unsupported=unsupported)
+else:
+    BACKEND = Backend(name="cuda", fwd=None, bwd=None, decode=None, state=None,
+                      unavailable=unavailable, unsupported=unsupported)
