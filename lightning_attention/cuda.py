@@ -8,6 +8,7 @@ Triton).
 """
 import contextlib
 import os
+import warnings
 
 import torch
 
@@ -32,8 +33,24 @@ def build_info() -> dict:
             "head_dims": tuple(_C.head_dims)}
 
 
+_warned = False
+
+
+def _warn_once_on_a_gpu():
+    """A pure Python install is silent under pip (it hides setup.py's output), so say it
+    once where it matters: at the first dispatch on a machine with a CUDA GPU."""
+    global _warned
+    if not _warned and not torch.compiler.is_compiling() and torch.cuda.is_available():
+        _warned = True
+        warnings.warn(f"lightning_attention: {_IMPORT_ERROR}, so the CUDA backend is off and "
+                      "calls go to Triton or PyTorch. To build it: `CUDA_HOME=/usr/local/cuda "
+                      "pip install --no-build-isolation --no-deps --force-reinstall .`",
+                      stacklevel=4)
+
+
 def unavailable():
     if _IMPORT_ERROR is not None:
+        _warn_once_on_a_gpu()
         return _IMPORT_ERROR
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to PyTorch"
