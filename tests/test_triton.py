@@ -20,7 +20,10 @@ from lightning_attention.triton import _common as TC  # noqa: E402
 
 @pytest.fixture
 def interp(monkeypatch):
-    """Run the Triton kernels on the CPU in the interpreter."""
+    """Run the Triton kernels on the CPU in the interpreter (where it can run them)."""
+    why = TC.interpreter_problem()
+    if why:
+        pytest.skip(why)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield "cpu"
 
@@ -47,7 +50,7 @@ def test_interface():
 def test_unavailable_and_unsupported(monkeypatch):
     q = torch.randn(1, 2, 8, 32)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert T.unavailable() is None
+    assert T.unavailable() == TC.interpreter_problem()  # None where the interpreter works
     assert T.unsupported(q, q, q, None) is None
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     if not torch.cuda.is_available():
@@ -56,6 +59,25 @@ def test_unavailable_and_unsupported(monkeypatch):
     bad = torch.randn(1, 2, 8, 40)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert "multiples of 16" in T.unsupported(bad, bad, bad, None)
+
+
+def test_interpreter_problem(monkeypatch):
+    """Triton < 3.8's interpreter takes int() of 1-element arrays, which NumPy may refuse."""
+    np = pytest.importorskip("numpy")
+    monkeypatch.setattr(triton, "__version__", "3.8.0")
+    assert TC.interpreter_problem() is None
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    try:
+        int(np.array([0]))
+        refused = False
+    except TypeError:
+        refused = True
+    why = TC.interpreter_problem()
+    assert (why is not None) == refused
+    if refused:
+        assert "Triton 3.6.0" in why and "triton>=3.8" in why
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert T.unavailable() == why
 
 
 def test_segment_plan():

@@ -39,7 +39,8 @@ def unavailable():
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
     if _interpret():
-        return None
+        from ._common import interpreter_problem
+        return interpreter_problem()
     import torch
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible (and TRITON_INTERPRET is not 1)"
