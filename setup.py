@@ -59,14 +59,16 @@ def find_cuda_home(environ=os.environ, default=DEFAULT_CUDA_HOME):
                              "include/)")
         return home
     nvcc = shutil.which("nvcc", path=environ.get("PATH", os.defpath))
-    beside = os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
-    for home in (beside, default):
-        if home and _is_toolkit(home):
+    tried = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    tried = list(dict.fromkeys(tried + [default]))
+    for home in tried:
+        if _is_toolkit(home):
             return home
-    if nvcc or os.path.exists(os.path.join(default, "bin", "nvcc")):
-        raise SetupError(f"nvcc is {nvcc or os.path.join(default, 'bin', 'nvcc')} but no CUDA "
-                         f"toolkit with include/cuda_runtime.h was found ({beside or default}, "
-                         f"{default}): set CUDA_HOME to the toolkit")
+    nvcc = nvcc or (os.path.join(default, "bin", "nvcc")
+                    if os.path.exists(os.path.join(default, "bin", "nvcc")) else None)
+    if nvcc:
+        raise SetupError(f"nvcc is {nvcc} but no CUDA toolkit with include/cuda_runtime.h was "
+                         f"found (tried {', '.join(tried)}): set CUDA_HOME to the toolkit")
     return None
 
 

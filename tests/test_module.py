@@ -37,23 +37,6 @@ def test_chunked_prefill_and_decode_equal_one_pass():
         assert s0.shape == (2, 4, 16, 16)
 
 
-def test_module_trains():
-    """A toy task (predict the running mean of the inputs): the loss must drop."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 64), _layer(), torch.nn.Linear(64, 8))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(60):
-        x = torch.randn(4, 48, 8)
-        target = x.cumsum(1) / torch.arange(1, 49).view(1, -1, 1)
-        loss = torch.nn.functional.mse_loss(model(x), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
-
-
 @pytest.mark.parametrize("args,kw,match", [
     ((100, 4), {}, r"head_dim \(embed_dim // num_heads\) must be a multiple of 16 .*got 25"),
     ((100, 3), {}, r"embed_dim must be divisible by num_heads .*embed_dim=100, num_heads=3"),
@@ -113,3 +96,20 @@ def test_init_state_follows_module_device():
     layer = la.LightningAttention(64, 4, device="meta")
     assert layer.init_state(2).device.type == "meta"
     assert layer.init_state(2, device="cpu").device.type == "cpu"
+
+
+def test_module_trains():
+    """A toy task (predict the running mean of the inputs): the loss must drop."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), _layer(), torch.nn.Linear(64, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        x = torch.randn(4, 48, 8)
+        target = x.cumsum(1) / torch.arange(1, 49).view(1, -1, 1)
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
