@@ -134,3 +134,14 @@ def test_missing_extension_warns_once_on_a_gpu(monkeypatch):
     assert len(seen) == 1, [str(w.message) for w in seen]
     assert "CUDA backend is off" in str(seen[0].message)
     assert "pip install --no-build-isolation" in str(seen[0].message)
+
+
+def test_failed_compile_ends_naming_cuda_home(setup_py):
+    class Failing:
+        def run(self):
+            raise RuntimeError("Error compiling objects for extension")
+    build = setup_py._build_ext_with_hint(Failing, "/opt/cuda-12.1")
+    with pytest.raises(SystemExit, match=r"CUDA_HOME=/opt/cuda-12.1 failed \(RuntimeError: "
+                                         r"Error compiling objects for extension; .*set "
+                                         r"CUDA_HOME to the one to use"):
+        build().run()
