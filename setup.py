@@ -8,7 +8,12 @@ Switches (environment variables):
                                    default "8.0;9.0a;9.0+PTX"
   LIGHTNING_ATTENTION_SKIP_CUDA_BUILD=1   pure Python install
   MAX_JOBS                         parallel compile jobs (ninja)
-  CUDA_HOME                        defaults to /usr/local/cuda when nvcc on PATH is a bare symlink
+  CUDA_HOME                        the CUDA toolkit; else the one around nvcc on PATH, else
+                                   /usr/local/cuda (each must have include/cuda_runtime.h)
+
+Where nvcc is found but the build cannot work (PyTorch not importable, as under pip's build
+isolation; a CPU-only PyTorch; no toolkit headers), the install stops with the reason, so
+that the CUDA backend is never lost silently.
 """
 import glob
 import os
@@ -18,22 +23,53 @@ import sys
 from setuptools import setup
 
 DEFAULT_ARCHS = "8.0;9.0a;9.0+PTX"
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
 HERE = os.path.dirname(os.path.abspath(__file__))
+PURE_PYTHON = "LIGHTNING_ATTENTION_SKIP_CUDA_BUILD=1"
+
+
+class SetupError(SystemExit):
+    """Stops the install with a message (pip shows it without -v)."""
+
+    def __init__(self, msg):
+        super().__init__(f"lightning_attention setup: error: {msg}\n"
+                         f"(or set {PURE_PYTHON} for the pure Python install, without the "
+                         "CUDA backend)")
 
 
 def _say(msg):
     print(f"lightning_attention setup: {msg}", file=sys.stderr)
 
 
-def _cuda_home():
-    """CUDA_HOME as set, else /usr/local/cuda when nvcc on PATH is a symlink (whose
-    directory is not a CUDA install) or missing; None without nvcc anywhere."""
-    if os.environ.get("CUDA_HOME"):
-        return os.environ["CUDA_HOME"]
-    nvcc = shutil.which("nvcc")
-    if (nvcc is None or os.path.islink(nvcc)) and os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
-    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+def _is_toolkit(path):
+    return os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+
+
+def find_cuda_home(environ=os.environ, default=DEFAULT_CUDA_HOME):
+    """The CUDA toolkit to build with (a folder with include/cuda_runtime.h), or None when
+    there is no nvcc at all. In order: CUDA_HOME as set; the folder above the bin/ that
+    holds nvcc on PATH, links resolved; `default`. nvcc on PATH may be a wrapper script or
+    a link outside the toolkit, hence the check for the header. Raises SetupError when
+    CUDA_HOME is set to, or nvcc exists only beside, something that is not a toolkit."""
+    if environ.get("CUDA_HOME"):
+        home = environ["CUDA_HOME"]
+        if not _is_toolkit(home):
+            raise SetupError(f"CUDA_HOME={home} has no include/cuda_runtime.h: point "
+                             "CUDA_HOME at the CUDA toolkit (the folder with bin/nvcc and "
+                             "include/)")
+        return home
+    nvcc = shutil.which("nvcc", path=environ.get("PATH", os.defpath))
+    tried = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    tried = list(dict.fromkeys(tried + [default]))
+    for home in tried:
+        if _is_toolkit(home):
+            return home
+    nvcc = nvcc or (os.path.join(default, "bin", "nvcc")
+                    if os.path.exists(os.path.join(default, "bin", "nvcc")) else None)
+    if nvcc:
+        raise SetupError(f"nvcc is {nvcc} but no CUDA toolkit with include/cuda_runtime.h was "
+                         f"found (tried {', '.join(tried)}): set CUDA_HOME to the toolkit")
+    return None
 
 
 def _gencode_flags(archs):
@@ -63,26 +99,45 @@ def _cxx_std():
     return "c++17"
 
 
+def _build_ext_with_hint(base, cuda_home):
+    """`base` whose failure ends with the toolkit it used and how to pick another."""
+    class BuildExt(base):
+        def run(self):
+            try:
+                super().run()
+            except Exception as e:
+                raise SetupError(f"compiling the CUDA extension with CUDA_HOME={cuda_home} "
+                                 f"failed ({type(e).__name__}: {str(e).rstrip('.')}; the "
+                                 "compiler's messages are above). If that is not the right "
+                                 "CUDA toolkit, set CUDA_HOME to the one to use") from e
+    return BuildExt
+
+
 def _extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu"))
     if os.environ.get("LIGHTNING_ATTENTION_SKIP_CUDA_BUILD") == "1":
-        _say("LIGHTNING_ATTENTION_SKIP_CUDA_BUILD=1: pure Python install (Triton + PyTorch backends)")
+        _say(f"{PURE_PYTHON}: pure Python install (Triton + PyTorch backends)")
         return [], {}
     if not sources:
         _say("no CUDA sources: pure Python install")
         return [], {}
-    cuda_home = _cuda_home()
+    cuda_home = find_cuda_home()
     if cuda_home is None:
         _say("no nvcc found: pure Python install (Triton + PyTorch backends); "
              "set CUDA_HOME to build the CUDA backend")
         return [], {}
     os.environ["CUDA_HOME"] = cuda_home
     try:
+        import torch
         from torch.utils.cpp_extension import BuildExtension, CUDAExtension
-    except ImportError:
-        _say("PyTorch is not importable: pure Python install. Install torch first and use "
-             "`pip install --no-build-isolation .` to build the CUDA backend")
-        return [], {}
+    except ImportError as e:
+        raise SetupError(
+            f"the CUDA toolkit is at {cuda_home} but PyTorch is not importable here ({e}). "
+            "pip's build isolation hides the installed torch: install torch first, then "
+            "`pip install --no-build-isolation .`") from e
+    if torch.version.cuda is None:
+        raise SetupError(f"PyTorch {torch.__version__} is a CPU-only build: install a CUDA "
+                         "build of torch to build the CUDA backend")
     archs = os.environ.get("LIGHTNING_ATTENTION_CUDA_ARCHS", DEFAULT_ARCHS)
     _say(f"building the CUDA backend with {cuda_home} for {archs}")
     define = [f'-DLA_CUDA_ARCHS="{archs}"']
@@ -97,8 +152,10 @@ def _extensions():
                      "--expt-relaxed-constexpr"] + define + _gencode_flags(archs),
         },
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    build_ext = _build_ext_with_hint(BuildExtension.with_options(use_ninja=True), cuda_home)
+    return [ext], {"build_ext": build_ext}
 
 
-ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # also under pip; tests import this file for find_cuda_home
+    ext_modules, cmdclass = _extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,4 +1,8 @@
-"""LightningAttention: shapes, chunked prefill and decode equal one pass, it trains."""
+"""LightningAttention: shapes, chunked prefill and decode equal one pass, it trains, its
+arguments and inputs are checked with named messages, init_state follows its dtype and device."""
+import re
+
+import pytest
 import torch
 
 import lightning_attention as la
@@ -31,6 +35,67 @@ def test_chunked_prefill_and_decode_equal_one_pass():
         for t in range(3):
             layer.step(x[:, t], s0)
         assert s0.shape == (2, 4, 16, 16)
+
+
+@pytest.mark.parametrize("args,kw,match", [
+    ((100, 4), {}, r"head_dim \(embed_dim // num_heads\) must be a multiple of 16 .*got 25"),
+    ((100, 3), {}, r"embed_dim must be divisible by num_heads .*embed_dim=100, num_heads=3"),
+    ((64, 4), dict(head_dim=20), r"head_dim must be a multiple of 16 .*got 20"),
+    ((64, 4), dict(head_dim=272), r"head_dim must be .* to 256 .*got 272"),
+    ((0, 4), {}, r"embed_dim must be a positive int \(got 0\)"),
+    ((64, -2), {}, r"num_heads must be a positive int \(got -2\)"),
+    ((64, 2.0), {}, r"num_heads must be a positive int \(got 2.0\)"),
+    ((64, 4), dict(num_layers=0), r"num_layers must be a positive int \(got 0\)"),
+])
+def test_construction_errors_name_the_argument(args, kw, match):
+    with pytest.raises(ValueError, match="^LightningAttention: " + match):
+        la.LightningAttention(*args, **kw)
+
+
+def test_explicit_head_dim():
+    layer = la.LightningAttention(100, 4, head_dim=32)
+    assert layer(torch.randn(1, 3, 100)).shape == (1, 3, 100)
+    assert layer.init_state(2).shape == (2, 4, 32, 32)
+
+
+@pytest.mark.parametrize("shape", [(100, 64), (2, 5, 32), (2, 5, 64, 1)])
+def test_forward_checks_rank_and_width(shape):
+    want = re.escape(f"LightningAttention.forward: x must have shape (B, N, C) with "
+                     f"C = embed_dim = 64 (got {shape})")
+    with pytest.raises(ValueError, match="^" + want):
+        _layer()(torch.randn(shape))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 64), (2, 32), (64,)])
+def test_step_checks_rank_and_width(shape):
+    layer = _layer()
+    want = re.escape(f"LightningAttention.step: x must have shape (B, C) with "
+                     f"C = embed_dim = 64 (got {shape})")
+    with pytest.raises(ValueError, match="^" + want):
+        layer.step(torch.randn(shape), layer.init_state(2))
+    with pytest.raises(TypeError, match="^LightningAttention.step: x must be a torch.Tensor"):
+        layer.step([0.0] * 64, layer.init_state(1))
+
+
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32),
+                                               (torch.bfloat16, torch.float32),
+                                               (torch.float16, torch.float32),
+                                               (torch.float64, torch.float64)])
+def test_init_state_follows_module_dtype(dtype, state_dtype):
+    layer = _layer().to(dtype)
+    state = layer.init_state(2)
+    assert state.dtype == state_dtype and state.shape == (2, 4, 16, 16)
+    assert torch.equal(state, torch.zeros_like(state))
+    if dtype in (torch.float32, torch.float64):  # the torch backend's CPU dtypes
+        x = torch.randn(2, 64, dtype=dtype)
+        assert layer.step(x, state).dtype == dtype
+        assert state.abs().sum() > 0
+
+
+def test_init_state_follows_module_device():
+    layer = la.LightningAttention(64, 4, device="meta")
+    assert layer.init_state(2).device.type == "meta"
+    assert layer.init_state(2, device="cpu").device.type == "cpu"
 
 
 def test_module_trains():

@@ -8,6 +8,7 @@ once in csrc/la_specs.h and read here from `_C`; everything else is declined by
 kernel: the dispatcher takes it from the next backend.
 """
 import importlib
+import warnings
 
 import torch
 
@@ -53,7 +54,19 @@ _UNAVAILABLE = _IMPORT_ERROR or (None if torch.cuda.is_available()
                                  else "no CUDA GPU is visible to PyTorch")
 
 
+_warned = False
+
+
 def unavailable():
+    """Why the backend cannot run here, or None. A pure-Python install is silent under pip
+    (it hides setup.py's output), so the first dispatch on a machine with a CUDA GPU says so
+    once."""
+    global _warned
+    if _IMPORT_ERROR is not None and not _warned and torch.cuda.is_available() \
+            and not torch.compiler.is_compiling():
+        _warned = True
+        warnings.warn(f"lightning_attention: the CUDA backend is off ({_IMPORT_ERROR}); calls go "
+                      "to Triton or PyTorch", stacklevel=4)
     return _UNAVAILABLE
 
 

@@ -35,14 +35,19 @@ if _IMPORT_ERROR is None:
 
 
 @functools.cache
-def _interpreter_error():
-    """Why Triton's CPU interpreter cannot run (it needs numpy), or None. Cached: imports
-    are settled once the first call has tried."""
+def _interpreter_import_error():
+    """Why Triton's CPU interpreter cannot be imported (it needs numpy), or None. Cached:
+    imports are settled once the first call has tried."""
     try:
         import triton.runtime.interpreter  # noqa: F401
     except Exception as e:
         return _import_failure("Triton's CPU interpreter", e)
     return None
+
+
+def _interpreter_error():
+    """Why Triton's CPU interpreter cannot run these kernels here, or None."""
+    return _interpreter_import_error() or _common.interpreter_problem()
 
 
 def unavailable():

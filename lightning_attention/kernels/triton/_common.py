@@ -29,6 +29,26 @@ def interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def interpreter_problem():
+    """Why Triton's interpreter cannot run these kernels here, or None. Before Triton 3.8
+    it turns a loop bound into an int with int() of the 1-element array that every scalar
+    is there, which recent NumPy refuses ("only 0-dimensional arrays can be converted to
+    Python scalars"); Triton 3.8 squeezes the array first."""
+    try:
+        import numpy as np
+    except ImportError:  # no interpreter at all: Triton's own error says so at launch
+        return None
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 8):
+        return None
+    try:
+        int(np.array([0]))
+    except TypeError:
+        return (f"Triton {triton.__version__}'s interpreter cannot run these kernels with "
+                f"NumPy {np.__version__}, which refuses int() of a 1-element array: upgrade "
+                "to triton>=3.8 or install numpy<2.4")
+    return None
+
+
 class LazyKernel:
     """A Triton kernel compiled on first launch, for the GPU or, when TRITON_INTERPRET=1
     at launch time (not import time), for Triton's CPU interpreter."""
