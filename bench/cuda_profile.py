@@ -7,7 +7,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lightning_attention.kernels.cuda import BACKEND as C
+from lightning_attention.kernels.cuda_backend import BACKEND as C
 import lightning_attention as la
 
 ap = argparse.ArgumentParser()

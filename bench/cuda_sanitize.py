@@ -5,7 +5,7 @@
 """
 import torch
 
-from lightning_attention.kernels.cuda import BACKEND as C
+from lightning_attention.kernels.cuda_backend import BACKEND as C
 
 torch.manual_seed(0)
 for D in (64, 128):

@@ -2,7 +2,7 @@
 tests and the docs share."""
 import torch
 
-from .kernels.cuda import DTYPES as CUDA_DTYPES, HEAD_DIMS as CUDA_HEAD_DIMS  # noqa: F401
+from .kernels.cuda_backend import DTYPES as CUDA_DTYPES, HEAD_DIMS as CUDA_HEAD_DIMS  # noqa: F401
 
 #: Head dims every backend serves: multiples of 16 from 16 to 256 (D and E independently).
 HEAD_DIMS = tuple(range(16, 257, 16))

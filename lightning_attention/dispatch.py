@@ -15,7 +15,7 @@ ENV_BACKEND = "LIGHTNING_ATTENTION_BACKEND"
 def _load(name):
     """The backend `name` (its module imports every library it needs itself and reports a
     missing one through `unavailable`)."""
-    return importlib.import_module(f"lightning_attention.kernels.{name}").BACKEND
+    return importlib.import_module(f"lightning_attention.kernels.{name}_backend").BACKEND
 
 
 # Imported once, here, so that dispatch is plain attribute access that torch.compile

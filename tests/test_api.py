@@ -184,7 +184,7 @@ def test_decode_is_capturable_in_a_cuda_graph(monkeypatch):
 def test_hint_names_what_works_when_no_install_helps(monkeypatch):
     """A built extension on a machine without a GPU, or tensors it cannot take: the message
     names a backend that serves the call, never the reinstall command."""
-    from lightning_attention.kernels import cuda
+    from lightning_attention.kernels import cuda_backend as cuda
     q, k, v = _qkv()
     monkeypatch.setitem(dispatch.BACKENDS, "cuda", cuda.BACKEND._replace(unavailable=lambda: None))
     with pytest.raises(RuntimeError, match=r"need CUDA tensors \(got cpu tensors\); to fix: pass "
@@ -201,7 +201,7 @@ def test_missing_extension_says_so_plainly():
     root = os.path.join(os.path.dirname(__file__), "..")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=root)).stdout
-    from lightning_attention.kernels import cuda
+    from lightning_attention.kernels import cuda_backend as cuda
     assert "is not built" in out and cuda.REINSTALL in out, out
     assert "circular" not in out and "partially initialized" not in out, out
 

@@ -119,7 +119,7 @@ def test_missing_extension_warns_once_on_a_gpu(monkeypatch):
     import warnings
 
     import lightning_attention as la
-    from lightning_attention.kernels import cuda
+    from lightning_attention.kernels import cuda_backend as cuda
     monkeypatch.setattr(cuda, "_IMPORT_ERROR", "the CUDA extension lightning_attention._C is not "
                                                f"built; to fix: `{cuda.REINSTALL}`")
     monkeypatch.setattr(cuda, "_warned", False)

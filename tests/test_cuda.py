@@ -1,4 +1,4 @@
-"""The CUDA backend (csrc/, lightning_attention/kernels/cuda) against the float64 reference, with
+"""The CUDA backend (csrc/, lightning_attention/kernels/cuda_backend) against the float64 reference, with
 the error bounded by 2x the error of the PyTorch block form in the same dtype.
 
 CPU: the extension imports and its ops register (when it is built). GPU: every feature
@@ -16,8 +16,8 @@ from utils import gpu
 
 import lightning_attention as la
 from lightning_attention import dispatch
-from lightning_attention.kernels import cuda
-from lightning_attention.kernels.torch import blocks
+from lightning_attention.kernels import cuda_backend as cuda
+from lightning_attention.kernels.torch_backend import blocks
 
 C = cuda.BACKEND
 built = pytest.mark.skipif(cuda._C is None, reason="the CUDA extension is not built")

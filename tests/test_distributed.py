@@ -41,7 +41,7 @@ from lightning_attention.layout import is_bnhd  # noqa: E402
 from utils import make_inputs, rand_slope, truth  # noqa: E402
 
 try:  # Triton's CPU interpreter runs the kernels here (not every Triton with every NumPy)
-    from lightning_attention.kernels.triton._common import interpreter_problem
+    from lightning_attention.kernels.triton_backend._common import interpreter_problem
     _HAS_TRITON = interpreter_problem() is None
 except ImportError:
     _HAS_TRITON = False

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lightning_attention as la
-from lightning_attention.kernels.torch import blocks
+from lightning_attention.kernels.torch_backend import blocks
 from utils import check_backend, check_state, gpu, make_inputs, rand_slope, rand_state
 
 

@@ -14,9 +14,9 @@ from utils import gpu
 triton = pytest.importorskip("triton")
 
 from lightning_attention import ops  # noqa: E402
-from lightning_attention.kernels.torch import blocks  # noqa: E402
-from lightning_attention.kernels.triton import BACKEND as T  # noqa: E402
-from lightning_attention.kernels.triton import _common as TC  # noqa: E402
+from lightning_attention.kernels.torch_backend import blocks  # noqa: E402
+from lightning_attention.kernels.triton_backend import BACKEND as T  # noqa: E402
+from lightning_attention.kernels.triton_backend import _common as TC  # noqa: E402
 
 
 @pytest.fixture
@@ -330,7 +330,7 @@ def test_interpreter_without_numpy_names_the_install(interp, monkeypatch):
     import sys
 
     import lightning_attention as la
-    import lightning_attention.kernels.triton as TB
+    import lightning_attention.kernels.triton_backend as TB
     monkeypatch.setitem(sys.modules, "numpy", None)
     monkeypatch.delitem(sys.modules, "triton.runtime.interpreter", raising=False)
     TB._interpreter_import_error.cache_clear()

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lightning_attention import ops, reference
-from lightning_attention.kernels import cuda as cuda_backend
-from lightning_attention.kernels.torch import blocks
+from lightning_attention.kernels import cuda_backend
+from lightning_attention.kernels.torch_backend import blocks
 from lightning_attention.layout import is_bnhd
 
 HAS_GPU = torch.cuda.is_available()
