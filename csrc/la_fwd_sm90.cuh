@@ -89,62 +89,35 @@ __device__ __forceinline__ void for_each_state(int warp, int lane, F&& f) {
       f(dt, i, dt * 64 + warp * 16 + gq + ((i & 2) ? 8 : 0), 8 * (i >> 2) + 2 * tq + (i & 1));
 }
 
-// The decay factors of a 64-token block for one consumer thread (lane quad position tq,
-// row in an 8-row group gq), computed once per CTA; every exponent is a distance inside
-// the block (0..64). P element (row 16·warp + gq + 8hf, key 8m + 2tq + x) lies K = 2·warp +
-// hf − m key groups left of its row's group: above the diagonal for K < 0, then
-//   K = 0:  scale · λ^{gq − 2tq − x}                   = diag[x]   (kept where 2tq + x <= gq)
-//   K >= 1: scale · λ^{8K + gq − 2tq − x}              = off[x] · pow8[K − 1]
-// Kᵀ fragment element (key j = 16kk + 2tq + (x & 1) (+8 for x & 2)) of the state update:
-//   λ^{63 − j} = key[x] · pow8[6 − 2kk]
-// Output rows: row[hf] = scale · λ^{16·warp + gq + 8hf + 1}; total = λ^64.
+// The decay factors of a full 64-token block for one consumer thread, computed once per CTA
+// (every exponent is a distance inside the block, 0..64):
+//   mask[4m + i]  scale · λ^{r - j} for its P element at row r = r0 (+8 for i & 2), key
+//                 j = 8m + 2tq + (i & 1), where j <= r (the value above the diagonal is unused)
+//   wk(kk, x)     λ^{63 - j} for its Kᵀ fragment elements, keys j = 16kk + 2tq + (x & 1)
+//                 (+8 for x & 2): λ^{15 - (j - 16kk)} · λ^{48 - 16kk}
+//   row[2]        scale · λ^{r + 1} for its two output rows; total = λ^64
 struct BlockDecay {
-  float diag[2], off[2], pow8[7], key[4], row[2], total;
-  __device__ __forceinline__ float wk(int kk, int x) const { return key[x] * pow8[6 - 2 * kk]; }
-  __device__ __forceinline__ void init(float nl2, float scale, int warp, int gq, int tq) {
+  float mask[32];
+  float key[4];     // λ^{15 - (j - 16kk)}
+  float step[4];    // λ^{48 - 16kk}
+  float row[2];
+  float total;
+  __device__ __forceinline__ float wk(int kk, int x) const { return key[x] * step[kk]; }
+  __device__ __forceinline__ void init(float nl2, float scale, int r0, int tq) {
 #pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      diag[x] = scale * decay_pow(nl2, (float)max(gq - 2 * tq - x, 0));
-      off[x] = scale * decay_pow(nl2, (float)(8 + gq - 2 * tq - x));
+    for (int e = 0; e < 32; ++e) {
+      const int r = r0 + ((e & 2) ? 8 : 0), j = 8 * (e >> 2) + 2 * tq + (e & 1);
+      mask[e] = scale * decay_pow(nl2, (float)max(r - j, 0));
     }
-#pragma unroll
-    for (int k = 0; k < 7; ++k) pow8[k] = decay_pow(nl2, (float)(8 * k));
 #pragma unroll
     for (int x = 0; x < 4; ++x) key[x] = decay_pow(nl2, (float)(15 - (2 * tq + (x & 1) + ((x & 2) ? 8 : 0))));
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) row[hf] = scale * decay_pow(nl2, (float)(16 * warp + gq + 8 * hf + 1));
+    for (int kk = 0; kk < 4; ++kk) step[kk] = decay_pow(nl2, (float)(48 - 16 * kk));
+    row[0] = scale * decay_pow(nl2, (float)(r0 + 1));
+    row[1] = scale * decay_pow(nl2, (float)(r0 + 9));
     total = decay_pow(nl2, 64.f);
   }
 };
-
-// P ⊙ M (scaled) as the A fragments of the four 16-key steps for warp kWarp (a compile-time
-// warp index, so that every key group's case is known statically); keys past n are dropped.
-template <typename T, int kWarp>
-__device__ __forceinline__ void mask_decay(uint32_t (&pa)[4][4], const float (&p)[32],
-                                           const BlockDecay& dec, int n, int gq, int tq) {
-  using P2 = Pack2<T>;
-  const int nlim = n - 2 * tq;  // key 8m + 2tq + x exists where 8m + x < nlim
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    float v[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const int m = 2 * kk + (e >> 2), hf = (e >> 1) & 1, x = e & 1;
-      const int K = 2 * kWarp + hf - m;
-      const float pv = p[4 * m + 2 * hf + x];
-      if (K < 0)
-        v[e] = 0.f;
-      else if (K == 0)
-        v[e] = (2 * tq + x <= gq && 8 * m + x < nlim) ? pv * dec.diag[x] : 0.f;
-      else
-        v[e] = 8 * m + x < nlim ? pv * dec.off[x] * dec.pow8[K - 1] : 0.f;
-    }
-    pa[kk][0] = P2::pack(v[0], v[1]);
-    pa[kk][1] = P2::pack(v[2], v[3]);
-    pa[kk][2] = P2::pack(v[4], v[5]);
-    pa[kk][3] = P2::pack(v[6], v[7]);
-  }
-}
 
 // P = Q Kᵀ (64 × 64, k over HD): Q and K as K-major operands, box kk/4, k offset kk%4.
 template <typename T, int HD>
@@ -245,7 +218,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
   BlockDecay dec;
-  dec.init(nl2, p.scale, warp, gq, tq);
+  dec.init(nl2, p.scale, r0, tq);
 
   // incoming state of the segment: initial state (first segment), the scan's (others), or 0
   float s_acc[Tr::kBoxes][32];
@@ -306,12 +279,24 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       wgmma_commit();
       wgmma_wait<1>();
       fence_regs(p_acc);
+      // P ⊙ M (scaled) as the A fragments of the four 16-key steps. Key j = 8m + 2tq + x is
+      // kept where j <= row and j < n, i.e. 8m + x <= lim[row half]; key blocks right of the
+      // warp's rows are zero (a warp-uniform skip).
+      const int lim[2] = {min(r0, n - 1) - 2 * tq, min(r1, n - 1) - 2 * tq};
       uint32_t pa[4][4];
-      switch (warp) {  // warp-uniform
-        case 0: mask_decay<T, 0>(pa, p_acc, dec, n, gq, tq); break;
-        case 1: mask_decay<T, 1>(pa, p_acc, dec, n, gq, tq); break;
-        case 2: mask_decay<T, 2>(pa, p_acc, dec, n, gq, tq); break;
-        default: mask_decay<T, 3>(pa, p_acc, dec, n, gq, tq); break;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const int m = 2 * kk + (e >> 2), i = e & 3;
+          v[e] = (m <= 2 * warp + 1 && 8 * m + (i & 1) <= lim[i >> 1])
+                     ? p_acc[4 * m + i] * dec.mask[4 * m + i] : 0.f;
+        }
+        pa[kk][0] = P2::pack(v[0], v[1]);
+        pa[kk][1] = P2::pack(v[2], v[3]);
+        pa[kk][2] = P2::pack(v[4], v[5]);
+        pa[kk][3] = P2::pack(v[6], v[7]);
       }
       wgmma_wait<0>();
       fence_regs(o_acc);
