@@ -93,16 +93,13 @@ __device__ __forceinline__ void for_each_state(int warp, int lane, F&& f) {
 // (every exponent is a distance inside the block, 0..64):
 //   mask[4m + i]  scale · λ^{r - j} for its P element at row r = r0 (+8 for i & 2), key
 //                 j = 8m + 2tq + (i & 1), where j <= r (the value above the diagonal is unused)
-//   wk(kk, x)     λ^{63 - j} for its Kᵀ fragment elements, keys j = 16kk + 2tq + (x & 1)
-//                 (+8 for x & 2): λ^{15 - (j - 16kk)} · λ^{48 - 16kk}
+//   wk[kk][x]     λ^{63 - j} for its Kᵀ fragment element pairs (keys 16kk + 2tq (+1) (+8))
 //   row[2]        scale · λ^{r + 1} for its two output rows; total = λ^64
 struct BlockDecay {
   float mask[32];
-  float key[4];     // λ^{15 - (j - 16kk)}
-  float step[4];    // λ^{48 - 16kk}
+  float wk[4][4];
   float row[2];
   float total;
-  __device__ __forceinline__ float wk(int kk, int x) const { return key[x] * step[kk]; }
   __device__ __forceinline__ void init(float nl2, float scale, int r0, int tq) {
 #pragma unroll
     for (int e = 0; e < 32; ++e) {
@@ -110,9 +107,10 @@ struct BlockDecay {
       mask[e] = scale * decay_pow(nl2, (float)max(r - j, 0));
     }
 #pragma unroll
-    for (int x = 0; x < 4; ++x) key[x] = decay_pow(nl2, (float)(15 - (2 * tq + (x & 1) + ((x & 2) ? 8 : 0))));
+    for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) step[kk] = decay_pow(nl2, (float)(48 - 16 * kk));
+      for (int x = 0; x < 4; ++x)
+        wk[kk][x] = decay_pow(nl2, (float)(63 - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0))));
     row[0] = scale * decay_pow(nl2, (float)(r0 + 1));
     row[1] = scale * decay_pow(nl2, (float)(r0 + 9));
     total = decay_pow(nl2, 64.f);
@@ -245,11 +243,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy.
-  // The second consumer starts half a block behind the first (barrier kStagger), so that one
-  // warpgroup's tensor-core work overlaps the other's masking and conversions.
-  constexpr int kStagger = 3;
-  const bool stagger = !kPass1 && Tr::kConsumers == 2 && nblk > 0;
-  if (stagger && w == 1) named_barrier(kStagger, 256);
   float p_acc[32];
   if (!kPass1 && nblk > 0) {
     mbar_wait(full(0), 0);
@@ -307,7 +300,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
       wgmma_commit();
-      if (stagger && w == 0 && c == 0) named_barrier_arrive(kStagger, 256);
     }
 
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n
@@ -315,7 +307,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-      for (int x = 0; x < 4; ++x) wk[kk][x] = dec.wk(kk, x);
+      for (int x = 0; x < 4; ++x) wk[kk][x] = dec.wk[kk][x];
     if (n < 64) {  // the last block of a segment: weights relative to its own end
       total = decay_pow(nl2, (float)n);
 #pragma unroll

@@ -95,10 +95,6 @@ __device__ __forceinline__ void bulk_wait_all() {
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
-// Arrives at barrier `id` without waiting (the other `threads` - 128 wait at it).
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 // Generic-proxy shared-memory writes become visible to wgmma/TMA reads after this fence
 // (in each writing thread) and a barrier.
 __device__ __forceinline__ void fence_async_shared() {
