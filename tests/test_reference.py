@@ -5,6 +5,7 @@ import torch
 
 import lightning_attention as la
 from lightning_attention import reference
+import utils
 from utils import check_backend, check_state, gpu, make_inputs, rand_slope, rand_state
 
 
@@ -22,10 +23,15 @@ def test_torch_backend_features(layout, decay, states):
                   initial_state=states, final_state=states)
 
 
-@pytest.mark.parametrize("states", [False, True])
-def test_torch_backend_varlen(states):
-    check_backend("torch", B=1, N=150, cu_seqlens=[0, 40, 40, 107, 150],
-                  initial_state=states, final_state=states)
+@pytest.mark.parametrize("case", utils.feature_cases(130), ids=utils.case_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_backend_feature_cases(dtype, case):
+    """d slope (float64: exact) and every other value, each feature combination."""
+    check_backend("torch", H=2, N=130, D=16, E=32, dtype=dtype, **case)
+
+
+def test_torch_backend_malformed_cu_seqlens():
+    utils.check_malformed(reference)
 
 
 @pytest.mark.parametrize("N", [1, 65])
@@ -78,19 +84,14 @@ def test_decode_steps_equal_full_sequence():
     torch.testing.assert_close(state, s, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 0), (0, 3, 10), (2, 3, 1)])
-def test_empty_and_single_token(shape):
-    B, H, N = shape
-    q, k, v = make_inputs(B, H, N, 16, 16)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    s0 = rand_state(B, H, 16, 16).requires_grad_()
-    o, s = la.lightning_attn(q, k, v, rand_slope(H), initial_state=s0, output_final_state=True,
-                             backend="torch")
-    assert o.shape == (B, H, N, 16) and s.shape == (B, H, 16, 16)
-    (o.sum() + s.sum()).backward()
-    assert q.grad.shape == q.shape and s0.grad.shape == s0.shape
-    if N == 0:
-        torch.testing.assert_close(s, s0)
+@pytest.mark.parametrize("B,N,cu_seqlens", [(2, 0, None), (0, 10, None), (2, 1, None),
+                                            (1, 0, [0, 0, 0]), (1, 1, [0, 0, 1, 1])])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_empty_and_single_token(B, N, cu_seqlens, dtype):
+    """Values of the output, the final state and every gradient (d slope with a loss on
+    the final state included) at N = 0, B = 0 and N = 1."""
+    check_backend("torch", B=B, H=2, N=N, D=16, E=16, dtype=dtype, initial_state=True,
+                  final_state=True, cu_seqlens=cu_seqlens)
 
 
 @pytest.mark.parametrize("slope_value", [16.0, 1e-5])

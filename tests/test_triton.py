@@ -99,6 +99,12 @@ def test_cpu_head_dims(interp, seg, D, E):
                         initial_state=True, final_state=True)
 
 
+@pytest.mark.parametrize("case", utils.feature_cases(100), ids=utils.case_id)
+def test_cpu_feature_cases(interp, case):
+    """d slope and every other value, each feature combination (float32)."""
+    check(H=2, N=100, D=16, E=16, device=interp, **case)
+
+
 @pytest.mark.parametrize("seg_len", [None, 64])
 def test_cpu_varlen(interp, seg, seg_len):
     seg(seg_len)
@@ -119,13 +125,8 @@ def test_cpu_state_pass(interp, seg, N, seg_len, dtype, decay):
 
 
 def test_cpu_malformed_cu_seqlens(interp):
-    """Values out of range are clamped: no crash and no access out of bounds."""
-    q, k, v = utils.make_inputs(1, 2, 100, 16, 16)
-    for cu in ([0, 50, 40, 200], [-5, 30, 1000], [0, 100, 100, 100]):
-        cu = torch.tensor(cu, dtype=torch.int32)
-        o, fs = T.fwd(q, k, v, None, 1.0, None, cu, True)
-        assert o.shape == q.shape and fs.shape == (cu.numel() - 1, 2, 16, 16)
-        T.bwd(torch.randn_like(o), torch.randn_like(fs), q, k, v, None, 1.0, None, cu, True)
+    """Values out of range are clamped: every value is the truth of the clamped offsets."""
+    utils.check_malformed(T, interp)
 
 
 def test_cpu_bwd_returns_dinitial(interp):
@@ -136,9 +137,9 @@ def test_cpu_bwd_returns_dinitial(interp):
     do = torch.randn(1, 2, 70, 32)
     _, _, _, ds0, terms = T.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
     assert terms is None
-    _, _, grads = utils.truth(q, k, v, slope, 1.0, s0, None, do, None)
-    base = reference.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
-    utils.assert_close(ds0, grads[4], base[3])
+    grads = utils.truth(q, k, v, slope, 1.0, s0, None, do)[2]
+    base = utils.baseline(q, k, v, slope, 1.0, s0, None, do)[2]
+    utils.assert_close(ds0, grads[4], base[4])
 
 
 def test_cpu_empty(interp):
@@ -216,6 +217,18 @@ def test_gpu_features(seg, f, dtype):
     s = f.pop("seg")
     seg(s if s is None else 4 * s)
     check(B=2, H=3, N=4097, D=128, E=128, dtype=dtype, device="cuda", **f)
+
+
+@gpu
+@pytest.mark.parametrize("case", utils.feature_cases(1000), ids=utils.case_id)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gpu_feature_cases(dtype, case):
+    check(H=2, N=1000, D=64, E=64, dtype=dtype, device="cuda", **case)
+
+
+@gpu
+def test_gpu_malformed_cu_seqlens():
+    utils.check_malformed(T, "cuda", torch.bfloat16, N=300, D=64, E=64)
 
 
 @gpu

@@ -225,11 +225,11 @@ SLOPES = {True: "random slopes", "zero": "slopes of 0 (λ = 1) that require grad
           False: "no slope"}
 
 
-def make_slope(decay, H, device="cpu"):
+def make_slope(decay, H, device="cpu", dtype=torch.float32):
     """decay: one of SLOPES."""
     if decay == "zero":
-        return torch.zeros(H, device=device)
-    return rand_slope(H, device) if decay else None
+        return torch.zeros(H, device=device, dtype=dtype)
+    return rand_slope(H, device).to(dtype) if decay else None
 
 
 def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
@@ -240,7 +240,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
     dslope_tolerance for d slope. decay: one of SLOPES."""
     import lightning_attention as la
     q, k, v = make_inputs(B, H, N, D, E, dtype=dtype, device=device, layout=layout)
-    slope = make_slope(decay, H, device)
+    slope = make_slope(decay, H, device, acc_dtype(dtype))
     cu = None
     num = B
     if cu_seqlens is not None:
@@ -280,6 +280,58 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
             assert_close(leaf.grad, r, r, name, rtol=0.0, slack=tol)
         else:
             assert_close(leaf.grad, r, b, name, factor)
+
+
+def varlen(N):
+    """Offsets for N >= 2 tokens: empty sequences first and last, one token, two longer
+    sequences, one token: every boundary case of packed sequences."""
+    mid = 1 + (N - 2) // 2
+    return [0, 0, 1, mid, N - 1, N, N]
+
+
+def feature_cases(N):
+    """Every combination of the features that add terms to d slope (docs/DSLOPE.md):
+    packed sequences (varlen(N)), an initial state, a loss on the final state, random
+    slopes or slopes of 0 (λ = 1), with a scale; as check_backend keyword arguments."""
+    return [dict(B=1 if packed else 2, cu_seqlens=varlen(N) if packed else None,
+                 initial_state=initial, final_state=final, decay=decay, scale=0.7)
+            for packed in (False, True) for initial in (False, True)
+            for final in (False, True) for decay in (True, "zero")]
+
+
+def case_id(case):
+    return "-".join(f"{k}={'varlen' if k == 'cu_seqlens' and v else v}"
+                    for k, v in case.items() if k not in ("B", "scale"))
+
+
+def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
+    """A backend module's fwd/bwd (kernel interface, below the value checks) with malformed
+    cu_seqlens: each value (o, final state, dq, dk, dv, d initial_state, d slope terms)
+    equals the truth of the clamped offsets (`sequences`). Tokens outside every sequence
+    have no defined value (no backend need spend a pass zeroing them)."""
+    for cu in ([0, 50, 40, N], [-5, 30, 10 * N], [0, N, N, N], [7, 60, 20]):
+        q, k, v = make_inputs(1, 2, N, D, E, dtype=dtype, device=device)
+        slope = rand_slope(2, device)
+        s0 = rand_state(len(cu) - 1, 2, D, E, device)
+        do = torch.randn(1, 2, N, E, device=device).to(dtype)
+        df = torch.randn_like(s0)
+        cut = torch.tensor(cu, dtype=torch.int32, device=device)
+        with poisoned():
+            o, fs = mod.fwd(q, k, v, slope, 0.8, s0, cut, True)
+            dq, dk, dv, ds0, terms = mod.bwd(do, df, q, k, v, slope, 0.8, s0, cut, True)
+        ref = truth(q, k, v, slope, 0.8, s0, cu, do, df)
+        base = baseline(q, k, v, slope, 0.8, s0, cu, do, df)
+        inside = torch.cat([torch.arange(a, b) for a, b in sequences(cu, N)]).to(device)
+        rows = lambda x: x[:, :, inside]  # noqa: E731
+        for name, x, r, b in zip(("o", "dq", "dk", "dv"), (o, dq, dk, dv),
+                                 [ref[0], *ref[2][:3]], [base[0], *base[2][:3]]):
+            assert_close(rows(x), rows(r), rows(b), f"cu_seqlens={cu}: {name}")
+        assert_close(fs, ref[1], base[1], f"cu_seqlens={cu}: final_state")
+        assert_close(ds0, ref[2][4], base[2][4], f"cu_seqlens={cu}: dinitial_state")
+        if terms is not None:
+            want = (f64(q) * ref[2][0]).sum(-1) - (f64(k) * ref[2][1]).sum(-1)
+            got = (f64(q) * base[2][0].double()).sum(-1) - (f64(k) * base[2][1].double()).sum(-1)
+            assert_close(rows(terms), rows(want), rows(got), f"cu_seqlens={cu}: d slope terms")
 
 
 def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
