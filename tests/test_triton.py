@@ -1,8 +1,9 @@
-"""The Triton backend against the float64 reference, bounded by 2x the error of the
-PyTorch block form in the same dtype (tests/utils.py: check_backend).
+"""The Triton backend against the float64 truth, bounded by 2x the error of the plain
+quadratic form in the same dtype (tests/utils.py: check_backend).
 
 CPU: the same kernels in Triton's interpreter (TRITON_INTERPRET=1, set per test; the
-kernels pick interpreter or GPU compilation at launch), float32/float16, small shapes.
+kernels pick interpreter or GPU compilation at launch), float32/float16, small shapes;
+the multi-segment and varlen cases with the grid run in descending order.
 GPU: every dtype, awkward shapes and head dims, N = 256K, determinism, decode in a graph.
 """
 import pytest
@@ -23,6 +24,22 @@ def interp(monkeypatch):
     """Run the Triton kernels on the CPU in the interpreter."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield "cpu"
+
+
+@pytest.fixture
+def descending(monkeypatch):
+    """Run each grid's programs in descending order. The interpreter runs them one after
+    another in ascending order (triton/runtime/interpreter.py: GridExecutor), so a program
+    that writes rows owned by a later one is overwritten by it and passes (on a GPU: a
+    race). In descending order the stray write lands last and the values are wrong. The
+    tests that keep ascending order catch writes into earlier programs' rows."""
+    from triton.runtime.interpreter import InterpreterBuilder
+    ascending = InterpreterBuilder.set_grid_idx
+
+    def reversed_idx(self, x, y, z):
+        nx, ny, nz = self.grid_dim
+        ascending(self, nx - 1 - x, ny - 1 - y, nz - 1 - z)
+    monkeypatch.setattr(InterpreterBuilder, "set_grid_idx", reversed_idx)
 
 
 @pytest.fixture
@@ -79,7 +96,7 @@ CPU_FEATURES = [
 
 
 @pytest.mark.parametrize("f", CPU_FEATURES, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
-def test_cpu_features(interp, seg, f):
+def test_cpu_features(interp, descending, seg, f):
     f = dict(f)
     seg(f.pop("seg"))
     check(B=2, H=2, N=200, D=32, E=48, device=interp, **f)
@@ -106,7 +123,7 @@ def test_cpu_feature_cases(interp, case):
 
 
 @pytest.mark.parametrize("seg_len", [None, 64])
-def test_cpu_varlen(interp, seg, seg_len):
+def test_cpu_varlen(interp, descending, seg, seg_len):
     seg(seg_len)
     # an empty sequence, a one-block one, one over several segments, a partial block
     check(B=1, H=2, N=300, D=32, E=16, device=interp,
@@ -124,7 +141,7 @@ def test_cpu_state_pass(interp, seg, N, seg_len, dtype, decay):
     utils.check_state("triton", N=N, dtype=dtype, decay=decay, layout="bnhd")
 
 
-def test_cpu_malformed_cu_seqlens(interp):
+def test_cpu_malformed_cu_seqlens(interp, descending):
     """Values out of range are clamped: every value is the truth of the clamped offsets."""
     utils.check_malformed(T, interp)
 
