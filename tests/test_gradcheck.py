@@ -3,6 +3,7 @@ d slope included, in every combination of the features that add terms to it: pac
 sequences (empty ones first and last, one of length 1), an initial state, a loss on the
 final state, no decay (λ = 1), a scale, both layouts. Blocks of 8 tokens, so every
 sequence longer than 8 crosses block boundaries."""
+import importlib
 import itertools
 
 import pytest
@@ -24,6 +25,9 @@ COMBOS = list(itertools.product([False, True], [False, True], [False, True], SLO
 def small_blocks(monkeypatch):
     for fn in (reference.fwd, reference.bwd):
         monkeypatch.setitem(fn.__kwdefaults__, "block", 8)
+    # On a mismatch, fast mode recomputes the whole Jacobian for its message: minutes here
+    monkeypatch.setattr(importlib.import_module("torch.autograd.gradcheck"),
+                        "_run_slow_mode_and_get_error", lambda *args, **kwargs: "")
 
 
 @pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
