@@ -1,8 +1,10 @@
-"""The CUDA backend (csrc/, lightning_attention/cuda.py) against the float64 reference, with
-the error bounded by 2x the error of the PyTorch block form in the same dtype.
+"""The CUDA backend (csrc/, lightning_attention/cuda.py) against the float64 truth, with
+the error bounded by 2x the error of the plain quadratic form in the same dtype
+(tests/utils.py: check_backend).
 
 CPU: the extension imports and its ops register (when it is built). GPU: every feature
-(decay, scale, initial/final state, cu_seqlens with an empty sequence), every dtype of
+combination (decay or slopes of 0, scale, initial/final state, cu_seqlens with empty and
+length-1 sequences; malformed offsets), every dtype of
 config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
 outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck.
 """

@@ -1,5 +1,7 @@
-"""The torch backend (block form) and the d slope identity against the float64 quadratic
-reference; the recurrence identities (chaining, varlen, decode); long sequences."""
+"""The torch backend (block form) and the d slope identity against the float64 truth (the
+plain quadratic form of tests/utils.py) in every feature combination, at N = 0, B = 0,
+N = 1 and with malformed offsets; the recurrence identities (chaining, varlen, decode);
+long sequences."""
 import pytest
 import torch
 
