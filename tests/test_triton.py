@@ -56,11 +56,6 @@ def check(**kw):
 
 # ------------------------------------------------------------------ interface, no kernels
 
-def test_interface():
-    for name in ("fwd", "bwd", "decode", "unavailable", "unsupported"):
-        assert callable(getattr(T, name))
-
-
 def test_unavailable_and_unsupported(monkeypatch):
     q = torch.randn(1, 2, 8, 32)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
