@@ -221,12 +221,9 @@ def dslope_tolerance(q, k, ref_grads, ref_final, initial_state, dfinal, cu_seqle
     return 6 * EPS[q.dtype] * total.max().item() if total.numel() else 0.0
 
 
-SLOPES = {True: "random slopes", "zero": "slopes of 0 (λ = 1) that require grad",
-          False: "no slope"}
-
-
 def make_slope(decay, H, device="cpu", dtype=torch.float32):
-    """decay: one of SLOPES."""
+    """decay: True (random slopes), "zero" (slopes of 0: λ = 1, with a d slope) or False
+    (no slope)."""
     if decay == "zero":
         return torch.zeros(H, device=device, dtype=dtype)
     return rand_slope(H, device).to(dtype) if decay else None
@@ -237,7 +234,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
                   scale=1.0, cu_seqlens=None, grads=True, factor=2.0):
     """Run lightning_attn on `backend` (outputs poisoned with NaN) and check the output,
     the final state and every gradient against the float64 truth: assert_close, and
-    dslope_tolerance for d slope. decay: one of SLOPES."""
+    dslope_tolerance for d slope. decay: as in make_slope."""
     import lightning_attention as la
     q, k, v = make_inputs(B, H, N, D, E, dtype=dtype, device=device, layout=layout)
     slope = make_slope(decay, H, device, acc_dtype(dtype))
