@@ -75,15 +75,8 @@ def test_varlen_equals_separate_calls():
 
 
 def test_decode_steps_equal_full_sequence():
-    q, k, v = make_inputs(2, 3, 20, 32, 16)
-    slope = rand_slope(3)
-    o, s = la.lightning_attn(q, k, v, slope, scale=0.5, output_final_state=True, backend="torch")
-    state = torch.zeros(2, 3, 32, 16)
-    for t in range(20):
-        ot = la.lightning_attn_decode(q[:, :, t], k[:, :, t], v[:, :, t], state, slope,
-                                      scale=0.5, backend="torch")
-        torch.testing.assert_close(ot, o[:, :, t], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state, s, rtol=1e-5, atol=1e-5)
+    utils.check_decode_steps(lambda q, k, v, state, slope, scale: la.lightning_attn_decode(
+        q, k, v, state, slope, scale=scale, backend="torch"))
 
 
 @pytest.mark.parametrize("B,N,cu_seqlens", [(2, 0, None), (0, 10, None), (2, 1, None),

@@ -184,6 +184,10 @@ def test_cpu_decode(interp, D, E, decay):
     _check_decode(interp, torch.float32, D, E, decay)
 
 
+def test_cpu_decode_steps(interp):
+    utils.check_decode_steps(T.decode)
+
+
 def test_cpu_deterministic(interp, seg):
     seg(64)
     q, k, v = utils.make_inputs(1, 2, 200, 16, 256)

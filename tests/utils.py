@@ -331,6 +331,21 @@ def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
             assert_close(rows(terms), rows(want), rows(got), f"cu_seqlens={cu}: d slope terms")
 
 
+def check_decode_steps(decode, device="cpu", N=20):
+    """`decode(q, k, v, state, slope, scale)` (one token, state updated in place), token
+    after token from an initial state, gives the float64 truth of the whole sequence: every
+    output and the final state."""
+    q, k, v = make_inputs(2, 3, N, 32, 16, device=device)
+    slope = rand_slope(3, device)
+    s0 = rand_state(2, 3, 32, 16, device)
+    ref_o, ref_state = truth(q, k, v, slope, 0.5, s0)
+    state = s0.clone()
+    for t in range(N):
+        o = decode(q[:, :, t], k[:, :, t], v[:, :, t], state, slope, 0.5)
+        torch.testing.assert_close(o.double(), ref_o[:, :, t], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.double(), ref_state, rtol=1e-5, atol=1e-5)
+
+
 def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
                 layout="bhnd", decay=True, scale=0.7):
     """A backend's state-only pass (dispatch.py) against the float64 truth: to_end over
