@@ -119,7 +119,9 @@ def _slope_grad(terms, initial_state, ds0, final_state, dfinal_state, cu_seqlens
         if cu_seqlens is None:
             weight = N - 1
         else:
-            weight = (cu_seqlens[1:] - cu_seqlens[:-1]).double().sub(1).clamp(min=0)[:, None]
+            # n − 1 is −1 for an empty sequence: its final state is its initial state, and
+            # the two boundary terms cancel (docs/DSLOPE.md)
+            weight = (cu_seqlens[1:] - cu_seqlens[:-1]).double().sub(1)[:, None]
         dlog = dlog + (weight * inner).sum(0)
     return -dlog
 

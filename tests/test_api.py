@@ -73,6 +73,9 @@ def test_decode_errors():
         la.lightning_attn_decode(q, k, v, torch.zeros(2, 3, 32, 16).transpose(-1, -2))
     with pytest.raises(ValueError, match=r"q must have rank 3"):
         la.lightning_attn_decode(q[None], k, v, torch.zeros(2, 3, 16, 32))
+    for bad in ([0.1, 0.2, -0.1], [0.1, float("nan"), 0.2], [float("inf"), 0.1, 0.2]):
+        with pytest.raises(ValueError, match=r"slope must be finite and >= 0"):
+            la.lightning_attn_decode(q, k, v, torch.zeros(2, 3, 16, 32), torch.tensor(bad))
 
 
 def test_backend_errors_and_selection(monkeypatch):
@@ -158,6 +161,25 @@ def test_value_checks_skip_gpu_without_debug(monkeypatch):
     assert not checks.values_checked(torch.zeros(1, device="meta"))
     monkeypatch.setenv("LIGHTNING_ATTENTION_DEBUG", "1")
     assert checks.values_checked(torch.zeros(1, device="meta"))
+
+
+@gpu
+def test_value_checks_on_gpu_with_debug(monkeypatch):
+    """LIGHTNING_ATTENTION_DEBUG=1 checks values of GPU tensors; without it they pass."""
+    q, k, v = (x.cuda() for x in _qkv())
+    bad_slope = torch.tensor([0.1, -0.1], device="cuda")
+    bad_cu = torch.tensor([0, 5, 3, 8], device="cuda")
+    monkeypatch.setenv("LIGHTNING_ATTENTION_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"slope must be finite and >= 0"):
+        la.lightning_attn(q, k, v, bad_slope)
+    with pytest.raises(ValueError, match=r"cu_seqlens must start at 0"):
+        la.lightning_attn(q, k, v, cu_seqlens=bad_cu)
+    with pytest.raises(ValueError, match=r"slope must be finite and >= 0"):
+        la.lightning_attn_decode(q[:, :, 0], k[:, :, 0], v[:, :, 0],
+                                 torch.zeros(1, 2, 16, 32, device="cuda"), bad_slope)
+    monkeypatch.delenv("LIGHTNING_ATTENTION_DEBUG")
+    la.lightning_attn(q, k, v, bad_slope)
+    la.lightning_attn(q, k, v, cu_seqlens=bad_cu)
 
 
 @gpu

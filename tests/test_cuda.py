@@ -1,8 +1,10 @@
-"""The CUDA backend (csrc/, lightning_attention/kernels/cuda_backend) against the float64 reference, with
-the error bounded by 2x the error of the PyTorch block form in the same dtype.
+"""The CUDA backend (csrc/, lightning_attention/kernels/cuda_backend) against the float64 truth, with
+the error bounded by 2x the error of the plain quadratic form in the same dtype
+(tests/utils.py: check_backend).
 
 CPU: the extension imports and its ops register (when it is built). GPU: every feature
-(decay, scale, initial/final state, cu_seqlens with an empty sequence), every dtype of
+combination (decay or slopes of 0, scale, initial/final state, cu_seqlens with empty and
+length-1 sequences; malformed offsets), every dtype of
 config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
 outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck.
 """
@@ -95,14 +97,19 @@ def test_varlen(D, dtype, seg, seg_len):
 
 @gpu
 @built
-def test_varlen_malformed_never_out_of_bounds():
-    """Malformed offsets are clamped: no crash, no write outside the outputs."""
-    q, k, v = utils.make_inputs(1, 2, 300, 64, 64, dtype=torch.bfloat16, device="cuda")
-    cu = torch.tensor([0, 500, 100, -7, 300], dtype=torch.int32, device="cuda")
-    o, fs = C.fwd(q, k, v, None, 1.0, None, cu, True)
-    dq, dk, dv, _, _ = C.bwd(torch.randn_like(o), None, q, k, v, None, 1.0, None, cu, False)
-    torch.cuda.synchronize()
-    assert fs.shape == (4, 2, 64, 64) and torch.isfinite(fs).all()
+@pytest.mark.parametrize("case", utils.feature_cases(1000), ids=utils.case_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_feature_cases(dtype, case):
+    """d slope and every other value, each feature combination."""
+    check_cuda(H=2, N=1000, D=64, dtype=dtype, **case)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_varlen_malformed(dtype):
+    """Malformed offsets are clamped: every value is the truth of the clamped offsets."""
+    utils.check_malformed(C, "cuda", dtype, N=300, D=64, E=64)
 
 
 @gpu

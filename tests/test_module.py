@@ -1,16 +1,52 @@
-"""LightningAttention: shapes, chunked prefill and decode equal one pass, it trains, its
-arguments and inputs are checked with named messages, init_state follows its dtype and device."""
+"""LightningAttention: against a plain restatement of the layer in float64; chunked
+prefill and decode equal one pass; it trains; its arguments and inputs are checked with
+named messages; init_state follows its dtype and device."""
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lightning_attention as la
+from utils import truth
 
 
 def _layer(**kw):
     torch.manual_seed(0)
     return la.LightningAttention(64, 4, layer_idx=1, num_layers=3, backend="torch", **kw)
+
+
+def _restated(layer, x, state):
+    """The layer written out: y = W_out (RMSNorm(o) ⊙ sigmoid(u)) with [q|k|v|u] = W x,
+    q, k through SiLU, o the float64 truth of the attention with slopes 2^(-8(h+1)/H)
+    scaled by 1 - layer_idx/(num_layers-1) + 1e-5 (here layer 1 of 3, H = 4)."""
+    B, N, _ = x.shape
+    H, d = 4, 16
+    q, k, v, u = (x @ w.T for w in layer.qkvu_proj.weight.detach().chunk(4))
+    q, k = F.silu(q), F.silu(k)
+    heads = lambda t: t.view(B, N, H, d).transpose(1, 2)  # noqa: E731
+    slope = torch.tensor([2.0 ** (-8 * (h + 1) / H) for h in range(H)]) * (1 - 1 / 2 + 1e-5)
+    o, final = truth(heads(q), heads(k), heads(v), slope, 1.0, state)
+    o = o.transpose(1, 2).reshape(B, N, H * d)
+    o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-5) * layer.norm.weight.detach()
+    return (o * torch.sigmoid(u)) @ layer.out_proj.weight.detach().T, final
+
+
+def test_matches_restatement_float64():
+    layer = _layer().double()
+    with torch.no_grad():  # weights away from their init (norm weight 1, no structure)
+        layer.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 37, 64, dtype=torch.float64)
+    s0 = torch.randn(2, 4, 16, 16, dtype=torch.float64) * 0.1
+    y, state = layer(x, state=s0, output_state=True)
+    ref, ref_state = _restated(layer, x, s0)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-12)
+    step_state = s0.clone()
+    ref1, _ = _restated(layer, x[:, :1], s0)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.step(x[:, 0], step_state), ref1[:, 0], rtol=1e-10,
+                                   atol=1e-12)
 
 
 def test_shapes_and_slopes():

@@ -1,10 +1,13 @@
-"""The torch backend (block form) and the d slope identity against the float64 quadratic
-reference; the recurrence identities (chaining, varlen, decode); long sequences."""
+"""The torch backend (block form) and the d slope identity against the float64 truth (the
+plain quadratic form of tests/utils.py) in every feature combination, at N = 0, B = 0,
+N = 1 and with malformed offsets; the recurrence identities (chaining, varlen, decode);
+long sequences."""
 import pytest
 import torch
 
 import lightning_attention as la
-from lightning_attention.kernels.torch_backend import blocks
+from lightning_attention.kernels.torch_backend import BACKEND as TORCH, blocks
+import utils
 from utils import check_backend, check_state, gpu, make_inputs, rand_slope, rand_state
 
 
@@ -22,10 +25,15 @@ def test_torch_backend_features(layout, decay, states):
                   initial_state=states, final_state=states)
 
 
-@pytest.mark.parametrize("states", [False, True])
-def test_torch_backend_varlen(states):
-    check_backend("torch", B=1, N=150, cu_seqlens=[0, 40, 40, 107, 150],
-                  initial_state=states, final_state=states)
+@pytest.mark.parametrize("case", utils.feature_cases(130), ids=utils.case_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_backend_feature_cases(dtype, case):
+    """d slope (float64: exact) and every other value, each feature combination."""
+    check_backend("torch", H=2, N=130, D=16, E=32, dtype=dtype, **case)
+
+
+def test_torch_backend_malformed_cu_seqlens():
+    utils.check_malformed(TORCH)
 
 
 @pytest.mark.parametrize("N", [1, 65])
@@ -33,21 +41,6 @@ def test_torch_backend_varlen(states):
 @pytest.mark.parametrize("decay", [True, False])
 def test_torch_backend_state_pass(N, layout, decay):
     check_state("torch", N=N, layout=layout, decay=decay)
-
-
-def test_gradcheck_float64(monkeypatch):
-    """Every gradient (q, k, v, slope, initial state, through o and the final state) by
-    finite differences; blocks of 4 tokens so that N = 9 crosses block boundaries."""
-    for fn in (blocks.fwd, blocks.bwd):
-        monkeypatch.setitem(fn.__kwdefaults__, "block", 4)
-    q, k, v = make_inputs(1, 2, 9, 16, 16, dtype=torch.float64)
-    args = [x.requires_grad_() for x in (q, k, v, rand_slope(2).double(),
-                                         rand_state(1, 2, 16, 16).double())]
-
-    def f(q, k, v, slope, s0):
-        return la.lightning_attn(q, k, v, slope, scale=0.5, initial_state=s0,
-                                 output_final_state=True, backend="torch")
-    assert torch.autograd.gradcheck(f, args, fast_mode=True)
 
 
 def test_chaining_halves_equals_whole():
@@ -82,30 +75,18 @@ def test_varlen_equals_separate_calls():
 
 
 def test_decode_steps_equal_full_sequence():
-    q, k, v = make_inputs(2, 3, 20, 32, 16)
-    slope = rand_slope(3)
-    o, s = la.lightning_attn(q, k, v, slope, scale=0.5, output_final_state=True, backend="torch")
-    state = torch.zeros(2, 3, 32, 16)
-    for t in range(20):
-        ot = la.lightning_attn_decode(q[:, :, t], k[:, :, t], v[:, :, t], state, slope,
-                                      scale=0.5, backend="torch")
-        torch.testing.assert_close(ot, o[:, :, t], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state, s, rtol=1e-5, atol=1e-5)
+    utils.check_decode_steps(lambda q, k, v, state, slope, scale: la.lightning_attn_decode(
+        q, k, v, state, slope, scale=scale, backend="torch"))
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 0), (0, 3, 10), (2, 3, 1)])
-def test_empty_and_single_token(shape):
-    B, H, N = shape
-    q, k, v = make_inputs(B, H, N, 16, 16)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    s0 = rand_state(B, H, 16, 16).requires_grad_()
-    o, s = la.lightning_attn(q, k, v, rand_slope(H), initial_state=s0, output_final_state=True,
-                             backend="torch")
-    assert o.shape == (B, H, N, 16) and s.shape == (B, H, 16, 16)
-    (o.sum() + s.sum()).backward()
-    assert q.grad.shape == q.shape and s0.grad.shape == s0.shape
-    if N == 0:
-        torch.testing.assert_close(s, s0)
+@pytest.mark.parametrize("B,N,cu_seqlens", [(2, 0, None), (0, 10, None), (2, 1, None),
+                                            (1, 0, [0, 0, 0]), (1, 1, [0, 0, 1, 1])])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_empty_and_single_token(B, N, cu_seqlens, dtype):
+    """Values of the output, the final state and every gradient (d slope with a loss on
+    the final state included) at N = 0, B = 0 and N = 1."""
+    check_backend("torch", B=B, H=2, N=N, D=16, E=16, dtype=dtype, initial_state=True,
+                  final_state=True, cu_seqlens=cu_seqlens)
 
 
 @pytest.mark.parametrize("slope_value", [16.0, 1e-5])

@@ -1,8 +1,9 @@
-"""The Triton backend against the float64 reference, bounded by 2x the error of the
-PyTorch block form in the same dtype (tests/utils.py: check_backend).
+"""The Triton backend against the float64 truth, bounded by 2x the error of the plain
+quadratic form in the same dtype (tests/utils.py: check_backend).
 
 CPU: the same kernels in Triton's interpreter (TRITON_INTERPRET=1, set per test; the
-kernels pick interpreter or GPU compilation at launch), float32/float16, small shapes.
+kernels pick interpreter or GPU compilation at launch), float32/float16, small shapes;
+the multi-segment and varlen cases with the grid run in descending order.
 GPU: every dtype, awkward shapes and head dims, N = 256K, determinism, decode in a graph.
 """
 import pytest
@@ -30,6 +31,22 @@ def interp(monkeypatch):
 
 
 @pytest.fixture
+def descending(monkeypatch):
+    """Run each grid's programs in descending order. The interpreter runs them one after
+    another in ascending order (triton/runtime/interpreter.py: GridExecutor), so a program
+    that writes rows owned by a later one is overwritten by it and passes (on a GPU: a
+    race). In descending order the stray write lands last and the values are wrong. The
+    tests that keep ascending order catch writes into earlier programs' rows."""
+    from triton.runtime.interpreter import InterpreterBuilder
+    ascending = InterpreterBuilder.set_grid_idx
+
+    def reversed_idx(self, x, y, z):
+        nx, ny, nz = self.grid_dim
+        ascending(self, nx - 1 - x, ny - 1 - y, nz - 1 - z)
+    monkeypatch.setattr(InterpreterBuilder, "set_grid_idx", reversed_idx)
+
+
+@pytest.fixture
 def seg(monkeypatch):
     """Force a segment length (tokens), so short sequences take the multi-segment path."""
     def set_seg(n):
@@ -42,11 +59,6 @@ def check(**kw):
 
 
 # ------------------------------------------------------------------ interface, no kernels
-
-def test_interface():
-    for name in ("fwd", "bwd", "decode", "unavailable", "unsupported"):
-        assert callable(getattr(T, name))
-
 
 def test_unavailable_and_unsupported(monkeypatch):
     q = torch.randn(1, 2, 8, 32)
@@ -102,7 +114,7 @@ CPU_FEATURES = [
 
 
 @pytest.mark.parametrize("f", CPU_FEATURES, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
-def test_cpu_features(interp, seg, f):
+def test_cpu_features(interp, descending, seg, f):
     f = dict(f)
     seg(f.pop("seg"))
     check(B=2, H=2, N=200, D=32, E=48, device=interp, **f)
@@ -122,8 +134,14 @@ def test_cpu_head_dims(interp, seg, D, E):
                         initial_state=True, final_state=True)
 
 
+@pytest.mark.parametrize("case", utils.feature_cases(100), ids=utils.case_id)
+def test_cpu_feature_cases(interp, case):
+    """d slope and every other value, each feature combination (float32)."""
+    check(H=2, N=100, D=16, E=16, device=interp, **case)
+
+
 @pytest.mark.parametrize("seg_len", [None, 64])
-def test_cpu_varlen(interp, seg, seg_len):
+def test_cpu_varlen(interp, descending, seg, seg_len):
     seg(seg_len)
     # an empty sequence, a one-block one, one over several segments, a partial block
     check(B=1, H=2, N=300, D=32, E=16, device=interp,
@@ -141,14 +159,9 @@ def test_cpu_state_pass(interp, seg, N, seg_len, dtype, decay):
     utils.check_state("triton", N=N, dtype=dtype, decay=decay, layout="bnhd")
 
 
-def test_cpu_malformed_cu_seqlens(interp):
-    """Values out of range are clamped: no crash and no access out of bounds."""
-    q, k, v = utils.make_inputs(1, 2, 100, 16, 16)
-    for cu in ([0, 50, 40, 200], [-5, 30, 1000], [0, 100, 100, 100]):
-        cu = torch.tensor(cu, dtype=torch.int32)
-        o, fs = T.fwd(q, k, v, None, 1.0, None, cu, True)
-        assert o.shape == q.shape and fs.shape == (cu.numel() - 1, 2, 16, 16)
-        T.bwd(torch.randn_like(o), torch.randn_like(fs), q, k, v, None, 1.0, None, cu, True)
+def test_cpu_malformed_cu_seqlens(interp, descending):
+    """Values out of range are clamped: every value is the truth of the clamped offsets."""
+    utils.check_malformed(T, interp)
 
 
 def test_cpu_bwd_returns_dinitial(interp):
@@ -159,9 +172,9 @@ def test_cpu_bwd_returns_dinitial(interp):
     do = torch.randn(1, 2, 70, 32)
     _, _, _, ds0, terms = T.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
     assert terms.numel() == 0  # no terms without need_dslope
-    _, _, grads = utils.truth(q, k, v, slope, 1.0, s0, None, do, None)
-    base = blocks.bwd(do, None, q, k, v, slope, 1.0, s0, None, False)
-    utils.assert_close(ds0, grads[4], base[3])
+    grads = utils.truth(q, k, v, slope, 1.0, s0, None, do)[2]
+    base = utils.baseline(q, k, v, slope, 1.0, s0, None, do)[2]
+    utils.assert_close(ds0, grads[4], base[4])
 
 
 def test_cpu_empty(interp):
@@ -194,6 +207,10 @@ def _check_decode(device, dtype, D, E, decay):
 @pytest.mark.parametrize("D,E,decay", [(16, 32, True), (48, 256, False)])
 def test_cpu_decode(interp, D, E, decay):
     _check_decode(interp, torch.float32, D, E, decay)
+
+
+def test_cpu_decode_steps(interp):
+    utils.check_decode_steps(T.decode)
 
 
 def test_cpu_deterministic(interp, seg):
@@ -241,6 +258,18 @@ def test_gpu_features(seg, f, dtype):
     s = f.pop("seg")
     seg(s if s is None else 4 * s)
     check(B=2, H=3, N=4097, D=128, E=128, dtype=dtype, device="cuda", **f)
+
+
+@gpu
+@pytest.mark.parametrize("case", utils.feature_cases(1000), ids=utils.case_id)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gpu_feature_cases(dtype, case):
+    check(H=2, N=1000, D=64, E=64, dtype=dtype, device="cuda", **case)
+
+
+@gpu
+def test_gpu_malformed_cu_seqlens():
+    utils.check_malformed(T, "cuda", torch.bfloat16, N=300, D=64, E=64)
 
 
 @gpu

@@ -149,7 +149,9 @@ class SegTable:
             nseqs = cu_seqlens.numel() - 1
             self.nseqs = nseqs
             self.NS = 1
-            cu = cu_seqlens.to(torch.int64).clamp(0, N)  # malformed offsets are clamped
+            # malformed offsets are clamped, and each sequence starts where the previous
+            # ended (the running maximum), so no two programs write the same token
+            cu = torch.cummax(cu_seqlens.to(torch.int64).clamp(0, N), 0).values
             bos = cu[:-1]
             eos = torch.maximum(cu[1:], bos)
             nseg = ((eos - bos + seg - 1) // seg).clamp_min(1)
