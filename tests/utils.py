@@ -354,7 +354,9 @@ def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
         if terms is not None:
             want = (f64(q) * ref[2][0]).sum(-1) - (f64(k) * ref[2][1]).sum(-1)
             got = (f64(q) * base[2][0].double()).sum(-1) - (f64(k) * base[2][1].double()).sum(-1)
-            assert_close(rows(terms), rows(want), rows(got), f"cu_seqlens={cu}: d slope terms")
+            # float32 values computed from 16-bit operands: the rounding floor is the inputs'
+            assert_close(rows(terms), rows(want), rows(got), f"cu_seqlens={cu}: d slope terms",
+                         rtol=RTOL[dtype])
 
 
 def check_decode_steps(decode, device="cpu", N=20):
