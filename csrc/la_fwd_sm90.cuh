@@ -218,15 +218,15 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   BlockDecay dec;
   dec.init(nl2, p.scale, r0, tq);
 
-  // incoming state of the segment: initial state (first segment), the scan's (others), or 0
+  // incoming state of the segment: pass 1 starts from 0; pass 2 from the scan's state
+  // (segments after the first), the initial state, or 0
   float s_acc[Tr::kBoxes][32];
   {
     const float* src = nullptr;
     int64_t sd = HD, se = 1;
-    if (kPass1) {
-    } else if (si.seg > 0) {
+    if (!kPass1 && si.seg > 0) {
       src = p.ws + ((int64_t)g * p.seg.H + h) * HD * HD;
-    } else if (p.state_in != nullptr) {
+    } else if (!kPass1 && p.state_in != nullptr) {
       src = p.state_in + ((int64_t)si.seq * p.seg.H + h) * HD * HD;
       sd = p.state_in_sd;
       se = p.state_in_se;
