@@ -78,7 +78,7 @@ class LightningAttention(nn.Module):
         B, N, _ = x.shape
         q, k, v, u = self.qkvu_proj(x).view(B, N, 4, self.num_heads, self.head_dim).unbind(2)
         q, k = F.silu(q), F.silu(k)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), u.reshape(B, N, -1)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), u.reshape(B, N, self.num_heads * self.head_dim)
 
     def _output(self, o, u):
         return self.out_proj(self.norm(o) * torch.sigmoid(u))
@@ -107,7 +107,7 @@ class LightningAttention(nn.Module):
         q, k, v, u = self._project(x.unsqueeze(1))
         o = lightning_attn_decode(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, self.slope,
                                   backend=self.backend)
-        return self._output(o.reshape(u.shape[0], -1), u[:, 0])
+        return self._output(o.reshape(u.shape[0], self.num_heads * self.head_dim), u[:, 0])
 
     def init_state(self, batch_size, device=None):
         """A zero state (batch_size, H, head_dim, head_dim) on the module's device (or

@@ -52,6 +52,8 @@ SLACK16 = 2.0 ** -8
 
 
 def _rel_err(x, ref):
+    if x.numel() == 0:  # a rank's empty slice
+        return 0.0
     return (x.double() - ref.double()).abs().max().item() / max(ref.abs().max().item(), 1e-12)
 
 
@@ -112,7 +114,7 @@ def _check_module(rank, world):
     """LightningAttention(sequence_parallel_group=...) on (B, N_r, C) slices: its output and
     the weights' gradients (summed over the ranks) are those of the whole sequence."""
     torch.manual_seed(1)
-    lengths = [23, 1, 40, 9][:world]
+    lengths = [23, 1, 40, 9, 0, 12, 3, 30][:world]
     ref = la.LightningAttention(64, 2, dtype=torch.float64)
     sp = la.LightningAttention(64, 2, dtype=torch.float64, sequence_parallel_group=dist.group.WORLD)
     sp.load_state_dict(ref.state_dict())
@@ -135,8 +137,8 @@ def _check_module(rank, world):
 
 def _checks(rank, world):
     g = dist.group.WORLD
-    uneven = {2: [45, 1], 4: [37, 1, 64, 13]}[world]
-    with_empty = {2: [0, 50], 4: [20, 0, 33, 1]}[world]
+    uneven = {2: [45, 1], 4: [37, 1, 64, 13], 8: [37, 1, 64, 13, 2, 21, 5, 40]}[world]
+    with_empty = {2: [0, 50], 4: [20, 0, 33, 1], 8: [20, 0, 33, 1, 0, 0, 17, 9]}[world]
     _check_case(rank, world, g, uneven, dtype=torch.float64, scale=0.7)
     _check_case(rank, world, g, with_empty, dtype=torch.float64, seed=1)
     _check_case(rank, world, g, uneven[::-1], dtype=torch.float32, layout="bnhd", seed=2)
@@ -164,7 +166,7 @@ def _worker(rank, world, init_file):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, 4])  # 8 works too (tables above), too slow for CI's 2 cores
 def test_sequence_parallel_gloo(world):
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(world, os.path.join(tmp, "init")), nprocs=world, join=True)

@@ -56,6 +56,17 @@ def test_shapes_and_slopes():
     torch.testing.assert_close(layer.slope, la.build_slopes(4, 1, 3))
 
 
+def test_empty_sequence():
+    """N = 0 (e.g. a rank's empty slice under sequence parallelism): an empty output, and the
+    state passes through a chunked prefill unchanged."""
+    layer = _layer()
+    x = torch.randn(2, 0, 64)
+    assert layer(x).shape == (2, 0, 64)
+    state = torch.randn(2, 4, 16, 16)
+    y, new_state = layer(x, state=state, output_state=True)
+    assert y.shape == (2, 0, 64) and torch.equal(new_state, state)
+
+
 def test_chunked_prefill_and_decode_equal_one_pass():
     layer = _layer()
     x = torch.randn(2, 30, 64)
