@@ -78,7 +78,8 @@ class LightningAttention(nn.Module):
         B, N, _ = x.shape
         q, k, v, u = self.qkvu_proj(x).view(B, N, 4, self.num_heads, self.head_dim).unbind(2)
         q, k = F.silu(q), F.silu(k)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), u.reshape(B, N, self.num_heads * self.head_dim)
+        u = u.reshape(B, N, self.num_heads * self.head_dim)  # (no -1: N may be 0)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), u
 
     def _output(self, o, u):
         return self.out_proj(self.norm(o) * torch.sigmoid(u))
