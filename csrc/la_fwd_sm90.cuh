@@ -3,6 +3,14 @@
 // pass 1 (kPass1: the segment's local state from zero, K and V only) and pass 2 (outputs and
 // final state from the segment's incoming state).
 //
+// kReverse runs the same product in reversed time: the dk/dv sweep of the backward, one pass
+// per gradient. With (Q, K, V) -> (K, Q, dO) it gives dV, with (V, dO, Q) dK, the state being
+// H = λ·(gradient of the state after the block) (Hᵀ for dK); blocks from the last to the first:
+//   O = diag(λ^{n-1-i}) X H + (scale · (X Yᵀ) ⊙ Mᵀ) Z,   Mᵀ_ij = λ^{j-i} (j >= i)
+//   H = λ^n H + scale · (diag(λ^{j+1}) Y)ᵀ Z
+// (X, Y, Z in the Q, K, V slots). Its incoming state is the final state's gradient (last
+// segment) and its outgoing one, after the first block, the initial state's.
+//
 // Warpgroups: WG 0 is the producer (one thread issues the TMA loads of the (64, HD) tiles of
 // Q, K and V into a kStages-deep ring; 24 registers); WG 1.. are consumers, WG 1 + w owning the
 // 64 columns [64w, 64w + 64) of E: its slice of the state S (HD × 64, fp32 accumulators) and
@@ -89,31 +97,52 @@ __device__ __forceinline__ void for_each_state(int warp, int lane, F&& f) {
       f(dt, i, dt * 64 + warp * 16 + gq + ((i & 2) ? 8 : 0), 8 * (i >> 2) + 2 * tq + (i & 1));
 }
 
-// The decay factors of a full 64-token block for one consumer thread, computed once per CTA
-// (every exponent is a distance inside the block, 0..64):
-//   mask[4m + i]  scale · λ^{r - j} for its P element at row r = r0 (+8 for i & 2), key
-//                 j = 8m + 2tq + (i & 1), where j <= r (the value above the diagonal is unused)
-//   wk[kk][x]     λ^{63 - j} for its Kᵀ fragment element pairs (keys 16kk + 2tq (+1) (+8))
-//   row[2]        scale · λ^{r + 1} for its two output rows; total = λ^64
+// The decay factors of a block of n tokens (every exponent a distance inside the block, 0..64):
+//   forward: P element (row r, key j <= r) scale·λ^{r−j}, output row scale·λ^{r+1}, key
+//            weight of the state update λ^{n−1−j}
+//   reverse: P element (j >= r) scale·λ^{j−r}, output row λ^{n−1−r}, key weight scale·λ^{j+1}
+// Keys j >= n weigh 0 (rows of the next packed sequence).
+template <bool kReverse>
+struct Decay {
+  static __device__ __forceinline__ float mask(float nl2, float scale, int r, int j) {
+    return scale * decay_pow(nl2, (float)max(kReverse ? j - r : r - j, 0));
+  }
+  static __device__ __forceinline__ float row(float nl2, float scale, int r, int n) {
+    return kReverse ? decay_pow(nl2, (float)max(n - 1 - r, 0)) : scale * decay_pow(nl2, (float)(r + 1));
+  }
+  static __device__ __forceinline__ float key(float nl2, float scale, int j, int n) {
+    if (j >= n) return 0.f;
+    return kReverse ? scale * decay_pow(nl2, (float)(j + 1)) : decay_pow(nl2, (float)(n - 1 - j));
+  }
+};
+
+// The factors of a full 64-token block for one consumer thread (lane quad position tq, rows
+// r0 and r0 + 8), computed once per CTA: mask[4m + i] for its P element at row r0 (+8 for
+// i & 2) and key 8m + 2tq + (i & 1); wk[kk][x] for its Kᵀ fragment elements, keys
+// 16kk + 2tq + (x & 1) (+8 for x & 2); row[2] for its two output rows; total = λ^64.
+template <bool kReverse>
 struct BlockDecay {
+  using F = Decay<kReverse>;
   float mask[32];
   float wk[4][4];
   float row[2];
   float total;
   __device__ __forceinline__ void init(float nl2, float scale, int r0, int tq) {
 #pragma unroll
-    for (int e = 0; e < 32; ++e) {
-      const int r = r0 + ((e & 2) ? 8 : 0), j = 8 * (e >> 2) + 2 * tq + (e & 1);
-      mask[e] = scale * decay_pow(nl2, (float)max(r - j, 0));
-    }
+    for (int e = 0; e < 32; ++e)
+      mask[e] = F::mask(nl2, scale, r0 + ((e & 2) ? 8 : 0), 8 * (e >> 2) + 2 * tq + (e & 1));
+    set_block(nl2, scale, r0, tq, 64);
+  }
+  // the factors that depend on the block's length (a segment's last block may be partial)
+  __device__ __forceinline__ void set_block(float nl2, float scale, int r0, int tq, int n) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
       for (int x = 0; x < 4; ++x)
-        wk[kk][x] = decay_pow(nl2, (float)(63 - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0))));
-    row[0] = scale * decay_pow(nl2, (float)(r0 + 1));
-    row[1] = scale * decay_pow(nl2, (float)(r0 + 9));
-    total = decay_pow(nl2, 64.f);
+        wk[kk][x] = F::key(nl2, scale, 16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0), n);
+    row[0] = F::row(nl2, scale, r0, n);
+    row[1] = F::row(nl2, scale, r0 + 8, n);
+    total = decay_pow(nl2, (float)n);
   }
 };
 
@@ -138,7 +167,7 @@ __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t
 
 }  // namespace sm90
 
-template <typename T, int HD, bool kPass1>
+template <typename T, int HD, bool kPass1, bool kReverse>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
                                   Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -155,7 +184,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const int g = blockIdx.x, h = blockIdx.y;
   const SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
-  if (kPass1 && si.seg == si.nseg - 1) return;  // nobody reads the last segment's local state
+  // segments in processing order: the first takes the incoming state, the last gives the
+  // outgoing one, and nobody reads the last one's local state (pass 1)
+  const bool first_seg = kReverse ? si.seg == si.nseg - 1 : si.seg == 0;
+  const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
+  if (kPass1 && last_seg) return;
 
   // smem: [stage][Q K V][box] | [consumer][2 buffers] state copies | [consumer] output box |
   // full[], empty[] barriers
@@ -192,7 +225,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         const int s = c % kStages;
         if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
         mbar_expect_tx(full(s), (kPass1 ? 2 : 3) * Tr::kTileBytes);
-        const int tok = (int)rows.tok0 + c * 64;
+        const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
           if (!kPass1) tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, full(s), x * 64, tok, h, b);
@@ -215,7 +248,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const uint32_t out_box = staging + w * Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
-  BlockDecay dec;
+  BlockDecay<kReverse> dec;
   dec.init(nl2, p.scale, r0, tq);
 
   // incoming state of the segment: pass 1 starts from 0; pass 2 from the scan's state
@@ -224,7 +257,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   {
     const float* src = nullptr;
     int64_t sd = HD, se = 1;
-    if (!kPass1 && si.seg > 0) {
+    if (!kPass1 && !first_seg) {
       src = p.ws + ((int64_t)g * p.seg.H + h) * HD * HD;
     } else if (!kPass1 && p.state_in != nullptr) {
       src = p.state_in + ((int64_t)si.seq * p.seg.H + h) * HD * HD;
@@ -252,7 +285,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   }
   for (int c = 0; c < nblk; ++c) {
     const int s = c % kStages;
-    const int n = min(64, si.len - c * 64);
+    const int blk = kReverse ? nblk - 1 - c : c;  // the block's place in the segment
+    const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
     if (kPass1) mbar_wait(full(s), (c / kStages) & 1);  // pass 2 waited when it issued P(c)
     if (n < 64) {
@@ -273,18 +307,21 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       wgmma_wait<1>();
       fence_regs(p_acc);
       // P ⊙ M (scaled) as the A fragments of the four 16-key steps. Key j = 8m + 2tq + x is
-      // kept where j <= row and j < n, i.e. 8m + x <= lim[row half]; key blocks right of the
-      // warp's rows are zero (a warp-uniform skip).
-      const int lim[2] = {min(r0, n - 1) - 2 * tq, min(r1, n - 1) - 2 * tq};
+      // kept where j <= row (reverse: j >= row) and j < n, i.e. lo <= 8m + x < hi[row half];
+      // key groups wholly on the masked side of the warp's rows are skipped (warp-uniform).
+      const int lo[2] = {kReverse ? r0 - 2 * tq : 0, kReverse ? r1 - 2 * tq : 0};
+      const int hi[2] = {(kReverse ? n : min(r0 + 1, n)) - 2 * tq,
+                         (kReverse ? n : min(r1 + 1, n)) - 2 * tq};
       uint32_t pa[4][4];
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         float v[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const int m = 2 * kk + (e >> 2), i = e & 3;
-          v[e] = (m <= 2 * warp + 1 && 8 * m + (i & 1) <= lim[i >> 1])
-                     ? p_acc[4 * m + i] * dec.mask[4 * m + i] : 0.f;
+          const int m = 2 * kk + (e >> 2), i = e & 3, jm = 8 * m + (i & 1);
+          const bool group = kReverse ? m >= 2 * warp : m <= 2 * warp + 1;
+          v[e] = (group && jm >= lo[i >> 1] && jm < hi[i >> 1]) ? p_acc[4 * m + i] * dec.mask[4 * m + i]
+                                                                 : 0.f;
         }
         pa[kk][0] = P2::pack(v[0], v[1]);
         pa[kk][1] = P2::pack(v[2], v[3]);
@@ -293,8 +330,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       }
       wgmma_wait<0>();
       fence_regs(o_acc);
+      const float row0 = n == 64 ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, r0, n);
+      const float row1 = n == 64 ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, r1, n);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) o_acc[i] *= dec.row[(i >> 1) & 1];
+      for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? row1 : row0;
       // O += P V_w
       wgmma_fence();
 #pragma unroll
@@ -308,15 +347,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
       for (int x = 0; x < 4; ++x) wk[kk][x] = dec.wk[kk][x];
-    if (n < 64) {  // the last block of a segment: weights relative to its own end
+    if (n < 64) {  // a segment's partial block
       total = decay_pow(nl2, (float)n);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const int j = 16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0);
-          wk[kk][x] = j < n ? decay_pow(nl2, (float)(n - 1 - j)) : 0.f;
-        }
+        for (int x = 0; x < 4; ++x)
+          wk[kk][x] = Decay<kReverse>::key(nl2, p.scale, 16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0), n);
     }
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
@@ -375,8 +412,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         tile_to_box<T>(out_box, o_acc, warp, lane);
       } else {
         T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w + 2 * tq;
-        T* orow0 = og + (int64_t)(c * 64 + r0) * p.o_rs;
-        T* orow1 = og + (int64_t)(c * 64 + r1) * p.o_rs;
+        T* orow0 = og + (int64_t)(blk * 64 + r0) * p.o_rs;
+        T* orow1 = og + (int64_t)(blk * 64 + r1) * p.o_rs;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           if (r0 < n) *reinterpret_cast<uint32_t*>(orow0 + 8 * j) = P2::pack(o_acc[4 * j], o_acc[4 * j + 1]);
@@ -389,7 +426,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) {
       if (!kPass1 && n == 64) {
-        tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + c * 64, h, (int)rows.batch);
+        tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + blk * 64, h, (int)rows.batch);
         bulk_commit();
       }
       mbar_arrive(empty(s));
@@ -402,7 +439,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   if (!kPass1 && t == 0) bulk_wait_all<false>();  // the output stores are done with smem
 
   float* dst = kPass1 ? p.ws + ((int64_t)g * p.seg.H + h) * HD * HD
-                      : (si.seg == si.nseg - 1 && p.state_out != nullptr
+                      : (last_seg && p.state_out != nullptr
                              ? p.state_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD
                              : nullptr);
   if (dst != nullptr) {
@@ -413,24 +450,21 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #endif
 }
 
-}  // namespace la
-
-namespace la {
-
 // A 4-D TMA map over a (B, H, N, HD) 16-bit tensor with element strides (bs, hs, rs) and a
 // unit last stride, read as (64 tokens, 64 columns) boxes with the 128-byte swizzle.
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
 template <typename T, int HD>
-void run_fwd_sm90(const FwdParams& p, bool pass1, cudaStream_t stream) {
+void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.q_rs, p.q_hs, p.q_bs);
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
   const CUtensorMap to = pass1 ? tv : make_tile_map(p.o, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.o_rs, p.o_hs, p.o_bs);
-  auto kernel = pass1 ? la_fwd_sm90_kernel<T, HD, true> : la_fwd_sm90_kernel<T, HD, false>;
+  auto kernel = reverse ? (pass1 ? la_fwd_sm90_kernel<T, HD, true, true> : la_fwd_sm90_kernel<T, HD, false, true>)
+                        : (pass1 ? la_fwd_sm90_kernel<T, HD, true, false> : la_fwd_sm90_kernel<T, HD, false, false>);
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, to, p);
 }

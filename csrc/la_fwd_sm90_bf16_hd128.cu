@@ -2,5 +2,5 @@
 #include "la_fwd_sm90.cuh"
 
 namespace la {
-template void run_fwd_sm90<__nv_bfloat16, 128>(const FwdParams&, bool, cudaStream_t);
+template void run_fwd_sm90<__nv_bfloat16, 128>(const FwdParams&, bool, bool, cudaStream_t);
 }  // namespace la

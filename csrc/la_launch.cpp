@@ -71,7 +71,7 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) {
       if (sm90)
-        run_fwd_sm90<T, kHD>(p, pass1, stream);
+        run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/false, stream);
       else
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -83,6 +83,23 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     pass(/*pass1=*/false);
+  });
+}
+
+void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
+                                const Plan& pl, cudaStream_t stream) {
+  dispatch_kernel(dtype, D, [&](auto t, auto hd) {
+    using T = typename decltype(t)::type;
+    constexpr int kHD = decltype(hd)::value;
+    if (pl.multi) {
+      run_fwd_sm90<T, kHD>(p, /*pass1=*/true, /*reverse=*/true, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      run_state_scan(pl.seg, p.ws, p.state_in, p.state_in_sd, p.state_in_se, p.slope, (int)D,
+                     (int)E, /*reverse=*/true, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    run_fwd_sm90<T, kHD>(p, /*pass1=*/false, /*reverse=*/true, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

@@ -24,6 +24,12 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream);
 
+// One gradient of the dk/dv sweep on the sm_90a kernel in reversed time (la_fwd_sm90.cuh:
+// dV from (k, q, do), dK from (v, do, q)): pass 1 and the reverse scan when the plan has
+// several segments, then pass 2. Only where the plan says sm90_bwd; no d slope terms.
+void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
+                                const Plan& pl, cudaStream_t stream);
+
 // dk, dv (and the k · dk part of the terms): the reverse sweep's pass 1 and scan when the
 // plan has several segments, then pass 2.
 void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,

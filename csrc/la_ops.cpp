@@ -185,6 +185,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
                                   need_dslope ? terms.data_ptr<float>() : nullptr);
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
 
+  if (pl.sm90_bwd && !need_dslope) {
+    // dv_t = k_t G_t and dk_t = v_t G_tᵀ: the sm_90a kernel in reversed time on (k, q, do)
+    // with the final state's gradient (its last state is the initial state's gradient), and
+    // on (v, do, q) with that gradient transposed
+    const float* dfin = ptr_or_null<float>(dfinal);
+    launch_reverse_sm90_passes(
+        fwd_params(k, q, dout, dv, slope_p, (float)scale, dfin, /*sd=*/E, /*se=*/1,
+                   initial_state.has_value() ? dinit.data_ptr<float>() : nullptr, pl),
+        q.scalar_type(), D, E, pl, stream);
+    launch_reverse_sm90_passes(
+        fwd_params(v, dout, q, dk, slope_p, (float)scale, dfin, /*sd=*/1, /*se=*/E, nullptr, pl),
+        q.scalar_type(), D, E, pl, stream);
+    return {dq, dk, dv, dinit, terms};
+  }
+
   BwdParams p{};
   p.seg = pl.seg;
   p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.dout = dout.data_ptr();

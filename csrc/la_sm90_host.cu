@@ -69,4 +69,14 @@ bool sm90_available() {
   return ok;
 }
 
+// The dk/dv sweep on the sm_90a kernel (reversed time) is new: LIGHTNING_ATTENTION_SM90_BWD=1
+// (read once) switches it on until the GPU tests have checked it.
+bool sm90_backward_wanted() {
+  static const bool on = [] {
+    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_BWD");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
 }  // namespace la

@@ -257,10 +257,11 @@ def make_slope(decay, H, device="cpu", dtype=torch.float32):
 
 def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, device="cpu",
                   layout="bhnd", decay=True, initial_state=False, final_state=False,
-                  scale=1.0, cu_seqlens=None, grads=True, factor=2.0):
+                  scale=1.0, cu_seqlens=None, grads=True, slope_grad=True, factor=2.0):
     """Run lightning_attn on `backend` (outputs poisoned with NaN) and check the output,
     the final state and every gradient against the float64 truth: assert_close, and
-    dslope_tolerance for d slope. decay: as in make_slope."""
+    dslope_tolerance for d slope. decay: as in make_slope; slope_grad=False keeps the slope
+    fixed (no d slope: the backward without its terms)."""
     import lightning_attention as la
     q, k, v = make_inputs(B, H, N, D, E, dtype=dtype, device=device, layout=layout)
     slope = make_slope(decay, H, device, acc_dtype(dtype))
@@ -270,8 +271,8 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
         cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=device)
         num = len(cu_seqlens) - 1
     s0 = rand_state(num, H, D, E, device).to(acc_dtype(dtype)) if initial_state else None
-    leaves = [x if x is None else x.detach().clone().requires_grad_(grads)
-              for x in (q, k, v, slope, s0)]
+    leaves = [x if x is None else x.detach().clone().requires_grad_(grads and (i != 3 or slope_grad))
+              for i, x in enumerate((q, k, v, slope, s0))]
     do = torch.randn(B, H, N, E, device=device).to(dtype) if grads else None
     dfinal = (torch.randn(num, H, D, E, device=device).to(acc_dtype(dtype))
               if grads and final_state else None)
@@ -296,7 +297,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
         return
     for name, leaf, r, b in zip(("dq", "dk", "dv", "dslope", "dinitial_state"),
                                 leaves, ref[2], base[2]):
-        if leaf is None:
+        if leaf is None or not leaf.requires_grad:
             continue
         if name == "dslope":
             tol = dslope_tolerance(q, k, ref[2], ref[1], s0, dfinal, cu_seqlens)
