@@ -21,8 +21,11 @@ def nan_pool(device):
     return torch.full((NUM_SLOTS, H, D, E), float("nan"), device=device)
 
 
-@pytest.fixture(params=["torch"])
+@pytest.fixture(params=["torch", "triton"])
 def backend(request):
+    """The backend under test: torch, or Triton in its CPU interpreter."""
+    if request.param == "triton":
+        request.getfixturevalue("interp")
     return request.param
 
 
@@ -64,6 +67,16 @@ SLOTS = [7, 2, -1, 0, 5, 3]
                          ids=["none", "all-false", "all-true", "mixed"])
 def test_prefill(backend, has_state):
     _prefill_case(backend, "cpu", torch.float32, has_state, CU, SLOTS)
+
+
+def test_prefill_triton_segments(interp, descending, monkeypatch):
+    """Sequences of several Triton segments (64 tokens here), with the grid in descending
+    order: the output pass of a sequence's last segment writes the pool row that its first
+    segment starts from, so the first may never read the row itself."""
+    from lightning_attention.kernels.triton_backend import _common
+    monkeypatch.setitem(_common.CONFIG, "seg", 64)
+    _prefill_case("triton", "cpu", torch.float32, [True, False, True], [0, 150, 151, 300],
+                  [6, 1, 2])
 
 
 def test_prefill_float16_chunked(backend):
