@@ -214,3 +214,35 @@ def test_cuda_backend_hands_serving_to_the_next():
     q = torch.randn(1, H, 4, D)
     b = dispatch.providing("pool_decode", cuda, q, q, torch.randn(1, H, 4, E))
     assert b.pool_decode is not None and b.name != "cuda"
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_opcheck(backend_name, request):
+    """The custom ops declare their in-place pool writes and have faithful fake kernels."""
+    from lightning_attention import ops
+    if backend_name == "triton":
+        request.getfixturevalue("interp")
+    q, k, v = utils.make_inputs(1, H, 30, D, E)
+    pool, slope = torch.randn(NUM_SLOTS, H, D, E), utils.rand_slope(H)
+    slots = torch.tensor([5, -1, 2], dtype=torch.int32)
+    cu = torch.tensor([0, 10, 12, 30], dtype=torch.int32)
+    torch.library.opcheck(ops.pool_prefill, (q, k, v, slope, cu, pool, slots,
+                                             torch.tensor([True, False, False]), 0.5, backend_name))
+    torch.library.opcheck(ops.pool_decode, (q[0, :, :3].transpose(0, 1).contiguous(),
+                                            k[0, :, :3].transpose(0, 1).contiguous(),
+                                            v[0, :, :3].transpose(0, 1).contiguous(), pool, slots,
+                                            slope, 0.5, backend_name))
+
+
+def test_decode_compiles_fullgraph():
+    """One graph node per step for torch.compile (value checks are skipped while tracing)."""
+    q, k, v = (torch.randn(3, H, X) for X in (D, D, E))
+    slope = utils.rand_slope(H)
+    slots = torch.tensor([4, -1, 0], dtype=torch.int32)
+    pool = torch.randn(NUM_SLOTS, H, D, E)
+    want_pool = pool.clone()
+    want = serving.decode(q, k, v, want_pool, slots, slope)
+    step = torch.compile(lambda *a: serving.decode(*a), fullgraph=True, backend="aot_eager")
+    got = step(q, k, v, pool, slots, slope)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(pool, want_pool)
