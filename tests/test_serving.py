@@ -29,10 +29,11 @@ def backend(request):
     return request.param
 
 
-def _prefill_case(backend, device, dtype, has_state, cu, slots):
+def _prefill_case(backend, device, dtype, has_state, cu, slots, layout="bhnd",
+                  slot_dtype=torch.int32):
     """One prefill call; the pool's rows hold NaN except those read (has_state)."""
     N = cu[-1]
-    q, k, v = utils.make_inputs(1, H, N, D, E, dtype=dtype, device=device)
+    q, k, v = utils.make_inputs(1, H, N, D, E, dtype=dtype, device=device, layout=layout)
     slope = utils.rand_slope(H, device)
     n = len(cu) - 1
     pool = nan_pool(device)
@@ -41,7 +42,7 @@ def _prefill_case(backend, device, dtype, has_state, cu, slots):
         if s >= 0 and has_state is not None and has_state[i]:
             pool[s] = s0[i] = utils.rand_state(1, H, D, E, device)[0]
     before = pool.clone()
-    slots_t = torch.tensor(slots, dtype=torch.int32, device=device)
+    slots_t = torch.tensor(slots, dtype=slot_dtype, device=device)
     has = None if has_state is None else torch.tensor(has_state, device=device)
     cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
     with utils.poisoned():
@@ -67,6 +68,12 @@ SLOTS = [7, 2, -1, 0, 5, 3]
                          ids=["none", "all-false", "all-true", "mixed"])
 def test_prefill(backend, has_state):
     _prefill_case(backend, "cpu", torch.float32, has_state, CU, SLOTS)
+
+
+def test_prefill_layouts_and_int64_slots(backend):
+    """(B, N, H, D) memory in and out, and int64 slots."""
+    _prefill_case(backend, "cpu", torch.float32, [True, False, True, False, True, True], CU,
+                  SLOTS, layout="bnhd", slot_dtype=torch.int64)
 
 
 def test_prefill_triton_segments(interp, descending, monkeypatch):
@@ -102,22 +109,22 @@ def test_prefill_float16_chunked(backend):
     utils.assert_close(pool[slots.long()], ref_final, base_final, "final states")
 
 
-def test_decode_steps(backend):
+def _decode_steps(backend, device):
     """Token after token from pool rows: each output and the final rows equal the truth of
     the whole sequence; padding rows (negative slots) give 0; other rows stay unchanged."""
     N = 6
     slots = [3, -1, 0, 6, -2]
     B = len(slots)
-    q, k, v = utils.make_inputs(B, H, N, D, E)
-    slope = utils.rand_slope(H)
-    pool = nan_pool("cpu")
-    s0 = utils.rand_state(B, H, D, E)
+    q, k, v = utils.make_inputs(B, H, N, D, E, device=device)
+    slope = utils.rand_slope(H, device)
+    pool = nan_pool(device)
+    s0 = utils.rand_state(B, H, D, E, device)
     for b, s in enumerate(slots):
         if s >= 0:
             pool[s] = s0[b]
     before = pool.clone()
     ref_o, ref_final = utils.truth(q, k, v, slope, 0.5, s0)
-    slots_t = torch.tensor(slots, dtype=torch.int32)
+    slots_t = torch.tensor(slots, dtype=torch.int32, device=device)
     live = [b for b, s in enumerate(slots) if s >= 0]
     for t in range(N):
         with utils.poisoned():
@@ -129,6 +136,10 @@ def test_decode_steps(backend):
     torch.testing.assert_close(pool[rows].double(), ref_final[live], rtol=1e-5, atol=1e-5)
     untouched = [r for r in range(NUM_SLOTS) if r not in slots]
     assert torch.equal(bits(pool[untouched]), bits(before[untouched])), "rows not addressed"
+
+
+def test_decode_steps(backend):
+    _decode_steps(backend, "cpu")
 
 
 def test_decode_float16(backend):
@@ -246,3 +257,55 @@ def test_decode_compiles_fullgraph():
     got = step(q, k, v, pool, slots, slope)
     torch.testing.assert_close(got, want)
     assert torch.equal(pool, want_pool)
+
+
+# --------------------------------------------------------------------------------- GPU
+
+@utils.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_prefill(dtype):
+    """Auto dispatch on a GPU (Triton: the CUDA backend has no pool kernels), several
+    segments per sequence."""
+    cu = [0, 0, 1, 3000, 3001, 9000, 9000]
+    _prefill_case(None, "cuda", dtype, [True, False, True, True, False, True], cu, SLOTS)
+    _prefill_case(None, "cuda", dtype, None, cu, SLOTS, layout="bnhd")
+
+
+@utils.gpu
+def test_gpu_decode_steps():
+    _decode_steps(None, "cuda")
+
+
+@utils.gpu
+def test_gpu_decode_in_a_cuda_graph(monkeypatch):
+    """Debug value checks on: still no host synchronisation while capturing; replaying the
+    graph gives the eager step's outputs and pool."""
+    monkeypatch.setenv("LIGHTNING_ATTENTION_DEBUG", "1")
+    B = 4
+    q, k, v = (torch.randn(B, H, X, device="cuda", dtype=torch.bfloat16) for X in (D, D, E))
+    slope = utils.rand_slope(H, "cuda")
+    slots = torch.tensor([7, -1, 0, 3], dtype=torch.int32, device="cuda")
+    pool = torch.randn(NUM_SLOTS, H, D, E, device="cuda")
+    start = pool.clone()
+    want = serving.decode(q, k, v, pool, slots, slope)  # also warms up (compiles the kernel)
+    want_pool = pool.clone()
+    pool.copy_(start)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o = serving.decode(q, k, v, pool, slots, slope)
+    pool.copy_(start)
+    graph.replay()
+    assert torch.equal(o, want) and torch.equal(pool, want_pool)
+
+
+@utils.gpu
+def test_gpu_slot_checks_only_with_debug(monkeypatch):
+    args = _decode_args(slots=torch.tensor([0, 5, 1], dtype=torch.int32))
+    args = {name: x.cuda() if isinstance(x, torch.Tensor) else x for name, x in args.items()}
+    monkeypatch.setenv("LIGHTNING_ATTENTION_DEBUG", "1")
+    with pytest.raises(ValueError, match="slots must be < num_slots = 5"):
+        serving.decode(**args)
+    monkeypatch.delenv("LIGHTNING_ATTENTION_DEBUG")
+    before = args["state_pool"].clone()
+    o = serving.decode(**args)  # the out-of-range slot is a padding row, never followed
+    assert not o[1].any() and torch.equal(args["state_pool"][2:], before[2:])
