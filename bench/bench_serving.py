@@ -1,7 +1,7 @@
 """Serving speed (lightning_attention.serving) on one GPU: decode steps and prefill with states
 in a pool, addressed by slot, beside their floors and peers.
 
-    python bench/bench_serving.py                  # decode B = 1..256, graph, prefill, MiniMax layer
+    python bench/bench_serving.py                  # decode, graph, prefill, MiniMax layer
     python bench/bench_serving.py --only decode --batch 128
     python bench/bench_serving.py --cpu-smoke      # tiny sizes on the CPU: the script runs
 
@@ -85,8 +85,8 @@ def prefill_rows(args, device, bench):
     lens = args.prefill_lens
     cu = torch.tensor([0] + lens, device=device).cumsum(0).int()
     T = int(cu[-1])
-    q, k, v = (torch.randn(1, H, T, D, device=device, dtype=args.dtype) * (D ** -0.5 if i < 2 else 1)
-               for i in range(3))
+    q, k, v = (torch.randn(1, H, T, D, device=device, dtype=args.dtype)
+               * (D ** -0.5 if i < 2 else 1) for i in range(3))
     slope = la.build_slopes(H, device=device)
     pool = torch.randn(args.slots, H, D, D, device=device)
     n = len(lens)
@@ -131,7 +131,8 @@ BENCHES = {"decode": decode_rows, "graph": graph_rows, "prefill": prefill_rows,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", choices=list(BENCHES), default=list(BENCHES))
     p.add_argument("--batch", type=int, nargs="*", default=[1, 8, 64, 128, 256])
     p.add_argument("--heads", type=int, default=32)
