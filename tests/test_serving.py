@@ -188,8 +188,12 @@ def _decode_args(**kw):
     (dict(state_pool=torch.zeros(H, D, E)), ValueError, "state_pool must have rank 4"),
     (dict(state_pool=torch.zeros(5, H, D, 2 * E)[..., :E]), ValueError, "state_pool must be contiguous"),
     (dict(q=torch.randn(3, H, 2 * D)), ValueError, "serving.decode: k must have the same D as q"),
+    (dict(slots=torch.zeros(3, dtype=torch.int32, device="meta")), ValueError,
+     "slots must be on q's device cpu"),
+    (dict(state_pool=torch.zeros(5, H, D, E, device="meta")), ValueError,
+     "state_pool .* must be on q's device cpu"),
 ], ids=["out-of-range", "duplicate", "dtype", "shape", "pool-dtype", "pool-shape", "pool-rank",
-        "pool-strides", "qk-dims"])
+        "pool-strides", "qk-dims", "slots-device", "pool-device"])
 def test_decode_rejects(kw, exc, match):
     with pytest.raises(exc, match=match):
         serving.decode(**_decode_args(**kw))
