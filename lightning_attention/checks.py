@@ -95,8 +95,7 @@ def _check_slope_values(fn, slope):
             _fail(fn, f"slope must be finite and >= 0 (got {slope.tolist()})")
 
 
-def check_attn(q, k, v, slope, initial_state, cu_seqlens):
-    fn = "lightning_attn"
+def check_attn(q, k, v, slope, initial_state, cu_seqlens, fn="lightning_attn"):
     _check_tensor(fn, "q", q, 4, "B, H, N, D")
     _check_tensor(fn, "k", k, 4, "B, H, N, D")
     _check_tensor(fn, "v", v, 4, "B, H, N, E")
@@ -135,6 +134,15 @@ def check_attn(q, k, v, slope, initial_state, cu_seqlens):
 
 def check_decode(q, k, v, state, slope):
     fn = "lightning_attn_decode"
+    _check_decode_inputs(fn, q, k, v, slope)
+    B, H, D = q.shape
+    _check_state(fn, "state (B, H, D, E)", state, q, (B, H, D, v.shape[2]))
+    if not state.is_contiguous():
+        _fail(fn, "state must be contiguous (it is updated in place)")
+    _check_slope_values(fn, slope)
+
+
+def _check_decode_inputs(fn, q, k, v, slope):
     _check_tensor(fn, "q", q, 3, "B, H, D")
     _check_tensor(fn, "k", k, 3, "B, H, D")
     _check_tensor(fn, "v", v, 3, "B, H, E")
@@ -147,7 +155,55 @@ def check_decode(q, k, v, state, slope):
     _check_head_dim(fn, "D (q.shape[-1])", D)
     _check_head_dim(fn, "E (v.shape[-1])", E)
     _check_slope(fn, slope, H, q.device)
-    _check_state(fn, "state (B, H, D, E)", state, q, (B, H, D, E))
-    if not state.is_contiguous():
-        _fail(fn, "state must be contiguous (it is updated in place)")
+
+
+# ------------------------------------------------------------------ serving (state pools)
+
+def _check_index(fn, name, x, n, dtypes, device):
+    if not isinstance(x, torch.Tensor):
+        _fail(fn, f"{name} must be a tensor (got {type(x).__name__})", TypeError)
+    if x.dtype not in dtypes:
+        names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        _fail(fn, f"{name} must be {names} (got {x.dtype})", TypeError)
+    if tuple(x.shape) != (n,):
+        _fail(fn, f"{name} must have shape ({n},) (got {tuple(x.shape)})")
+    if x.device != device:
+        _fail(fn, f"{name} must be on q's device {device} (got {x.device})")
+
+
+def _check_pool(fn, q, H, D, E, state_pool, slots, n):
+    if not isinstance(state_pool, torch.Tensor):
+        _fail(fn, f"state_pool must be a tensor (got {type(state_pool).__name__})", TypeError)
+    if state_pool.dim() != 4:
+        _fail(fn, f"state_pool must have rank 4 (num_slots, H, D, E) (got shape "
+                  f"{tuple(state_pool.shape)})")
+    num_slots = state_pool.shape[0]
+    _check_state(fn, "state_pool (num_slots, H, D, E)", state_pool, q, (num_slots, H, D, E))
+    if not state_pool.is_contiguous():
+        _fail(fn, "state_pool must be contiguous (its rows are updated in place)")
+    _check_index(fn, "slots", slots, n, (torch.int32, torch.int64), q.device)
+    if values_checked(slots) and slots.numel() > 0:
+        used = slots[slots >= 0]
+        if used.numel() and used.max().item() >= num_slots:
+            _fail(fn, f"slots must be < num_slots = {num_slots} (got {used.max().item()})")
+        if used.unique().numel() != used.numel():
+            _fail(fn, f"slots must not repeat a non-negative slot in one call (got {slots.tolist()})")
+
+
+def check_prefill(q, k, v, slope, cu_seqlens, state_pool, slots, has_state):
+    fn = "serving.prefill"
+    if cu_seqlens is None:
+        _fail(fn, "cu_seqlens must be a tensor (num_seqs + 1,) (got None)", TypeError)
+    check_attn(q, k, v, slope, None, cu_seqlens, fn)
+    n = cu_seqlens.shape[0] - 1
+    _check_pool(fn, q, q.shape[1], q.shape[3], v.shape[3], state_pool, slots, n)
+    if has_state is not None:
+        _check_index(fn, "has_state", has_state, n, (torch.bool,), q.device)
+
+
+def check_pool_decode(q, k, v, state_pool, slots, slope):
+    fn = "serving.decode"
+    _check_decode_inputs(fn, q, k, v, slope)
+    B, H, D = q.shape
+    _check_pool(fn, q, H, D, v.shape[2], state_pool, slots, B)
     _check_slope_values(fn, slope)

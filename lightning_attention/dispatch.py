@@ -64,12 +64,18 @@ def select(backend, q, k, v, cu_seqlens=None):
     return b
 
 
+def providing(need, b, q, k, v, cu_seqlens=None):
+    """`b` when it has the function `need` (a field of Backend), else the first backend of
+    config.BACKEND_ORDER that has it and can serve the call (torch has every function)."""
+    if getattr(b, need) is not None:
+        return b
+    return _auto(q, k, v, cu_seqlens, need=need)
+
+
 def state_pass(b, a, c):
     """The state-only pass for a call served by `b`: its own, else the first backend in
     config.BACKEND_ORDER that has one and can serve (a, ·, c)."""
-    if b.state is not None:
-        return b.state
-    return _auto(a, a, c, None, need="state").state
+    return providing("state", b, a, a, c).state
 
 
 def report() -> dict:

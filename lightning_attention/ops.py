@@ -170,3 +170,42 @@ def decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[Tenso
 @decode.register_fake
 def _(q, k, v, state, slope, scale, backend):
     return q.new_empty(*q.shape[:2], v.shape[-1])
+
+
+# ----------------------------------------------------------- serving: states in a pool
+
+@torch.library.custom_op("lightning_attention::pool_prefill", mutates_args=("state_pool",))
+def pool_prefill(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor], cu_seqlens: Tensor,
+                 state_pool: Tensor, slots: Tensor, has_state: Optional[Tensor], scale: float,
+                 backend: str) -> Tensor:
+    """Packed sequences from and into pool rows (serving.prefill); returns o (1, H, T, E)."""
+    if _is_empty(q, v):
+        # every sequence is empty (or has no elements): its final state is where it started
+        fresh = (slots >= 0) & (slots < state_pool.shape[0])
+        if has_state is not None:
+            fresh &= ~has_state
+        state_pool[slots[fresh].long()] = 0
+        return empty_like_layout(q, v.shape[-1]).zero_()
+    with _nvtx("pool_prefill", backend, q):
+        return BACKENDS[backend].pool_prefill(q, k, v, slope, scale, cu_seqlens, state_pool,
+                                              slots, has_state)
+
+
+@pool_prefill.register_fake
+def _(q, k, v, slope, cu_seqlens, state_pool, slots, has_state, scale, backend):
+    return empty_like_layout(q, v.shape[-1])
+
+
+@torch.library.custom_op("lightning_attention::pool_decode", mutates_args=("state_pool",))
+def pool_decode(q: Tensor, k: Tensor, v: Tensor, state_pool: Tensor, slots: Tensor,
+                slope: Optional[Tensor], scale: float, backend: str) -> Tensor:
+    """One token per row from and into pool rows (serving.decode); returns o (B, H, E)."""
+    if _is_empty(q, v):
+        return q.new_zeros(*q.shape[:2], v.shape[-1])
+    with _nvtx("pool_decode", backend, q):
+        return BACKENDS[backend].pool_decode(q, k, v, state_pool, slots, slope, scale)
+
+
+@pool_decode.register_fake
+def _(q, k, v, state_pool, slots, slope, scale, backend):
+    return q.new_empty(*q.shape[:2], v.shape[-1])

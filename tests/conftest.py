@@ -22,3 +22,32 @@ def gpu_memory_budget(request):
     peak = torch.cuda.max_memory_allocated()
     assert peak <= GPU_TEST_BYTES, (f"{request.node.nodeid} allocated {peak / 2**30:.1f} GiB "
                                     f"on the GPU (at most {GPU_TEST_BYTES >> 30} GiB a test)")
+
+
+@pytest.fixture
+def interp(monkeypatch):
+    """Run the Triton kernels on the CPU in the interpreter (where it can run them)."""
+    pytest.importorskip("triton")
+    from lightning_attention.kernels.triton_backend import _common
+    why = _common.interpreter_problem()
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield "cpu"
+
+
+@pytest.fixture
+def descending(monkeypatch):
+    """Run each grid's programs in descending order. The interpreter runs them one after
+    another in ascending order (triton/runtime/interpreter.py: GridExecutor), so a program
+    that writes rows owned by a later one is overwritten by it and passes (on a GPU: a
+    race). In descending order the stray write lands last and the values are wrong. The
+    tests that keep ascending order catch writes into earlier programs' rows."""
+    pytest.importorskip("triton")
+    from triton.runtime.interpreter import InterpreterBuilder
+    ascending = InterpreterBuilder.set_grid_idx
+
+    def reversed_idx(self, x, y, z):
+        nx, ny, nz = self.grid_dim
+        ascending(self, nx - 1 - x, ny - 1 - y, nz - 1 - z)
+    monkeypatch.setattr(InterpreterBuilder, "set_grid_idx", reversed_idx)

@@ -21,32 +21,6 @@ from lightning_attention.kernels.triton_backend import _common as TC  # noqa: E4
 
 
 @pytest.fixture
-def interp(monkeypatch):
-    """Run the Triton kernels on the CPU in the interpreter (where it can run them)."""
-    why = TC.interpreter_problem()
-    if why:
-        pytest.skip(why)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield "cpu"
-
-
-@pytest.fixture
-def descending(monkeypatch):
-    """Run each grid's programs in descending order. The interpreter runs them one after
-    another in ascending order (triton/runtime/interpreter.py: GridExecutor), so a program
-    that writes rows owned by a later one is overwritten by it and passes (on a GPU: a
-    race). In descending order the stray write lands last and the values are wrong. The
-    tests that keep ascending order catch writes into earlier programs' rows."""
-    from triton.runtime.interpreter import InterpreterBuilder
-    ascending = InterpreterBuilder.set_grid_idx
-
-    def reversed_idx(self, x, y, z):
-        nx, ny, nz = self.grid_dim
-        ascending(self, nx - 1 - x, ny - 1 - y, nz - 1 - z)
-    monkeypatch.setattr(InterpreterBuilder, "set_grid_idx", reversed_idx)
-
-
-@pytest.fixture
 def seg(monkeypatch):
     """Force a segment length (tokens), so short sequences take the multi-segment path."""
     def set_seg(n):

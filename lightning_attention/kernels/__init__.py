@@ -14,6 +14,8 @@ and dtypes agree, every tensor is on one device, stride(-1) == 1, no dimension i
         -> (dq, dk, dv, dinitial_state, dslope_terms)
     decode(q, k, v, state, slope, scale) -> o          (state updated in place)
     state(a, b, slope, scale, to_end) -> float32 (B, H, D, E)
+    pool_prefill(q, k, v, slope, scale, cu_seqlens, state_pool, slots, has_state) -> o
+    pool_decode(q, k, v, state_pool, slots, slope, scale) -> o
 
 - q, k: (B, H, N, D); v: (B, H, N, E); any strides with stride(-1) == 1.
 - slope: None (no decay) or float32 contiguous (H,); the decay is exp(-slope).
@@ -35,6 +37,12 @@ and dtypes agree, every tensor is on one device, stride(-1) == 1, no dimension i
   w_t = λ^{N-1-t} when to_end (the state a sequence leaves from a zero start: a, b = k, v)
   or scale·λ^{t+1} (the gradient its outputs send to its initial state: a, b = q, do).
   Sequence parallelism (distributed.py) runs it once per direction.
+- pool_prefill, pool_decode (serving.py; forward only): states live in `state_pool`, float32
+  contiguous (num_slots, H, D, E), and are read and written in place at the int32 `slots`
+  (one per packed sequence or decode row): a sequence starts from its row when `has_state`
+  (None or bool (num_seqs,); None = never) says so, else from zero, and its final state
+  replaces the row; a slot < 0 or >= num_slots reads and writes nothing (for decode, its
+  output row is 0). Rows not addressed stay bitwise unchanged. cu_seqlens is int32 (B == 1).
 
 Besides those: `unavailable() -> str | None` (why it cannot run on this machine, with the
 fix where there is one) and `unsupported(q, k, v, cu_seqlens) -> str | None` (why it cannot
@@ -49,5 +57,7 @@ class Backend(NamedTuple):
     bwd: Callable
     decode: Callable
     state: Optional[Callable]
+    pool_prefill: Optional[Callable]
+    pool_decode: Optional[Callable]
     unavailable: Callable
     unsupported: Callable

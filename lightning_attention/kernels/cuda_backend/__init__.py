@@ -5,7 +5,8 @@ schemas follow the kernel interface, so they are this backend's functions as the
 What the kernels are compiled for (head dims, dtypes, shared memory per block) is declared
 once in csrc/la_specs.h and read here from `_C`; everything else is declined by
 `unsupported` and the dispatcher picks another backend. The state-only pass has no CUDA
-kernel: the dispatcher takes it from the next backend.
+kernel, nor have the serving functions (states in a pool): the dispatcher takes them from
+the next backend.
 """
 import importlib
 import warnings
@@ -105,8 +106,10 @@ if _C is not None:
     from . import fakes  # noqa: F401  (torch.compile and opcheck on the C++ ops)
     _ops = torch.ops.lightning_attention_C
     BACKEND = Backend(name="cuda", fwd=_ops.fwd.default, bwd=_ops.bwd.default,
-                      decode=_ops.decode.default, state=None, unavailable=unavailable,
+                      decode=_ops.decode.default, state=None, pool_prefill=None,
+                      pool_decode=None, unavailable=unavailable,
                       unsupported=unsupported)
 else:
     BACKEND = Backend(name="cuda", fwd=None, bwd=None, decode=None, state=None,
+                      pool_prefill=None, pool_decode=None,
                       unavailable=unavailable, unsupported=unsupported)

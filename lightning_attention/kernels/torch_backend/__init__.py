@@ -1,6 +1,6 @@
-"""The `torch` backend (blocks.py): plain PyTorch, serves every call on every device."""
+"""The `torch` backend (blocks.py, pool.py): plain PyTorch, serves every call on every device."""
 from .. import Backend
-from . import blocks
+from . import blocks, pool
 
 
 def _never(*args):
@@ -8,4 +8,5 @@ def _never(*args):
 
 
 BACKEND = Backend(name="torch", fwd=blocks.fwd, bwd=blocks.bwd, decode=blocks.decode,
-                  state=blocks.state, unavailable=_never, unsupported=_never)
+                  state=blocks.state, pool_prefill=pool.pool_prefill,
+                  pool_decode=pool.pool_decode, unavailable=_never, unsupported=_never)

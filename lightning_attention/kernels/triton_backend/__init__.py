@@ -81,7 +81,10 @@ def unsupported(q, k, v, cu_seqlens):
 
 if _IMPORT_ERROR is None:
     BACKEND = Backend(name="triton", fwd=fwd.fwd, bwd=bwd.bwd, decode=decode.decode,
-                      state=fwd.state, unavailable=unavailable, unsupported=unsupported)
+                      state=fwd.state, pool_prefill=fwd.pool_prefill,
+                      pool_decode=decode.pool_decode,
+                      unavailable=unavailable, unsupported=unsupported)
 else:
     BACKEND = Backend(name="triton", fwd=None, bwd=None, decode=None, state=None,
+                      pool_prefill=None, pool_decode=None,
                       unavailable=unavailable, unsupported=unsupported)

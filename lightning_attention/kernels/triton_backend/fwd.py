@@ -12,6 +12,8 @@ Decays are only ever exp(-s * j) with 0 <= j <= seg: bounded exponents at any N 
 The same three kernels serve the backward (dq is this forward with q=do, k=v, v=k and
 transposed states; pass 1 and the scan run in reverse for the dk/dv carries).
 """
+from typing import NamedTuple, Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -121,13 +123,17 @@ _seg_state_kernel = kernel(_seg_state_kernel)
 
 def _seg_scan_kernel(
     st_ptr, init_ptr, slope_ptr,
-    bos_ptr, eos_ptr, first_ptr,
-    N, H, K, V, SEG, NS,
+    bos_ptr, eos_ptr, first_ptr, pool_slot_ptr, has_state_ptr,
+    N, H, K, V, SEG, NS, NUM_SLOTS,
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr,
-    VARLEN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    VARLEN: tl.constexpr, POOL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     """Turn the local states in the slots into incoming states, one sequence per program
-    row, sequentially over its segments (a fixed order: deterministic)."""
+    row, sequentially over its segments (a fixed order: deterministic).
+    With POOL (serving), the initial state is the sequence's pool row (init_ptr) where
+    has_state says so, and segment 0's incoming state goes to its slot too: the output
+    kernel then reads every incoming state from the slots and never the pool row that it
+    overwrites with the final state (another program's segment may still be reading it)."""
     i = tl.program_id(0)
     h = tl.program_id(1)
     r = tl.program_id(2)
@@ -151,8 +157,16 @@ def _seg_scan_kernel(
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
     S = tl.full([BK, BV], 0.0, dtype=tl.float32)
-    if HAS_INIT:
-        S = tl.load(init_ptr + (i.to(tl.int64) * H + h) * K * V + offs, mask=m, other=0.0).to(tl.float32)
+    if POOL:
+        if HAS_INIT:
+            row = tl.load(pool_slot_ptr + i)
+            read = (row >= 0) & (row < NUM_SLOTS) & (tl.load(has_state_ptr + i) != 0)
+            row = tl.where(read, row, 0).to(tl.int64)
+            S = tl.load(init_ptr + (row * H + h) * K * V + offs, mask=m & read, other=0.0)
+        tl.store(st_ptr + (g0.to(tl.int64) * H + h) * K * V + offs, S, mask=m)
+    else:
+        if HAS_INIT:
+            S = tl.load(init_ptr + (i.to(tl.int64) * H + h) * K * V + offs, mask=m, other=0.0).to(tl.float32)
     for jj in range(1, nseg):
         if REVERSE:
             j = nseg - 1 - jj
@@ -174,21 +188,23 @@ _seg_scan_kernel = kernel(_seg_scan_kernel)
 
 def _seg_out_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, init_ptr, st_ptr, final_ptr, x_ptr, terms_ptr,
-    seq_ptr, segj_ptr, bos_ptr, eos_ptr,
-    N, H, K, V, SEG, NS,
+    seq_ptr, segj_ptr, bos_ptr, eos_ptr, pool_slot_ptr,
+    N, H, K, V, SEG, NS, NUM_SLOTS,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
     s_xb, s_xh, s_xn, s_tp,
     s_sr, s_sc,
     scale,
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, STORE_FINAL: tl.constexpr,
-    TERMS: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
+    TERMS: tl.constexpr, VARLEN: tl.constexpr, POOL: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Outputs of one segment, V tile iv. States (initial, slots) are K x V matrices of
     H * K * V floats per (sequence or slot), element (r, c) at r * s_sr + c * s_sc, so the
     backward can read them transposed; the final state is written K x V row-major.
     With TERMS (the dq use), also the row sums of x * o in float32, before o is rounded,
-    into terms[iv] (NVT, B, H, N): the q.dq half of ops.py's d slope terms."""
+    into terms[iv] (NVT, B, H, N): the q.dq half of ops.py's d slope terms.
+    With POOL (serving), every incoming state is in the slots (the scan's) and the final
+    state goes to the sequence's pool row (final_ptr) when its slot is in range."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     NVT = (V + BV - 1) // BV
@@ -209,11 +225,14 @@ def _seg_out_kernel(
     s_offs = offs_k[:, None] * s_sr + offs_v[None, :] * s_sc
     # incoming state of this segment
     S = tl.full([BK, BV], 0.0, dtype=tl.float32)
-    if j > 0:
-        S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
+    if POOL:
+        S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
     else:
-        if HAS_INIT:
-            S = tl.load(init_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
+        if j > 0:
+            S = tl.load(st_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
+        else:
+            if HAS_INIT:
+                S = tl.load(init_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
 
     bh = b.to(tl.int64)
     hh = h.to(tl.int64)
@@ -265,8 +284,14 @@ def _seg_out_kernel(
                 tl.store(t_base + rows, tl.sum(xo, axis=1), mask=mt)
     if STORE_FINAL:
         if j == nseg - 1:
-            f = final_ptr + (i_seq.to(tl.int64) * H + h) * K * V
-            tl.store(f + offs_k[:, None] * V + offs_v[None, :], S, mask=ms)
+            row = i_seq
+            live = i_seq >= 0
+            if POOL:
+                row = tl.load(pool_slot_ptr + i_seq)
+                live = (row >= 0) & (row < NUM_SLOTS)
+                row = tl.where(live, row, 0)
+            f = final_ptr + (row.to(tl.int64) * H + h) * K * V
+            tl.store(f + offs_k[:, None] * V + offs_v[None, :], S, mask=ms & live)
 
 
 _seg_out_kernel = kernel(_seg_out_kernel)
@@ -301,28 +326,43 @@ def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_p
     return st
 
 
-def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec):
+class Pool(NamedTuple):
+    """States in a pool (serving): rows (num_slots, H, K, V) fp32, addressed per sequence by
+    slots (int32) and, where has_state (uint8 or None) is nonzero, read as its start."""
+    rows: torch.Tensor
+    slots: torch.Tensor
+    has_state: Optional[torch.Tensor]
+
+
+def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec, pool=None):
     """Incoming states (forward) or carries (reverse) of every segment: (G, H, K, V) fp32.
-    Slot g holds segment g's incoming state (forward, j >= 1) or carry from the right
-    (reverse, j < n-1); other slots are unused."""
+    Slot g holds segment g's incoming state (forward, j >= 1; j = 0 too with a `pool`, whose
+    rows are then the initial states) or carry from the right (reverse, j < n-1); other
+    slots are unused."""
     st = _segment_states(a, b, slope, scale, table, H, K, V, reverse, False, dot_prec)
     BKs = min(C.next_pow2(K), 64)
     BVs = min(C.next_pow2(V), 64)
     seq_of, j_of, bos, eos = table.args(a.device)
     first = table.first if table.varlen else bos
+    if pool is not None:
+        init = pool.rows if pool.has_state is not None else None
     _seg_scan_kernel[(table.nseqs, H, triton.cdiv(K, BKs) * triton.cdiv(V, BVs))](
         st, init if init is not None else st, slope if slope is not None else st, bos, eos, first,
-        table.N, H, K, V, table.seg, table.NS,
+        pool.slots if pool is not None else bos,
+        pool.has_state if pool is not None and pool.has_state is not None else bos,
+        table.N, H, K, V, table.seg, table.NS, pool.rows.shape[0] if pool is not None else 0,
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, REVERSE=reverse,
-        VARLEN=table.varlen, BK=BKs, BV=BVs, num_warps=4)
+        VARLEN=table.varlen, POOL=pool is not None, BK=BKs, BV=BVs, num_warps=4)
     return st
 
 
 def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, transposed, dot_prec,
-            terms_x=None):
+            terms_x=None, pool=None):
     """Pass 2 into `o`. K is q/k's last dim, V is v/o's; `init`/`states` hold K x V states,
     or V x K ones read transposed when `transposed` (the dq use). With `terms_x` (like o),
-    also returns sum_v terms_x * o per token in float32, (B, H, N)."""
+    also returns sum_v terms_x * o per token in float32, (B, H, N). With a `pool`, `states`
+    (seg_states with the pool) hold every incoming state and the final states go to the
+    pool's rows."""
     dev = q.device
     BK, BV = _bv(K, V)
     NVT = triton.cdiv(V, BV)
@@ -339,14 +379,15 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
         q, k, v, o, slope if slope is not None else dummy,
         init if init is not None else dummy, states if states is not None else dummy,
         final if final is not None else dummy, x, terms if terms is not None else dummy,
-        seq_of, j_of, bos, eos,
-        table.N, H, K, V, table.seg, table.NS,
+        seq_of, j_of, bos, eos, pool.slots if pool is not None else bos,
+        table.N, H, K, V, table.seg, table.NS, pool.rows.shape[0] if pool is not None else 0,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         x.stride(0), x.stride(1), x.stride(2), B * H * N,
         s_sr, s_sc, float(scale),
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
-        TERMS=terms is not None, VARLEN=table.varlen, BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
+        TERMS=terms is not None, VARLEN=table.varlen, POOL=pool is not None,
+        BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
         DOT_PREC=dot_prec,
         INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
@@ -383,6 +424,22 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
     seg_out(q, k, v, o, slope, scale, initial_state, states,
             final if output_final_state else None, table, H, K, V, False, prec)
     return o, final
+
+
+def pool_prefill(q, k, v, slope, scale, cu_seqlens, state_pool, slots, has_state):
+    """The forward of packed sequences from and into pool rows (kernel interface): pass 1
+    and the scan always run, so that the output pass reads no pool row (see _seg_scan_kernel)."""
+    _, H, _, K = q.shape
+    V = v.shape[-1]
+    o = empty_like_layout(q, V)
+    _, BV = _bv(K, V)
+    table = make_table(q, cu_seqlens, triton.cdiv(V, BV))
+    prec = C.dot_prec(q.dtype)
+    pool = Pool(state_pool, slots, None if has_state is None else has_state.view(torch.uint8))
+    states = seg_states(k, v, slope, 1.0, None, table, H, K, V, False, prec, pool)
+    seg_out(q, k, v, o, slope, scale, None, states, state_pool, table, H, K, V, False, prec,
+            pool=pool)
+    return o
 
 
 def state(a, b, slope, scale, to_end):

@@ -1,0 +1,167 @@
+"""Serving speed (lightning_attention.serving) on one GPU: decode steps and prefill with states
+in a pool, addressed by slot, beside their floors and peers.
+
+    python bench/bench_serving.py                  # decode, graph, prefill, MiniMax layer
+    python bench/bench_serving.py --only decode --batch 128
+    python bench/bench_serving.py --cpu-smoke      # tiny sizes on the CPU: the script runs
+
+decode   one step per layer (H = 32, D = E = 128, bf16) from a pool of 1024 slots in random
+         order, beside fla's fused_recurrent_simple_gla on dense states and the floor (a copy
+         of the B addressed states: each is read and written once).
+graph    the B = 1 step captured in a CUDA graph, beside a graph of 2 empty kernel launches.
+prefill  8 sequences of 1 to 16K tokens, 64K in total, from and into the pool (half start
+         from a state), beside a plain varlen lightning_attn call with dense states.
+minimax  transformers' MiniMaxLightningAttention layer (H = 64, D = 128, N = 4096, B = 1,
+         bf16) with and without integrations.minimax.patch (needs transformers).
+Median ms (triton's do_bench on a GPU). Prints a table and writes JSON (--json).
+"""
+import argparse
+import copy
+import json
+
+import torch
+
+import lightning_attention as la
+from lightning_attention import serving
+from bench_speed import timer
+
+BF16 = torch.bfloat16
+
+
+def fla_decode():
+    """fla's recurrent kernel for one token on dense states, or None when fla is missing."""
+    try:
+        from fla.ops.simple_gla import fused_recurrent_simple_gla
+    except Exception:
+        return None
+
+    def step(q, k, v, state, slope):
+        return fused_recurrent_simple_gla(q[:, None], k[:, None], v[:, None], g_gamma=-slope,
+                                          scale=1.0, initial_state=state,
+                                          output_final_state=True)
+    return step
+
+
+def decode_rows(args, device, bench):
+    H, D, rows = args.heads, args.dim, []
+    pool = torch.randn(args.slots, H, D, D, device=device)
+    slope = la.build_slopes(H, device=device)
+    fla = fla_decode() if device.type == "cuda" else None
+    for B in args.batch:
+        q, k, v = (torch.randn(B, H, D, device=device, dtype=args.dtype) for _ in range(3))
+        slots = torch.randperm(args.slots, device=device)[:B].int()
+        dense = pool[slots.long()]
+        row = {"bench": "decode", "B": B,
+               "ours_ms": bench(lambda: serving.decode(q, k, v, pool, slots, slope), []),
+               "floor_ms": bench(lambda: dense.clone(), [])}
+        if fla is not None:
+            row["fla_recurrent_ms"] = bench(lambda: fla(q, k, v, dense, slope), [])
+        rows.append(row)
+    return rows
+
+
+def graph_rows(args, device, bench):
+    """One B = 1 decode step in a CUDA graph, and 2 empty kernels in a graph."""
+    H, D = args.heads, args.dim
+    pool = torch.randn(args.slots, H, D, D, device=device)
+    slope = la.build_slopes(H, device=device)
+    q, k, v = (torch.randn(1, H, D, device=device, dtype=args.dtype) for _ in range(3))
+    slots = torch.tensor([args.slots // 2], dtype=torch.int32, device=device)
+    x = torch.zeros(1, device=device)
+    graphs = {}
+    for name, fn in (("decode_graph_ms", lambda: serving.decode(q, k, v, pool, slots, slope)),
+                     ("two_empty_kernels_graph_ms", lambda: (x.add_(0), x.add_(0)))):
+        fn()  # warm up: kernels compiled before capture
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        graphs[name] = bench(g.replay, [])
+    return [{"bench": "graph", "B": 1, **graphs}]
+
+
+def prefill_rows(args, device, bench):
+    H, D = args.heads, args.dim
+    lens = args.prefill_lens
+    cu = torch.tensor([0] + lens, device=device).cumsum(0).int()
+    T = int(cu[-1])
+    q, k, v = (torch.randn(1, H, T, D, device=device, dtype=args.dtype)
+               * (D ** -0.5 if i < 2 else 1) for i in range(3))
+    slope = la.build_slopes(H, device=device)
+    pool = torch.randn(args.slots, H, D, D, device=device)
+    n = len(lens)
+    slots = torch.randperm(args.slots, device=device)[:n].int()
+    has = torch.arange(n, device=device) % 2 == 0
+    dense = pool[slots.long()]
+    row = {"bench": "prefill", "T": T, "lens": lens,
+           "ours_ms": bench(lambda: serving.prefill(q, k, v, slope, cu, pool, slots,
+                                                    has_state=has), []),
+           "plain_varlen_ms": bench(lambda: la.lightning_attn(
+               q, k, v, slope, initial_state=dense, output_final_state=True, cu_seqlens=cu), [])}
+    if device.type == "cuda":
+        row["plain_varlen_triton_ms"] = bench(lambda: la.lightning_attn(
+            q, k, v, slope, initial_state=dense, output_final_state=True, cu_seqlens=cu,
+            backend="triton"), [])
+    return [row]
+
+
+def minimax_rows(args, device, bench):
+    try:
+        from transformers import MiniMaxConfig
+        from transformers.models.minimax.modeling_minimax import MiniMaxLightningAttention
+        from lightning_attention.integrations import minimax
+    except Exception as e:
+        print(f"minimax: skipped ({type(e).__name__}: {e})")
+        return []
+    H, D, N = args.minimax_heads, args.dim, args.minimax_n
+    config = MiniMaxConfig(hidden_size=H * D, num_attention_heads=H, head_dim=D,
+                           num_hidden_layers=2, layer_types=["linear_attention"] * 2)
+    layer = MiniMaxLightningAttention(config, 0).to(device, args.dtype).eval()
+    patched = copy.deepcopy(layer)
+    minimax.patch(patched)
+    x = torch.randn(1, N, H * D, device=device, dtype=args.dtype)
+    with torch.no_grad():
+        return [{"bench": "minimax_layer", "H": H, "D": D, "N": N,
+                 "transformers_ms": bench(lambda: layer(x, None, None), []),
+                 "patched_ms": bench(lambda: patched(x, None, None), [])}]
+
+
+BENCHES = {"decode": decode_rows, "graph": graph_rows, "prefill": prefill_rows,
+           "minimax": minimax_rows}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", choices=list(BENCHES), default=list(BENCHES))
+    p.add_argument("--batch", type=int, nargs="*", default=[1, 8, 64, 128, 256])
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--slots", type=int, default=1024)
+    p.add_argument("--prefill-lens", type=int, nargs="*",
+                   default=[1, 1023, 4096, 8192, 12288, 16384, 16384, 7168])
+    p.add_argument("--minimax-heads", type=int, default=64)
+    p.add_argument("--minimax-n", type=int, default=4096)
+    p.add_argument("--json", default="bench_serving.json")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
+    args = p.parse_args(argv)
+    device = torch.device("cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda")
+    args.dtype = BF16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu":
+        args.batch, args.heads, args.dim, args.slots = [1, 4], 2, 32, 16
+        args.prefill_lens, args.minimax_heads, args.minimax_n = [1, 30, 97], 2, 64
+        args.only = [b for b in args.only if b != "graph"]
+    bench = timer(device)
+    rows = []
+    for name in args.only:
+        for row in BENCHES[name](args, device, bench):
+            print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in row.items()), flush=True)
+            rows.append(row)
+    with open(args.json, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                   "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
