@@ -26,7 +26,7 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
 
 // One gradient of the dk/dv sweep on the sm_90a kernel in reversed time (la_fwd_sm90.cuh:
 // dV from (k, q, do), dK from (v, do, q)): pass 1 and the reverse scan when the plan has
-// several segments, then pass 2. Only where the plan says sm90_bwd; no d slope terms.
+// several segments, then pass 2. Only where the plan says sm90; no d slope terms.
 void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                                 const Plan& pl, cudaStream_t stream);
 

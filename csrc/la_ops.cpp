@@ -185,7 +185,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
                                   need_dslope ? terms.data_ptr<float>() : nullptr);
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
 
-  if (pl.sm90_bwd && !need_dslope) {
+  if (pl.sm90 && !need_dslope) {
     // dv_t = k_t G_t and dk_t = v_t G_tᵀ: the sm_90a kernel in reversed time on (k, q, do)
     // with the final state's gradient (its last state is the initial state's gradient), and
     // on (v, do, q) with that gradient transposed

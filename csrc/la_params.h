@@ -122,12 +122,11 @@ template <typename T, int HD>
 void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 
 // The sm_90a kernel (la_fwd_sm90.cuh), both passes, without d slope terms: the forward, or
-// with `reverse` the dk/dv sweep in reversed time; whether this build and driver can run it,
-// and whether the reversed sweep is switched on (la_sm90_host.cu).
+// with `reverse` the dk/dv sweep in reversed time; and whether this build and driver can run
+// it (la_sm90_host.cu).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream);
 bool sm90_available();
-bool sm90_backward_wanted();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -18,8 +18,7 @@ struct Plan {
   bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
   int fwd_stages = 2;  // cp.async pipeline depth of the forward's pass 2 (2 or 3)
   int cc_major = 0, cc_minor = 0;  // the device's compute capability
-  bool sm90 = false;      // the forward runs on the sm_90a kernels (la_fwd_sm90.cuh)
-  bool sm90_bwd = false;  // and the dk/dv sweep too, in reversed time (switched on by hand)
+  bool sm90 = false;  // the sm_90a kernels (la_fwd_sm90.cuh) run the forward and the sweeps
 };
 
 // `seg_len`: a forced segment length (a positive multiple of 64; tests use it to take the

@@ -57,8 +57,9 @@ CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int
 }
 
 // The build holds sm_90a code and the driver has the TMA entry point; the kernels then run on
-// devices of compute capability 9.0 (la_plan.cpp) unless LIGHTNING_ATTENTION_SM90=0 (read
-// once, for comparisons with the mma.sync kernels).
+// devices of compute capability 9.0 (la_plan.cpp: the forward, the dq sweep and the dk/dv
+// sweep without d slope terms) unless LIGHTNING_ATTENTION_SM90=0 (read once, for comparisons
+// with the mma.sync kernels).
 bool sm90_available() {
   static const bool ok = [] {
     const char* e = std::getenv("LIGHTNING_ATTENTION_SM90");
@@ -67,16 +68,6 @@ bool sm90_available() {
            encode_tiled() != nullptr;
   }();
   return ok;
-}
-
-// The dk/dv sweep on the sm_90a kernel (reversed time) is new: LIGHTNING_ATTENTION_SM90_BWD=1
-// (read once) switches it on until the GPU tests have checked it.
-bool sm90_backward_wanted() {
-  static const bool on = [] {
-    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_BWD");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
 }
 
 }  // namespace la

@@ -74,8 +74,8 @@ def test_shapes(dtype, D, N, seg, seg_len):
 @pytest.mark.parametrize("varlen", [False, True])
 def test_backward_fixed_slope(D, dtype, seg, varlen, seg_len):
     """A slope without a gradient (the usual case: fixed ALiBi slopes), so the backward's
-    dk/dv sweep has no d slope terms (on sm_90a with LIGHTNING_ATTENTION_SM90_BWD=1: the
-    reversed-time kernel), single- and multi-segment, packed sequences with an empty one."""
+    dk/dv sweep has no d slope terms (on sm_90a: the reversed-time kernel), single- and
+    multi-segment, packed sequences with an empty one."""
     seg_len(seg)
     cu = [0, 100, 100, 1300, 1301, 2000] if varlen else None
     check_cuda(B=1 if varlen else 2, H=2, N=2000 if varlen else 1000, D=D, dtype=dtype,
