@@ -61,6 +61,27 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return p;
 }
 
+namespace {
+
+// The passes of one sweep: when the plan has several segments per sequence, pass 1 (each
+// segment's local state) and the scan (incoming states, in sequence order or reversed, the
+// first one being `state_in` with element strides (sd, se)); then pass 2.
+template <typename Pass>
+void segment_passes(const Plan& pl, Pass&& pass, const float* state_in, int64_t sd, int64_t se,
+                    const float* slope, int64_t D, int64_t E, bool reverse, cudaStream_t stream) {
+  if (pl.multi) {
+    pass(/*pass1=*/true);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    run_state_scan(pl.seg, pl.ws.data_ptr<float>(), state_in, sd, se, slope, (int)D, (int)E,
+                   reverse, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  pass(/*pass1=*/false);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream) {
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
@@ -74,15 +95,9 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
         run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/false, stream);
       else
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (pl.multi) {
-      pass(/*pass1=*/true);
-      run_state_scan(pl.seg, p.ws, p.state_in, p.state_in_sd, p.state_in_se, p.slope, (int)D,
-                     (int)E, /*reverse=*/false, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    pass(/*pass1=*/false);
+    segment_passes(pl, pass, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
+                   /*reverse=*/false, stream);
   });
 }
 
@@ -91,15 +106,9 @@ void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
-    if (pl.multi) {
-      run_fwd_sm90<T, kHD>(p, /*pass1=*/true, /*reverse=*/true, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      run_state_scan(pl.seg, p.ws, p.state_in, p.state_in_sd, p.state_in_se, p.slope, (int)D,
-                     (int)E, /*reverse=*/true, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    run_fwd_sm90<T, kHD>(p, /*pass1=*/false, /*reverse=*/true, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto pass = [&](bool pass1) { run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/true, stream); };
+    segment_passes(pl, pass, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
+                   /*reverse=*/true, stream);
   });
 }
 
@@ -108,14 +117,8 @@ void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int6
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
-    if (pl.multi) {
-      run_bwd<T, kHD>(p, /*pass1=*/true, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      run_state_scan(pl.seg, p.ws, p.dstate_in, E, 1, p.slope, (int)D, (int)E, /*reverse=*/true, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    run_bwd<T, kHD>(p, /*pass1=*/false, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto pass = [&](bool pass1) { run_bwd<T, kHD>(p, pass1, stream); };
+    segment_passes(pl, pass, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
   });
 }
 
