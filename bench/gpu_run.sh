@@ -21,8 +21,8 @@ timeout 240 python3 setup.py build_ext --inplace > $OUT/build.log 2>&1 || { grep
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "entry function|spill|Used" $OUT/build.log | sed 's/ptxas info    : //' > /tmp/ptxas.txt
 cuobjdump --dump-sass lightning_attention/_C*.so > /tmp/sass.txt 2>/dev/null
-echo "HMMA in SASS: $(grep -c HMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
-awk '/Function :/{f=$3} /HMMA/{n[f]++} END{for(k in n) print "  HMMA", n[k], k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > $OUT/hmma.txt
+echo "HMMA in SASS: $(grep -c ' HMMA' /tmp/sass.txt), HGMMA: $(grep -c HGMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
+awk '/Function :/{f=$3} / HMMA/{n[f]++} /HGMMA/{g[f]++} /UTMALDG/{l[f]++} /UTMASTG/{s[f]++} END{for(k in n) print "  HMMA", n[k], k; for(k in g) print "  HGMMA", g[k], "UTMALDG", l[k]+0, "UTMASTG", s[k]+0, k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > $OUT/mma_sass.txt
 grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > $OUT/ptxas_summary.txt
 if [ -z "${SKIP_BENCH:-}" ]; then
   timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py --json $OUT/speed.json > $OUT/speed.log 2>&1
