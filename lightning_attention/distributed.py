@@ -13,16 +13,21 @@ forward (one all-gather of the per-rank states and lengths)
 backward (one all-gather of the per-rank G_m)
     G_m     = c Σ_t λ^{t+1} q_tᵀ do_t                     # dL/dS_in,m from slice m's outputs
     dS_r    = Σ_{m>r} λ^{g_rm} G_m                       # dL/d(final state of slice r)
-    dq, dk, dv = the local op's backward with (do, dS_r), initial state S_in,r
-    d slope = −Σ_t (b_r + t) (q_t·dq_t − k_t·dk_t)       # this rank's share
+    dq, dk, dv, τ = the local op's backward with (do, dS_r), initial state S_in,r
+    d slope = −Σ_t τ_t                                     # this rank's share
 
 The local op applies S_in in its kernels (c λ^{t+1} q_t S_in) and turns dS_r into the dk, dv
 terms of the later slices' use of S_r, so both exchanges cost one state-only pass over
 (k, v) or (q, do) (the backend's `state`, lightning_attention/kernels) and never touch the outputs. The last rank skips the first pass and the
-first rank the second (nobody reads their result). d slope uses ops.py's identity on the
-whole sequence, dL/d log λ = Σ_T T (q_T·dq_T − k_T·dk_T) at global positions T = b_r + t
-(no initial or final state there): with the full dq, dk on every rank, each rank sums its own
-tokens. Every decay is exp(−s·n) with n ≥ 0: no exponent can overflow at any length.
+first rank the second (nobody reads their result). Every decay is exp(−s·n) with n ≥ 0: no
+exponent can overflow at any length.
+
+d slope needs no exchange and no global position. The ranks form a chain: the state entering
+rank r+1 is rank r's final state F_r = λ^{N_r} S_in,r + S_r, and dS_r is dL/dF_r. By the
+chain rule, dL/d log λ is the sum over the ranks of the derivative of each rank's part,
+o_r·do_r + <dS_r, F_r>, with its incoming state S_in,r held fixed; that is what the local
+op's terms τ add up to, since it gets S_in,r as its initial state and dS_r as the gradient
+of its final state (docs/DSLOPE.md).
 
 Communication per call: two all-gathers of P·B·H·D·E state elements, independent of N; no
 point-to-point chain. Extra memory: S_in,r saved for the backward, and the state pass's
@@ -90,21 +95,20 @@ class _SequenceParallel(torch.autograd.Function):
         else:
             s_loc = _state(k, v, slope, 1.0, True, backend)
         states, lengths = _all_gather(s_loc, N, group)
-        before, after, start = _gaps(lengths, rank)
+        before, after = _gaps(lengths, rank)
         s_in = None
         if rank > 0:
             s_in = torch.einsum("ph,pbhde->bhde", _decays(log_decay, before, states.dtype),
                                 states).contiguous()
         o, _ = ops.fwd(q, k, v, slope, s_in, None, scale, False, backend)
-        ctx.save_for_backward(q, k, v, slope, s_in, log_decay, after, start)
+        ctx.save_for_backward(q, k, v, slope, s_in, log_decay, after)
         ctx.scale, ctx.group, ctx.rank, ctx.world, ctx.backend = scale, group, rank, world, backend
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, k, v, slope, s_in, log_decay, after, start = ctx.saved_tensors
-        N = q.shape[2]
+        q, k, v, slope, s_in, log_decay, after = ctx.saved_tensors
         if ctx.rank == 0:  # nobody before this rank reads its G
             g_loc = _zero_state(q, do)
         else:
@@ -121,8 +125,7 @@ class _SequenceParallel(torch.autograd.Function):
                                        need_dslope, ctx.backend)
         dslope = None
         if need_dslope:
-            pos = start.double() + torch.arange(N, dtype=torch.float64, device=q.device)
-            dslope = (-(terms.double() * pos).sum(dim=(0, 2))).to(slope.dtype)
+            dslope = ops._slope_grad(terms).to(slope.dtype)
         return dq, dk, dv, dslope, None, None, None
 
 
@@ -166,14 +169,13 @@ def _log_decay(slope, H, like):
 
 def _gaps(lengths, rank):
     """Tokens between the slices, float64 (P,): before[j] = b_rank − e_j for j < rank and
-    after[m] = b_m − e_rank for m > rank; −1 marks the other entries. Also b_rank, this
-    slice's first token in the whole sequence (a 0-dim tensor)."""
+    after[m] = b_m − e_rank for m > rank; −1 marks the other entries."""
     ends = torch.cumsum(lengths, 0)
     starts = ends - lengths
     idx = torch.arange(lengths.numel(), device=lengths.device)
     before = torch.where(idx < rank, starts[rank] - ends, -1).double()
     after = torch.where(idx > rank, starts - ends[rank], -1).double()
-    return before, after, starts[rank]
+    return before, after
 
 
 def _decays(log_decay, gaps, dtype):

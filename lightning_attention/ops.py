@@ -68,7 +68,7 @@ def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
         cu_seqlens: Optional[Tensor], scale: float, need_dslope: bool, backend: str
         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv in the layouts of q, k, v; d initial_state, or empty without one;
-    the per-token d slope terms (B, H, N) with need_dslope, else empty)."""
+    the per-token d slope terms τ (B, H, N) with need_dslope, else empty)."""
     if _is_empty(q, v):
         dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
         terms = q.new_zeros(q.shape[:3], dtype=state_dtype(q)) if need_dslope else no_state(q)
@@ -89,56 +89,24 @@ def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, need_d
     return (*grads, ds0, terms)
 
 
-def _positions(N, cu_seqlens, device):
-    """Each token's position in its sequence, int64 (N,) (no host synchronisation)."""
-    pos = torch.arange(N, device=device)
-    if cu_seqlens is not None:
-        starts = cu_seqlens.long()
-        seq = torch.searchsorted(starts[1:], pos, right=True).clamp(max=starts.numel() - 2)
-        pos = pos - starts[seq]
-    return pos
-
-
-def _slope_grad(terms, initial_state, ds0, final_state, dfinal_state, cu_seqlens):
-    """dL/d slope from the per-token terms q_t·dq_t − k_t·dk_t of the true gradients
-    (λ = exp(-slope), t = position in its sequence):
-
-        dL/d log λ = Σ_t t (q_t·dq_t − k_t·dk_t) + <S_init, dS_init> + (n − 1) <dS_final, S_final>
-
-    summed over the batch (n: the sequence's length). Derivation: every pair (t, s) of
-    o_t carries λ^{t-s}, so its log-λ derivative is (t − s) times its term; t·q·dq counts
-    t, −s·k·dk takes s away; the initial and final states bring the two boundary terms.
-    """
-    N = terms.shape[2]
-    pos = _positions(N, cu_seqlens, terms.device)
-    dlog = (terms.double() * pos.double()).sum(dim=(0, 2))
-    if initial_state is not None:
-        dlog = dlog + (initial_state.double() * ds0.double()).sum(dim=(0, 2, 3))
-    if dfinal_state is not None:
-        inner = (final_state.double() * dfinal_state.double()).sum(dim=(2, 3))  # (num_states, H)
-        if cu_seqlens is None:
-            weight = N - 1
-        else:
-            # n − 1 is −1 for an empty sequence: its final state is its initial state, and
-            # the two boundary terms cancel (docs/DSLOPE.md)
-            weight = (cu_seqlens[1:] - cu_seqlens[:-1]).double().sub(1)[:, None]
-        dlog = dlog + (weight * inner).sum(0)
-    return -dlog
+def _slope_grad(terms):
+    """dL/d slope = −Σ_{batch, tokens} τ per head, float64 (H,): each sequence's terms τ add
+    up to its dL/d log λ, final-state term included (docs/DSLOPE.md), and λ = exp(−slope)."""
+    return -terms.double().sum(dim=(0, 2))
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, backend = inputs
-    _, final_state = output
-    ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens, final_state)
+    ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens)
     ctx.scale, ctx.backend, ctx.output_final_state = scale, backend, output_final_state
 
 
 def _backward(ctx, do, dfinal_state):
-    q, k, v, slope, initial_state, cu_seqlens, final_state = ctx.saved_tensors
+    q, k, v, slope, initial_state, cu_seqlens = ctx.saved_tensors
     if not ctx.output_final_state:
         dfinal_state = None
     elif dfinal_state is not None:
-        dfinal_state = dfinal_state.to(final_state.dtype).contiguous()
+        dfinal_state = dfinal_state.to(state_dtype(q)).contiguous()
     if do.stride(-1) != 1:
         do = do.contiguous()
     need_dslope = slope is not None and ctx.needs_input_grad[3]
@@ -146,8 +114,7 @@ def _backward(ctx, do, dfinal_state):
                                  ctx.scale, need_dslope, ctx.backend)
     dslope = None
     if need_dslope:
-        dslope = _slope_grad(terms, initial_state, ds0, final_state, dfinal_state,
-                             cu_seqlens).to(slope.dtype)
+        dslope = _slope_grad(terms).to(slope.dtype)
     ds0 = ds0 if initial_state is not None and ctx.needs_input_grad[4] else None
     return dq, dk, dv, dslope, ds0, None, None, None, None
 

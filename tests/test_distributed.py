@@ -15,7 +15,7 @@ On GPUs (NCCL, bf16, whichever backend `auto` picks):
 compares against the float64 truth instead: the error of the split call is at most twice the
 error of the single-GPU call plus 2^-8 of the largest magnitude (half a bf16 ulp or more):
 the exchanged states come from GEMMs over λ^{N_r-1-t} k_t and c λ^{t+1} q_t rounded to
-bf16, and d slope sums every rank's terms at global positions up to N.
+bf16.
 """
 import datetime
 import os

@@ -4,7 +4,7 @@ The truth is float64 autograd of the plain quadratic form (`plain`, written here
 sharing no code with any backend). The error rule (FlashAttention's): a backend's error
 against the truth is at most `factor` (2) times the error of the same quadratic form
 evaluated in the inputs' dtype (`baseline`), plus a tiny relative slack. d slope has a
-fixed tolerance derived from the dtype (`dslope_tolerance`).
+fixed bound relative to its size, from the dtype (`assert_dslope`).
 """
 import contextlib
 
@@ -216,35 +216,24 @@ def assert_close(out, ref, base, name="", factor=2.0, rtol=None, slack=0.0):
                           f"+ {rtol:.0e} x max|ref| + slack {slack:.3e}")
 
 
-def dslope_tolerance(q, k, ref_grads, ref_final, initial_state, dfinal, cu_seqlens):
-    """The fixed tolerance of d slope, from the dtype alone (no baseline: a plain evaluation
-    reaches d slope by another route, so its error says nothing about the identity's).
-    dL/d log λ = Σ_t t (q_t·dq_t − k_t·dk_t) + <S₀, dS₀> + (n − 1) <S_f, dS_f> cancels
-    heavily (docs/DSLOPE.md): two correct evaluations differ by about
-    eps(dtype) · ||t (|q_t·dq_t| + |k_t·dk_t|)||₂ in a random direction, plus eps times the
-    boundary terms' magnitudes. Measured on the CPU (torch backend, Triton interpreter;
-    float32, float16, bfloat16; N <= 1000, packed sequences): at most 0.3 eps times that.
-    The GPU kernels' 16-bit terms round more (P, dP and the state operands), hence 6 eps
-    times it, per head. In bfloat16 that is loose (~10% of max |d slope| at N = 1K): there
-    the float32/float16 cases carry the check."""
-    B, H, N, _ = q.shape
-    t = torch.arange(N, dtype=torch.float64, device=q.device)
-    lengths = torch.full((max(B, 1),), N, dtype=torch.float64, device=q.device)
-    if cu_seqlens is not None:
-        bounds = sequences(cu_seqlens, N)
-        for a, b in bounds:
-            t[a:b] -= a
-        lengths = torch.tensor([b - a for a, b in bounds], dtype=torch.float64,
-                               device=q.device)
-    dq, dk = ref_grads[0].double(), ref_grads[1].double()
-    mag = (f64(q) * dq).sum(-1).abs() + (f64(k) * dk).sum(-1).abs()
-    total = ((mag * t) ** 2).sum(dim=(0, 2)).sqrt()
-    if initial_state is not None:
-        total = total + (f64(initial_state) * ref_grads[4]).abs().sum(dim=(0, 2, 3))
-    if dfinal is not None:
-        inner = (f64(dfinal) * ref_final).abs().sum(dim=(2, 3))
-        total = total + (lengths[:, None] * inner).sum(0)
-    return 6 * EPS[q.dtype] * total.max().item() if total.numel() else 0.0
+#: The bound of d slope's error, relative to its largest magnitude over the heads: the terms
+#: of the direct form (docs/DSLOPE.md) never cancel, so the error is a few roundings of the
+#: dtype whatever N; for 16-bit inputs, the 1% that issue 13 asks of every backend at every N.
+DSLOPE_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2,
+               torch.bfloat16: 1e-2}
+
+
+def dslope_error(g, ref):
+    """max_h |g − ref| / max_h |ref|, the measure of d slope's error (ref: the float64 truth)."""
+    return ((g.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+
+
+def assert_dslope(g, ref, dtype, name="dslope"):
+    assert torch.isfinite(g).all(), f"{name}: non-finite values"
+    err = dslope_error(g, ref)
+    assert err <= DSLOPE_RTOL[dtype], (f"{name}: relative error {err:.2e} > "
+                                       f"{DSLOPE_RTOL[dtype]:.0e} (max |ref| "
+                                       f"{ref.abs().max().item():.3e})")
 
 
 def make_slope(decay, H, device="cpu", dtype=torch.float32):
@@ -260,7 +249,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
                   scale=1.0, cu_seqlens=None, grads=True, slope_grad=True, factor=2.0):
     """Run lightning_attn on `backend` (outputs poisoned with NaN) and check the output,
     the final state and every gradient against the float64 truth: assert_close, and
-    dslope_tolerance for d slope. decay: as in make_slope; slope_grad=False keeps the slope
+    assert_dslope for d slope. decay: as in make_slope; slope_grad=False keeps the slope
     fixed (no d slope: the backward without its terms)."""
     import lightning_attention as la
     q, k, v = make_inputs(B, H, N, D, E, dtype=dtype, device=device, layout=layout)
@@ -300,8 +289,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
         if leaf is None or not leaf.requires_grad:
             continue
         if name == "dslope":
-            tol = dslope_tolerance(q, k, ref[2], ref[1], s0, dfinal, cu_seqlens)
-            assert_close(leaf.grad, r, r, name, rtol=0.0, slack=tol)
+            assert_dslope(leaf.grad, r, dtype)
         else:
             assert_close(leaf.grad, r, b, name, factor)
 
@@ -331,8 +319,8 @@ def case_id(case):
 def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
     """A backend module's fwd/bwd (kernel interface, below the value checks) with malformed
     cu_seqlens: each value (o, final state, dq, dk, dv, d initial_state, d slope terms)
-    equals the truth of the clamped offsets (`sequences`). Tokens outside every sequence
-    have no defined value (no backend need spend a pass zeroing them)."""
+    equals the truth of the clamped offsets (`sequences`); the d slope terms' sum over the
+    tokens inside the sequences is d slope's. Tokens outside every sequence have no defined value (no backend need spend a pass zeroing them)."""
     for cu in ([0, 50, 40, N], [-5, 30, 10 * N], [0, N, N, N], [7, 60, 20]):
         q, k, v = make_inputs(1, 2, N, D, E, dtype=dtype, device=device)
         slope = rand_slope(2, device)
@@ -352,12 +340,9 @@ def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
             assert_close(rows(x), rows(r), rows(b), f"cu_seqlens={cu}: {name}")
         assert_close(fs, ref[1], base[1], f"cu_seqlens={cu}: final_state")
         assert_close(ds0, ref[2][4], base[2][4], f"cu_seqlens={cu}: dinitial_state")
-        if terms is not None:
-            want = (f64(q) * ref[2][0]).sum(-1) - (f64(k) * ref[2][1]).sum(-1)
-            got = (f64(q) * base[2][0].double()).sum(-1) - (f64(k) * base[2][1].double()).sum(-1)
-            # float32 values computed from 16-bit operands: the rounding floor is the inputs'
-            assert_close(rows(terms), rows(want), rows(got), f"cu_seqlens={cu}: d slope terms",
-                         rtol=RTOL[dtype])
+        # the terms of the tokens inside the sequences add up to d log λ
+        assert_dslope(-rows(terms).double().sum(dim=(0, 2)), ref[2][3], dtype,
+                      f"cu_seqlens={cu}: d slope")
 
 
 def check_decode_steps(decode, device="cpu", N=20):

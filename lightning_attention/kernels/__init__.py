@@ -27,11 +27,12 @@ and dtypes agree, every tensor is on one device, stride(-1) == 1, no dimension i
 - "No state" is an empty float32 tensor, the form the custom ops return (they cannot return
   None): final_state without output_final_state, dinitial_state without initial_state,
   dslope_terms without need_dslope.
-- bwd returns dinitial_state whenever initial_state is given (the d slope reduction in
-  ops.py needs it even when the state itself does not require grad). With need_dslope it
-  returns the per-token terms q_t·dq_t − k_t·dk_t, float32 (B, H, N), from its float32
-  gradients before they are rounded to the output dtype (rounded bf16 gradients make d slope
-  several % off); ops.py turns them into d slope.
+- bwd returns dinitial_state whenever initial_state is given. With need_dslope (slope is not
+  None) it returns per-token terms τ, float32 (B, H, N), whose sum over each sequence's tokens
+  is that sequence's dL/d log λ (λ = exp(−slope)), its final-state term included; how the
+  sum is split across tokens is the backend's (docs/DSLOPE.md: the direct form, formed from
+  float32 values of the size of the answer, never a difference of large sums). ops.py sums
+  them: d slope = −Σ τ. Tokens outside every sequence of cu_seqlens have no defined τ.
 - decode: q, k (B, H, D), v (B, H, E), state (B, H, D, E) float32, o (B, H, E).
 - state: a (B, H, N, D), b (B, H, N, E), N ≥ 1; returns Σ_t w_t a_tᵀ b_t with
   w_t = λ^{N-1-t} when to_end (the state a sequence leaves from a zero start: a, b = k, v)

@@ -50,7 +50,7 @@ def _chunk_fwd(q, k, v, s, scale, state, compute_dtype, block):
     return o, state
 
 
-def _chunk_bwd(do, dstate, q, k, v, s, scale, state, compute_dtype, block):
+def _chunk_bwd(do, dstate, q, k, v, s, scale, state, compute_dtype, block, need_dslope):
     """Backward of _chunk_fwd (the paper's Algorithm 2). A forward sweep recomputes the
     state entering each block and gives dQ; a reverse sweep carries dS, the gradient of
     the state leaving the block, and gives dK, dV and finally d initial_state:
@@ -59,19 +59,39 @@ def _chunk_bwd(do, dstate, q, k, v, s, scale, state, compute_dtype, block):
         dQ = c (dP K + Λq dO Sᵀ)            S: the state entering the block
         dK = c dPᵀ Q + Λk V dSᵀ,  dV = c Pᵀ dO + Λk K dS
         dS ← λ^L dS + c (Λq Q)ᵀ dO
+
+    With need_dslope, the forward sweep also gives the d slope terms τ (the last returned
+    value, else None) of docs/DSLOPE.md: beside S it carries the moment Y = dS/d log λ, and
+    a token i of a block gets c [Σ_j (i − j) P_ij (dO Vᵀ)_ij + λ^{i+1} q_i ((i+1) S + Y) do_iᵀ];
+    the last token also gets <dS_final, Y_final>.
     """
     acc = state.dtype
     mm = _matmul(compute_dtype, acc)
     blocks = _blocks(q.shape[2], block)
     dq, dk, dv = (x.new_zeros(x.shape, dtype=acc) for x in (q, k, v))
+    tau = q.new_zeros(q.shape[:3], dtype=acc) if need_dslope else None
+    moment = torch.zeros_like(state)
     entering = []
     for start, L in blocks:
         f = _Block(s, L, acc, q.device)
         qb, kb, vb, dob = (x[:, :, start:start + L].to(acc) for x in (q, k, v, do))
-        dp = mm(dob, vb.transpose(-1, -2)) * f.intra
-        dq[:, :, start:start + L] = scale * (mm(dp, kb) + mm(dob * f.q_decay, state.transpose(-1, -2)))
+        dp_raw = mm(dob, vb.transpose(-1, -2))
+        dp = dp_raw * f.intra
+        inter = mm(dob * f.q_decay, state.transpose(-1, -2))
+        dq[:, :, start:start + L] = scale * (mm(dp, kb) + inter)
         entering.append(state)
-        state = f.total * state + mm((kb * f.k_decay).transpose(-1, -2), vb)
+        kv = (kb * f.k_decay).transpose(-1, -2)
+        if need_dslope:
+            idx = torch.arange(L, device=q.device, dtype=acc)
+            p = mm(qb, kb.transpose(-1, -2)) * f.intra
+            pairs = (p * dp_raw * (idx[:, None] - idx[None, :])).sum(-1)
+            at_state = (qb * ((idx + 1)[:, None] * inter
+                              + mm(dob * f.q_decay, moment.transpose(-1, -2)))).sum(-1)
+            tau[:, :, start:start + L] = scale * (pairs + at_state)
+            moment = f.total * (moment + L * state) + mm(kv * (L - 1 - idx), vb)
+        state = f.total * state + mm(kv, vb)
+    if need_dslope and blocks:
+        tau[:, :, -1] += (dstate * moment).sum(dim=(-2, -1))
     for (start, L), state in zip(reversed(blocks), reversed(entering)):
         f = _Block(s, L, acc, q.device)
         qb, kb, vb, dob = (x[:, :, start:start + L].to(acc) for x in (q, k, v, do))
@@ -80,7 +100,7 @@ def _chunk_bwd(do, dstate, q, k, v, s, scale, state, compute_dtype, block):
         dk[:, :, start:start + L] = scale * mm(dp.transpose(-1, -2), qb) + mm(vb * f.k_decay, dstate.transpose(-1, -2))
         dv[:, :, start:start + L] = scale * mm(p.transpose(-1, -2), dob) + mm(kb * f.k_decay, dstate)
         dstate = f.total * dstate + scale * mm((qb * f.q_decay).transpose(-1, -2), dob)
-    return dq, dk, dv, dstate
+    return dq, dk, dv, dstate, tau
 
 
 def _per_sequence(q, cu_seqlens):
@@ -120,12 +140,11 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
     ds0 = torch.empty_like(s0)
     terms = q.new_zeros(q.shape[:3], dtype=acc) if need_dslope else no_state(q)
     for t, b in parts:
-        qt, kt = q[:, :, t], k[:, :, t]
-        dqt, dkt, dv[:, :, t], ds0[b] = _chunk_bwd(do[:, :, t], ds[b], qt, kt, v[:, :, t],
-                                                   s, scale, s0[b], cdt, block)
-        dq[:, :, t], dk[:, :, t] = dqt, dkt
-        if need_dslope:  # from the unrounded gradients: see ops._slope_grad
-            terms[:, :, t] = (qt.to(acc) * dqt).sum(-1) - (kt.to(acc) * dkt).sum(-1)
+        dq[:, :, t], dk[:, :, t], dv[:, :, t], ds0[b], tau = _chunk_bwd(
+            do[:, :, t], ds[b], q[:, :, t], k[:, :, t], v[:, :, t], s, scale, s0[b], cdt, block,
+            need_dslope)
+        if need_dslope:
+            terms[:, :, t] = tau
     return dq, dk, dv, (ds0 if initial_state is not None else no_state(q)), terms
 
 
