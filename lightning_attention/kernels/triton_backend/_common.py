@@ -10,6 +10,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 #: Block (chunk) size of the kernels: tokens per tensor-core tile.
 BT = 64
@@ -104,6 +105,40 @@ def device_function(fn):
     return _DeviceFunction(fn)
 
 
+# Row sums for the d slope terms. Library reductions (tl.sum) do not run in an interpreter
+# started after triton's import (TRITON_INTERPRET=1 set at launch time, as the tests do), so
+# there a sum is a product with ones, and a row's sum is repeated over 16 columns.
+
+@device_function
+def row_sums(x, INTERP: tl.constexpr):
+    """Row sums of a float32 (R, C) tile as an (R, W) tile of W equal columns: W = 1 when
+    compiled, 16 in the interpreter."""
+    if INTERP:
+        return tl.dot(x, tl.full([x.shape[1], 16], 1.0, tl.float32), input_precision="ieee")
+    else:
+        return tl.sum(x, axis=1, keep_dims=True)
+
+
+@device_function
+def total(x, R: tl.constexpr, INTERP: tl.constexpr):
+    """The sum of a float32 tile, in a tile that broadcasts against row_sums' (R, W)."""
+    if INTERP:
+        ones = tl.full([R, x.shape[0]], 1.0, tl.float32)
+        return row_sums(tl.dot(ones, x, input_precision="ieee"), INTERP)
+    else:
+        return tl.sum(row_sums(x, INTERP), axis=0, keep_dims=True)
+
+
+@device_function
+def store_rows(ptrs, x, mask, INTERP: tl.constexpr):
+    """Store row_sums' (R, W) tile x at ptrs (R,) where mask (R,)."""
+    if INTERP:
+        c = tl.arange(0, 16)
+        tl.store(ptrs[:, None] + c[None, :] * 0, x, mask=mask[:, None] & (c[None, :] == 0))
+    else:
+        tl.store(ptrs[:, None], x, mask=mask[:, None])
+
+
 def next_pow2(x: int) -> int:
     return triton.next_power_of_2(max(int(x), 1))
 
@@ -117,6 +152,13 @@ def num_sms(device) -> int:
 def dot_prec(dtype) -> str:
     # float32 inputs get exact float32 products (tf32 would cost ~3e-4 relative error).
     return "ieee" if dtype == torch.float32 else None
+
+
+def moment_prec(dtype) -> str:
+    """The precision of the product with the moment state (d slope, fwd.py): float32
+    operands, tf32 for 16-bit inputs. The moment grows like n^{3/2} as λ → 1, past float16's
+    65504 at long N, and tf32 rounds as finely as float16, more finely than bfloat16."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def plan_segment(n_tokens: int, n_streams: int, device, seg=None) -> int:

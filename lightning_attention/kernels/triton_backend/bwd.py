@@ -12,6 +12,10 @@ Within a block [t0, t0+L) the carry Cr = lam G_{t0+L} (dfinal_state for the last
 Segments get their carries from a reverse pass 1 + scan (fwd.seg_states, REVERSE).
 No atomics: when E needs several V tiles, each tile writes its dK part in float32 and the
 parts are summed in a fixed order.
+d slope terms (docs/DSLOPE.md), each from float32 tiles of its own size: the pairs inside a
+block from P and dP in `_seg_dkdv_kernel` (no extra product), the state part in the dq pass
+from the state and its moment (fwd._seg_out_kernel: two products more per block, the
+moment's update and q's product with it); the parts of several V tiles are summed as dK's.
 """
 import torch
 import triton
@@ -35,7 +39,9 @@ def _seg_dkdv_kernel(
     BV: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
     """dK (part iv, or whole when one V tile) and dV[:, tile iv] of one segment; with
-    TERMS, the float32 row sums of k * dK (part iv) into terms[iv] (NVT, B, H, N)."""
+    TERMS, the pair part of the d slope terms (docs/DSLOPE.md) into terms[iv] (NVT, B, H, N):
+    query j of a block gets sum_i (j - i) P_ij dP_ij with P = c lam^(j-i) k_i.q_j (A below)
+    and dP = v_i.do_j over tile iv, both float32 tiles that the block computes anyway."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     NVT = (V + BV - 1) // BV
@@ -91,7 +97,8 @@ def _seg_dkdv_kernel(
         do = tl.load(do_base + rows[:, None] * s_on + offs_v[None, :], mask=mtv, other=0.0)
         A = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * Mt
         dv = tl.dot(A.to(do.dtype), do, input_precision=DOT_PREC)
-        Bm = tl.dot(v, tl.trans(do), input_precision=DOT_PREC) * Mt
+        vdo = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        Bm = vdo * Mt
         dk = tl.dot(Bm.to(q.dtype), q, input_precision=DOT_PREC)
         Cc = Cr.to(q.dtype)
         if HAS_DECAY:
@@ -106,15 +113,9 @@ def _seg_dkdv_kernel(
             Cr += scale * tl.dot(tl.trans(q), do, input_precision=DOT_PREC)
         tl.store(dv_base + rows[:, None] * s_dvn + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mtv)
         tl.store(dk_base + rows[:, None] * s_dkn + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mtk)
-        if TERMS:
-            kdk = k.to(tl.float32) * dk
-            if INTERP:  # the interpreter cannot run library reductions: a product with ones
-                c16 = tl.arange(0, 16)
-                rs = tl.dot(kdk, tl.full([BK, 16], 1.0, tl.float32), input_precision="ieee")
-                tl.store(t_base + rows[:, None] + c16[None, :] * 0, rs,
-                         mask=mt[:, None] & (c16[None, :] == 0))
-            else:
-                tl.store(t_base + rows, tl.sum(kdk, axis=1), mask=mt)
+        if TERMS:  # A is zero where j < i
+            pairs = tl.trans(A * vdo * diff.to(tl.float32))
+            C.store_rows(t_base + rows, C.row_sums(pairs, INTERP), mt, INTERP)
     if STORE_DINIT:
         if j == 0:
             tl.store(dinit_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, Cr, mask=ms)
@@ -138,12 +139,17 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
     table = F.make_table(q, cu_seqlens, NVT)
 
     # dq: the forward's pass 2 on (do, v, k) with the forward states transposed
-    fstates = None
+    # (and the state part of the d slope terms, from the states' moments)
+    fstates = moments = None
     if not table.single:
-        fstates = F.seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
+        fstates = F.seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec,
+                               moment=need_dslope)
+        if need_dslope:
+            fstates, moments = fstates
     tq = F.seg_out(do, v, k, dq, slope, scale, initial_state, fstates, None, table, H, V, K, True,
-                   prec, terms_x=q if need_dslope else None)
-    del fstates
+                   prec, terms_x=q if need_dslope else None, moments=moments,
+                   dfinal=dfinal_state if need_dslope else None)
+    del fstates, moments
 
     # dk, dv: reverse walk with carries
     carries = None
@@ -179,5 +185,5 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
         dk.copy_(dk_out.sum(0))
     terms = no_state(q)
     if need_dslope:
-        terms = tq - (tk[0] if NVT == 1 else tk.sum(0))
+        terms = tq + (tk[0] if NVT == 1 else tk.sum(0))
     return dq, dk, dv, (dinit if dinit is not None else no_state(q)), terms

@@ -10,7 +10,9 @@ Per (sequence, head), tokens are cut into segments of `seg` tokens (a multiple o
           S <- lam^L S + (diag(lam^(L-1-i)) K)^T V; the last segment writes the final state.
 Decays are only ever exp(-s * j) with 0 <= j <= seg: bounded exponents at any N and slope.
 The same three kernels serve the backward (dq is this forward with q=do, k=v, v=k and
-transposed states; pass 1 and the scan run in reverse for the dk/dv carries).
+transposed states; pass 1 and the scan run in reverse for the dk/dv carries). For d slope,
+pass 1 and the scan also give each segment's incoming moment, the state's derivative by
+log lam (MOMENT), and pass 2 carries it beside S (TERMS; docs/DSLOPE.md).
 """
 from typing import NamedTuple, Optional
 
@@ -48,18 +50,20 @@ def _segment(g, seq_ptr, segj_ptr, bos_ptr, eos_ptr, N, SEG, NS, BT: tl.constexp
 
 
 def _seg_state_kernel(
-    a_ptr, b_ptr, slope_ptr, st_ptr,
+    a_ptr, b_ptr, slope_ptr, st_ptr, mom_ptr,
     seq_ptr, segj_ptr, bos_ptr, eos_ptr,
     N, H, K, V, SEG, NS,
     s_ab, s_ah, s_an, s_bb, s_bh, s_bn,
     scale,
     HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
-    OWN_SLOT: tl.constexpr,
+    OWN_SLOT: tl.constexpr, MOMENT: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Local (zero-start) state of one segment, K x V tile (ik, iv), weights lam^(end-1-t)
     (forward) or lam^(t-start+1) * scale (REVERSE), written to the slot of the next segment
-    (forward: g+1; REVERSE: g-1), or with OWN_SLOT to slot g for every segment."""
+    (forward: g+1; REVERSE: g-1), or with OWN_SLOT to slot g for every segment. With MOMENT
+    (forward, with decay), also its moment, weights (end-1-t) lam^(end-1-t), into mom_ptr:
+    per block mom <- lam^L (mom + L acc) + (diag((L-1-i) lam^(L-1-i)) a)^T b."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     NKT = (K + BK - 1) // BK
@@ -94,6 +98,7 @@ def _seg_state_kernel(
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
     acc = tl.full([BK, BV], 0.0, dtype=tl.float32)
+    mom = tl.full([BK, BV], 0.0, dtype=tl.float32)
     for ib in range(0, n_blk):
         if REVERSE:
             t0 = s0 + (n_blk - 1 - ib) * BT
@@ -110,30 +115,41 @@ def _seg_state_kernel(
             else:
                 w = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
             aw = (a * w[:, None]).to(a.dtype)
+            if MOMENT:
+                am = (a * (w * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]).to(a.dtype)
+                mom = (mom + lb.to(tl.float32) * acc) * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
+                    tl.trans(am), bb, input_precision=DOT_PREC)
             acc = acc * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(tl.trans(aw), bb, input_precision=DOT_PREC)
         else:
             acc += tl.dot(tl.trans(a), bb, input_precision=DOT_PREC)
     acc = acc * scale
     st = st_ptr + (slot.to(tl.int64) * H + h) * K * V
     tl.store(st + offs_k[:, None] * V + offs_v[None, :], acc, mask=mk[:, None] & mv[None, :])
+    if MOMENT:
+        mp = mom_ptr + (slot.to(tl.int64) * H + h) * K * V
+        tl.store(mp + offs_k[:, None] * V + offs_v[None, :], mom * scale, mask=mk[:, None] & mv[None, :])
 
 
 _seg_state_kernel = kernel(_seg_state_kernel)
 
 
 def _seg_scan_kernel(
-    st_ptr, init_ptr, slope_ptr,
+    st_ptr, mom_ptr, init_ptr, slope_ptr,
     bos_ptr, eos_ptr, first_ptr, pool_slot_ptr, has_state_ptr,
     N, H, K, V, SEG, NS, NUM_SLOTS,
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr,
-    VARLEN: tl.constexpr, POOL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    VARLEN: tl.constexpr, POOL: tl.constexpr, MOMENT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr,
 ):
     """Turn the local states in the slots into incoming states, one sequence per program
     row, sequentially over its segments (a fixed order: deterministic).
     With POOL (serving), the initial state is the sequence's pool row (init_ptr) where
     has_state says so, and segment 0's incoming state goes to its slot too: the output
     kernel then reads every incoming state from the slots and never the pool row that it
-    overwrites with the final state (another program's segment may still be reading it)."""
+    overwrites with the final state (another program's segment may still be reading it).
+    With MOMENT (forward, with decay), the moments in mom_ptr's slots become the incoming
+    states' moments (their derivatives by log lam) beside them: the initial state's is 0
+    (lam^0 S0) and, over a previous segment of L tokens, Mo <- lam^L (Mo + L S) + its own."""
     i = tl.program_id(0)
     h = tl.program_id(1)
     r = tl.program_id(2)
@@ -157,6 +173,7 @@ def _seg_scan_kernel(
     if HAS_DECAY:
         sl = tl.load(slope_ptr + h).to(tl.float32)
     S = tl.full([BK, BV], 0.0, dtype=tl.float32)
+    Mo = tl.full([BK, BV], 0.0, dtype=tl.float32)
     if POOL:
         if HAS_INIT:
             row = tl.load(pool_slot_ptr + i)
@@ -176,6 +193,11 @@ def _seg_scan_kernel(
             seglen = SEG
         p = st_ptr + ((g0 + j).to(tl.int64) * H + h) * K * V + offs
         loc = tl.load(p, mask=m, other=0.0).to(tl.float32)
+        if MOMENT:
+            pm = mom_ptr + ((g0 + j).to(tl.int64) * H + h) * K * V + offs
+            Mo = (Mo + seglen.to(tl.float32) * S) * tl.exp(-sl * seglen.to(tl.float32)) + tl.load(
+                pm, mask=m, other=0.0)
+            tl.store(pm, Mo, mask=m)
         if HAS_DECAY:
             S = S * tl.exp(-sl * seglen.to(tl.float32)) + loc
         else:
@@ -188,21 +210,25 @@ _seg_scan_kernel = kernel(_seg_scan_kernel)
 
 def _seg_out_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, init_ptr, st_ptr, final_ptr, x_ptr, terms_ptr,
-    seq_ptr, segj_ptr, bos_ptr, eos_ptr, pool_slot_ptr,
+    mom_ptr, dfin_ptr, seq_ptr, segj_ptr, bos_ptr, eos_ptr, pool_slot_ptr,
     N, H, K, V, SEG, NS, NUM_SLOTS,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
     s_xb, s_xh, s_xn, s_tp,
     s_sr, s_sc,
     scale,
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, STORE_FINAL: tl.constexpr,
-    TERMS: tl.constexpr, VARLEN: tl.constexpr, POOL: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
+    TERMS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr, POOL: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+    MOM_PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Outputs of one segment, V tile iv. States (initial, slots) are K x V matrices of
     H * K * V floats per (sequence or slot), element (r, c) at r * s_sr + c * s_sc, so the
     backward can read them transposed; the final state is written K x V row-major.
-    With TERMS (the dq use), also the row sums of x * o in float32, before o is rounded,
-    into terms[iv] (NVT, B, H, N): the q.dq half of ops.py's d slope terms.
+    With TERMS (the dq use: q, k, v = do, v, k; x = q; with decay), the state part of the
+    d slope terms (docs/DSLOPE.md), V tile iv's share, into terms[iv] (NVT, B, H, N): beside
+    the state S it carries its moment Mo = dS/d log lam (the scan's, mom_ptr, 0 for the
+    initial state), and row i of a block gets c x_i . (lam^(i+1) ((i+1) S + Mo) q_i), the
+    last token of the sequence also <dfinal, Mo> at the end (HAS_DFINAL).
     With POOL (serving), every incoming state is in the slots (the scan's) and the final
     state goes to the sequence's pool row (final_ptr) when its slot is in range."""
     pid = tl.program_id(0)
@@ -233,6 +259,10 @@ def _seg_out_kernel(
         else:
             if HAS_INIT:
                 S = tl.load(init_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
+    if TERMS:
+        Mo = tl.full([BK, BV], 0.0, dtype=tl.float32)
+        if j > 0:
+            Mo = tl.load(mom_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
 
     bh = b.to(tl.int64)
     hh = h.to(tl.int64)
@@ -261,27 +291,35 @@ def _seg_out_kernel(
         A = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * M
         o = tl.dot(A.to(v.dtype), v, input_precision=DOT_PREC)
         if HAS_DECAY:
-            o += tl.dot((q * qdec[:, None]).to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            qd = q * qdec[:, None]
+            inter = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            o += inter
             kw = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
+            if TERMS:
+                x = tl.load(x_base + rows[:, None] * s_xn + offs_v[None, :], mask=mt[:, None] & mv[None, :],
+                            other=0.0)
+                at_state = (offs_t + 1).to(tl.float32)[:, None] * inter + tl.dot(
+                    qd.to(tl.float32), Mo, input_precision=MOM_PREC)
+                tau = C.row_sums(x.to(tl.float32) * at_state, INTERP) * scale
+                km = (k * (kw * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]).to(k.dtype)
+                Mo = (Mo + lb.to(tl.float32) * S) * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
+                    tl.trans(km), v, input_precision=DOT_PREC)
             S = S * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
                 tl.trans((k * kw[:, None]).to(k.dtype)), v, input_precision=DOT_PREC)
+            if TERMS:
+                if HAS_DFINAL:
+                    if (j == nseg - 1) & (ib == n_blk - 1):  # Mo is the final state's moment
+                        df = tl.load(dfin_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs,
+                                     mask=ms, other=0.0)
+                        tau = tl.where((offs_t == lb - 1)[:, None], tau + C.total(df * Mo, BT, INTERP),
+                                       tau)
+                C.store_rows(t_base + rows, tau, mt, INTERP)
         else:
             o += tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
             S += tl.dot(tl.trans(k), v, input_precision=DOT_PREC)
         o = o * scale
         tl.store(o_base + rows[:, None] * s_on + offs_v[None, :], o.to(o_ptr.dtype.element_ty),
                  mask=mt[:, None] & mv[None, :])
-        if TERMS:
-            x = tl.load(x_base + rows[:, None] * s_xn + offs_v[None, :], mask=mt[:, None] & mv[None, :],
-                        other=0.0)
-            xo = x.to(tl.float32) * o
-            if INTERP:  # the interpreter cannot run library reductions: a product with ones
-                c16 = tl.arange(0, 16)
-                rs = tl.dot(xo, tl.full([BV, 16], 1.0, tl.float32), input_precision="ieee")
-                tl.store(t_base + rows[:, None] + c16[None, :] * 0, rs,
-                         mask=mt[:, None] & (c16[None, :] == 0))
-            else:
-                tl.store(t_base + rows, tl.sum(xo, axis=1), mask=mt)
     if STORE_FINAL:
         if j == nseg - 1:
             row = i_seq
@@ -306,24 +344,27 @@ def _bv(K, V):
     return BK, min(C.next_pow2(V), cap)
 
 
-def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_prec):
+def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_prec,
+                    moment=False):
     """Pass 1: every segment's local state, (G, H, K, V) fp32, in the slots _seg_state_kernel
-    describes (slots it does not write are left uninitialised)."""
+    describes (slots it does not write are left uninitialised); with `moment` (forward, with
+    decay), (states, their moments)."""
     dev = a.device
     st = torch.empty(table.G, H, K, V, dtype=torch.float32, device=dev)
+    mom = torch.empty_like(st) if moment else None
     BK = min(C.next_pow2(K), 128)
     BV = min(C.next_pow2(V), 128)
     NKT, NVT = triton.cdiv(K, BK), triton.cdiv(V, BV)
     seq_of, j_of, bos, eos = table.args(dev)
     _seg_state_kernel[(table.G * NKT * NVT, H)](
-        a, b, slope if slope is not None else st, st, seq_of, j_of, bos, eos,
-        table.N, H, K, V, table.seg, table.NS,
+        a, b, slope if slope is not None else st, st, mom if moment else st,
+        seq_of, j_of, bos, eos, table.N, H, K, V, table.seg, table.NS,
         a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
         float(scale),
         HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen, OWN_SLOT=own_slot,
-        BT=C.CONFIG["bt_state"], BK=BK, BV=BV, DOT_PREC=dot_prec,
+        MOMENT=moment, BT=C.CONFIG["bt_state"], BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
-    return st
+    return (st, mom) if moment else st
 
 
 class Pool(NamedTuple):
@@ -334,12 +375,16 @@ class Pool(NamedTuple):
     has_state: Optional[torch.Tensor]
 
 
-def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec, pool=None):
+def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec, pool=None,
+               moment=False):
     """Incoming states (forward) or carries (reverse) of every segment: (G, H, K, V) fp32.
     Slot g holds segment g's incoming state (forward, j >= 1; j = 0 too with a `pool`, whose
     rows are then the initial states) or carry from the right (reverse, j < n-1); other
-    slots are unused."""
-    st = _segment_states(a, b, slope, scale, table, H, K, V, reverse, False, dot_prec)
+    slots are unused. With `moment` (forward, with decay, no pool): (states, their moments
+    d/d log lam), for the d slope terms."""
+    assert not moment or (slope is not None and not reverse and pool is None)
+    st = _segment_states(a, b, slope, scale, table, H, K, V, reverse, False, dot_prec, moment)
+    st, mom = st if moment else (st, None)
     BKs = min(C.next_pow2(K), 64)
     BVs = min(C.next_pow2(V), 64)
     seq_of, j_of, bos, eos = table.args(a.device)
@@ -347,22 +392,25 @@ def seg_states(a, b, slope, scale, init, table, H, K, V, reverse, dot_prec, pool
     if pool is not None:
         init = pool.rows if pool.has_state is not None else None
     _seg_scan_kernel[(table.nseqs, H, triton.cdiv(K, BKs) * triton.cdiv(V, BVs))](
-        st, init if init is not None else st, slope if slope is not None else st, bos, eos, first,
+        st, mom if moment else st, init if init is not None else st,
+        slope if slope is not None else st, bos, eos, first,
         pool.slots if pool is not None else bos,
         pool.has_state if pool is not None and pool.has_state is not None else bos,
         table.N, H, K, V, table.seg, table.NS, pool.rows.shape[0] if pool is not None else 0,
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, REVERSE=reverse,
-        VARLEN=table.varlen, POOL=pool is not None, BK=BKs, BV=BVs, num_warps=4)
-    return st
+        VARLEN=table.varlen, POOL=pool is not None, MOMENT=moment, BK=BKs, BV=BVs, num_warps=4)
+    return (st, mom) if moment else st
 
 
 def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, transposed, dot_prec,
-            terms_x=None, pool=None):
+            terms_x=None, moments=None, dfinal=None, pool=None):
     """Pass 2 into `o`. K is q/k's last dim, V is v/o's; `init`/`states` hold K x V states,
-    or V x K ones read transposed when `transposed` (the dq use). With `terms_x` (like o),
-    also returns sum_v terms_x * o per token in float32, (B, H, N). With a `pool`, `states`
-    (seg_states with the pool) hold every incoming state and the final states go to the
-    pool's rows."""
+    or V x K ones read transposed when `transposed` (the dq use). With `terms_x` (the dq use:
+    q; with decay), also returns the state part of the d slope terms, float32 (B, H, N)
+    (_seg_out_kernel), from the incoming states' `moments` (seg_states, None for a single
+    segment) and `dfinal` (None: no loss on the final state), read like the states. With a
+    `pool`, `states` (seg_states with the pool) hold every incoming state and the final
+    states go to the pool's rows."""
     dev = q.device
     BK, BV = _bv(K, V)
     NVT = triton.cdiv(V, BV)
@@ -373,12 +421,14 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
     terms = None
     x = dummy
     if terms_x is not None:
+        assert slope is not None
         x = terms_x
         terms = torch.empty(NVT, B, H, N, dtype=torch.float32, device=dev)
     _seg_out_kernel[(table.G * NVT, H)](
         q, k, v, o, slope if slope is not None else dummy,
         init if init is not None else dummy, states if states is not None else dummy,
         final if final is not None else dummy, x, terms if terms is not None else dummy,
+        moments if moments is not None else dummy, dfinal if dfinal is not None else dummy,
         seq_of, j_of, bos, eos, pool.slots if pool is not None else bos,
         table.N, H, K, V, table.seg, table.NS, pool.rows.shape[0] if pool is not None else 0,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -386,9 +436,9 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
         x.stride(0), x.stride(1), x.stride(2), B * H * N,
         s_sr, s_sc, float(scale),
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
-        TERMS=terms is not None, VARLEN=table.varlen, POOL=pool is not None,
-        BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
-        DOT_PREC=dot_prec,
+        TERMS=terms is not None, HAS_DFINAL=dfinal is not None, VARLEN=table.varlen,
+        POOL=pool is not None, BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
+        DOT_PREC=dot_prec, MOM_PREC=C.moment_prec(q.dtype),
         INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
     if terms is None:
