@@ -96,8 +96,11 @@ def _seg_dkdv_kernel(
         v = tl.load(v_base + rows[:, None] * s_vn + offs_v[None, :], mask=mtv, other=0.0)
         do = tl.load(do_base + rows[:, None] * s_on + offs_v[None, :], mask=mtv, other=0.0)
         A = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * Mt
-        dv = tl.dot(A.to(do.dtype), do, input_precision=DOT_PREC)
         vdo = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        if TERMS:  # first, so that no tile outlives its use for them; A is zero where j < i
+            pairs = tl.trans(A * vdo * diff.to(tl.float32))
+            C.store_rows(t_base + rows, C.row_sums(pairs, INTERP), mt, INTERP)
+        dv = tl.dot(A.to(do.dtype), do, input_precision=DOT_PREC)
         Bm = vdo * Mt
         dk = tl.dot(Bm.to(q.dtype), q, input_precision=DOT_PREC)
         Cc = Cr.to(q.dtype)
@@ -113,9 +116,6 @@ def _seg_dkdv_kernel(
             Cr += scale * tl.dot(tl.trans(q), do, input_precision=DOT_PREC)
         tl.store(dv_base + rows[:, None] * s_dvn + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mtv)
         tl.store(dk_base + rows[:, None] * s_dkn + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mtk)
-        if TERMS:  # A is zero where j < i
-            pairs = tl.trans(A * vdo * diff.to(tl.float32))
-            C.store_rows(t_base + rows, C.row_sums(pairs, INTERP), mt, INTERP)
     if STORE_DINIT:
         if j == 0:
             tl.store(dinit_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs, Cr, mask=ms)
