@@ -95,17 +95,18 @@ def rand(B, H, N, X, layout, dtype, device, scale=1.0):
     return x.detach().requires_grad_()
 
 
-def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd):
+def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd, dslope=False):
     fn, layout = impl
     q, k = (rand(B, H, N, D, layout, dtype, device, D ** -0.5) for _ in range(2))
     v = rand(B, H, N, E, layout, dtype, device)
     do = rand(B, H, N, E, layout, dtype, device).detach()
-    slope = la.build_slopes(H, device=device)
+    slope = la.build_slopes(H, device=device).requires_grad_(dslope)
     with torch.no_grad():
         fwd_ms = bench(lambda: fn(q, k, v, slope), [])
     res = {"fwd_ms": fwd_ms}
     if do_bwd:
-        res["fwdbwd_ms"] = bench(lambda: fn(q, k, v, slope).backward(do), [q, k, v])
+        res["fwdbwd_ms"] = bench(lambda: fn(q, k, v, slope).backward(do),
+                                 [q, k, v] + ([slope] if dslope else []))
         if device.type == "cuda":
             q.grad = k.grad = v.grad = None
             torch.cuda.synchronize()
@@ -147,6 +148,8 @@ def main(argv=None):
                    help="our backends to time (default: cuda and triton where available; torch on CPU)")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--fwd-only", action="store_true")
+    p.add_argument("--dslope", action="store_true",
+                   help="a learnable slope: the backward also computes d slope (with --no-peers)")
     p.add_argument("--json", default="bench/results/speed.json")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--decode", action="store_true", help="time one decode step instead")
@@ -199,7 +202,8 @@ def main(argv=None):
         tensor_bytes = B * N * H * D * elt
         for name, impl in impls.items():
             try:
-                r = measure(impl, B, H, N, D, D, dtype, device, bench, not args.fwd_only)
+                r = measure(impl, B, H, N, D, D, dtype, device, bench, not args.fwd_only,
+                            args.dslope)
             except Exception as e:  # a peer that cannot run this shape: note it, go on
                 r = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
             r.update(impl=name, N=N, B=B)
