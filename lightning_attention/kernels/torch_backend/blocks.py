@@ -61,9 +61,10 @@ def _chunk_bwd(do, dstate, q, k, v, s, scale, state, compute_dtype, block, need_
         dS ← λ^L dS + c (Λq Q)ᵀ dO
 
     With need_dslope, the forward sweep also gives the d slope terms τ (the last returned
-    value, else None) of docs/DSLOPE.md: beside S it carries the moment Y = dS/d log λ, and
-    a token i of a block gets c [Σ_j (i − j) P_ij (dO Vᵀ)_ij + λ^{i+1} q_i ((i+1) S + Y) do_iᵀ];
-    the last token also gets <dS_final, Y_final>.
+    value, else None) of docs/DSLOPE.md: beside S it carries the moment dS/d log λ
+    (`moment`), token i of a block gets
+        c [Σ_j (i − j) P_ij (dO Vᵀ)_ij + λ^{i+1} q_i ((i+1) S + moment) do_iᵀ]
+    and the sequence's last token also <dS_final, the final state's moment>.
     """
     acc = state.dtype
     mm = _matmul(compute_dtype, acc)
