@@ -1,4 +1,4 @@
-"""The torch backend (block form) and the d slope identity against the float64 truth (the
+"""The torch backend (block form) and its d slope terms against the float64 truth (the
 plain quadratic form of tests/utils.py) in every feature combination, at N = 0, B = 0,
 N = 1 and with malformed offsets; the recurrence identities (chaining, varlen, decode);
 long sequences."""
