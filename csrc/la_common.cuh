@@ -249,6 +249,16 @@ __device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
   const float2 f = Pack2<T>::unpack(u);
   return Pack2<T>::pack(f.x * w0, f.y * w1);
 }
+// The scaled pair as a 16-bit pair (returned) plus the 16-bit remainder `lo`.
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair_split(uint32_t u, float w0, float w1, uint32_t& lo) {
+  const float2 f = Pack2<T>::unpack(u);
+  const float x = f.x * w0, y = f.y * w1;
+  const uint32_t hi = Pack2<T>::pack(x, y);
+  const float2 h = Pack2<T>::unpack(hi);
+  lo = Pack2<T>::pack(x - h.x, y - h.y);
+  return hi;
+}
 
 // Row dot products split over the two column-half warps of a row group (w and w + 4):
 // reduce over the 4 lanes of a quad, the upper warp parks its sums in smem, and after the
@@ -269,25 +279,39 @@ __device__ __forceinline__ void row_partials_stage(float& part0, float& part1, f
     }
   }
 }
-// out[t0 + r] = lower + upper for the block's valid rows, plus `last` on row n - 1: each
-// token written once, by one thread.
+// out[t0 + r] = lower + upper for the block's valid rows, plus `first` on row 0 and `last` on
+// row n - 1: each token written once, by one thread.
 __device__ __forceinline__ void row_partials_finish(float* out, const float* sRed, int t0, int n,
-                                                    int warp, int rg, int gq, int tq, float last) {
+                                                    int warp, int rg, int gq, int tq, float first,
+                                                    float last) {
   if (warp < 4 && tq == 0) {
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
       const int r = rg * 16 + gq + 8 * x;
-      if (r < n) out[t0 + r] = sRed[64 + r] + sRed[r] + (r == n - 1 ? last : 0.f);
+      if (r < n)
+        out[t0 + r] = sRed[64 + r] + sRed[r] + (r == 0 ? first : 0.f) + (r == n - 1 ? last : 0.f);
     }
   }
+}
+
+// s[0] + ... + s[7], in this order.
+__device__ __forceinline__ float sum8(const float* s) {
+  float x = 0.f;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) x += s[w];
+  return x;
 }
 
 // acc <- λ^n acc + diag-weighted Xᵀ · Y over the 64 rows of a block:
 //   X (64, ·) and Y (64, ·) row-major tiles, A = Xᵀ rows m0.. (16), B = Y cols n0.. (kNT·8),
 //   row j of the block weighted by w(j) = j < n ? wscale·λ^{wexp(j)} : 0, where
 //   wexp(j) = wa + wb·j (forward: n-1-j; backward: j+1), times n - j with kMoment (the
-//   moment's weights (n-j)·λ^{n-1-j}: its part of the block, see la_fwd_kernel.cuh).
-template <typename T, int kNT, bool kMoment = false>
+//   moment's weights (n-j)·λ^{n-1-j}, see la_fwd_kernel.cuh).
+// The weighted X is an mma operand, rounded to 16 bits. With kSplit it goes in as two,
+// round(wX) and round(wX - round(wX)), two products: for weights near 1 (weak decay) a single
+// rounding mostly gives back X itself, a bias of the effective decay that d slope, the
+// derivative in the decay, amplifies; the split leaves ~2^-16 of wX, unbiased.
+template <typename T, int kNT, bool kMoment = false, bool kSplit = false>
 __device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, uint32_t sY,
                                              int stride, int m0, int n0, int n, float nl2,
                                              float wa, float wb, float wscale, int lane) {
@@ -300,7 +324,7 @@ __device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, 
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     if (kk * 16 < n) {
-      uint32_t a[4];
+      uint32_t a[4], lo[4];
       ldsm_x4_t(a, addr_at(sX, stride, m0, kk * 16, lane));
       float w[4];
 #pragma unroll
@@ -309,16 +333,24 @@ __device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, 
         w[x] = j < n ? wscale * decay_pow(nl2, wa + wb * (float)j) * (kMoment ? (float)(n - j) : 1.f)
                      : 0.f;
       }
-      a[0] = scale_pair<T>(a[0], w[0], w[1]);
-      a[1] = scale_pair<T>(a[1], w[0], w[1]);
-      a[2] = scale_pair<T>(a[2], w[2], w[3]);
-      a[3] = scale_pair<T>(a[3], w[2], w[3]);
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float w0 = w[x & 2], w1 = w[(x & 2) + 1];  // a[0], a[1]: rows of w[0..1]
+        if (kSplit)
+          a[x] = scale_pair_split<T>(a[x], w0, w1, lo[x]);
+        else
+          a[x] = scale_pair<T>(a[x], w0, w1);
+      }
 #pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
         uint32_t b[4];
         ldsm_x4_t(b, addr_bkn(sY, stride, n0 + np * 16, kk * 16, lane));
         mma16816<T>(acc[2 * np], a, b[0], b[1]);
         mma16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+        if (kSplit) {
+          mma16816<T>(acc[2 * np], lo, b[0], b[1]);
+          mma16816<T>(acc[2 * np + 1], lo, b[2], b[3]);
+        }
       }
     }
   }

@@ -13,13 +13,16 @@
 // a block start b is Σ_{s<b} λ^{b-1-s} K_sᵀ V_s + λ^b S0, and beside it runs the moment
 //   M = Σ_{s<b} (b-s) λ^{b-1-s} K_sᵀ V_s + (b+1) λ^b S0     (λ·M = d(λ·S)/d log λ)
 //   M <- λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V       (M = S = S0 at the start)
-// The token at row r of the block gets, with c = scale (docs/DSLOPE.md, the direct form),
-//   τ = c Σ_{j<r} (r-j) λ^{r-j} (rq_r·V_j)(Q_r·K_j)   the block's pairs, from fp32 tiles
-//     + r · rq_r·(c λ^{r+1} Q_r S)                      the inter-block output before P V
-//     + rq_r·(c λ^{r+1} Q_r M)                          the moment product
-// and the sequence's last token also <dS_f, M - S> with its final S and M: the sum of τ
-// over a sequence's tokens is its d log λ. Every piece is a product of fp32 values of the
-// size of the answer (nothing cancels), and each token's τ is written once.
+// With c = scale, the d log λ of a sequence (docs/DSLOPE.md, the direct form) is the sum over
+// its tokens of τ: the token at row r of a block gets
+//   c Σ_{j<r} (r-j) λ^{r-j} (rq_r·V_j)(Q_r·K_j)   the block's pairs, from fp32 tiles
+//   + r · rq_r·(c λ^{r+1} Q_r S)                  the inter-block output before P V
+// the block's first token also the block's moment term
+//   c Σ_r λ^{r+1} rq_r·(Q_r M) = c <M, G>,   G = (diag(λ^{r+1}) Q)ᵀ rq
+// and the sequence's last token <dS_f, M - S> with its final S and M. Random inputs make
+// d slope a small sum of large terms of either sign, so the large ones keep M in fp32 (a
+// 16-bit copy of M costs ~1% in bfloat16) and the weighted operands of M, S and G are split
+// into two 16-bit parts (state_update). Each token's τ is written once.
 //
 // Warp layout (8 warps): outputs: warp w owns rows 16·(w%4).. of the block and the columns
 // half (w/4) of E; state (and moment): warp w owns a 16 × (D·E/16/8) tile of S.
@@ -71,8 +74,8 @@ __device__ __forceinline__ void slope_keys(uint32_t (&pa)[4], float& part0, floa
   pack_a<T>(pa, dp);
 }
 
-// d slope: the final state's term <dS_f, M - S> with the sequence's final S and M, summed
-// in a fixed order into sFin[0..7] (one per warp). M - S goes through shared memory `sF`
+// d slope: the final state's term <dS_f, M - S> with the sequence's final S and M, into
+// sFin[0..7] (one per warp). M - S goes through shared memory `sF`
 // (fp32, HD × (HD + 1)) so that dS_f, read through the state's strides (sd, se), is read
 // in memory order. Call with every thread of the CTA, after the tiles' last use.
 template <int HD, int kNT>
@@ -102,9 +105,9 @@ __device__ __forceinline__ void final_state_partial(float* sFin, float* sF, cons
 // Pass 1 keeps 2 stages and, without kSlope, is capped at 128 registers so that two CTAs
 // share an SM.
 //
-// kSlope (the dq sweep on (do, v, k) with d slope terms, see the d slope section below):
-// the moment state M beside S, the real q staged as a fourth tile per stage, and per token
-// the term τ_t of d log λ written to p.terms.
+// kSlope (the dq sweep on (do, v, k) with d slope terms, see the header): the moment M beside
+// S, the real q staged as a fourth tile per stage, and per token the term τ written to
+// p.terms.
 template <typename T, int HD, bool kPass1, int kStages, bool kSlope>
 __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(const FwdParams p) {
   using Tr = FwdTraits<T, HD>;
@@ -131,16 +134,15 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
   T* og = kPass1 ? nullptr : rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs);
 
   // stage st: K at tile 2·st, V at 2·st + 1, Q at 2·kStages + st, the real q (kSlope) at
-  // 3·kStages + st; then the state copy, the moment copy (kSlope), the row partials and the
-  // final-state partials (kSlope)
+  // 3·kStages + st; then the state copy and (kSlope) the partial sums of τ
   auto sK = [&](int st) { return smem + (2 * st) * Tr::kTile; };
   auto sV = [&](int st) { return smem + (2 * st + 1) * Tr::kTile; };
   auto sQ = [&](int st) { return smem + (2 * kStages + st) * Tr::kTile; };
   auto sR = [&](int st) { return smem + (3 * kStages + st) * Tr::kTile; };
   T* sS = smem + (kSlope ? 4 : 3) * kStages * Tr::kTile;
-  T* sM = sS + Tr::kStateTile;
-  float* sRed = reinterpret_cast<float*>(sS + (kSlope ? 2 : 1) * Tr::kStateTile);  // (128,)
-  float* sFin = sRed + 128;                                                          // (8,)
+  float* sRed = reinterpret_cast<float*>(sS + Tr::kStateTile);  // (128,) row partials
+  float* sMom = sRed + 128;  // (8,) the block's moment term, per warp
+  float* sFin = sMom + 8;    // (8,) the final state's term, per warp
   const T* rqg = kTerms ? rows.at<const T>(p.rq, p.rq_bs, p.rq_hs, p.rq_rs) : nullptr;
   float* termsg = kTerms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
   // the sequence's final-state gradient meets its last token in this CTA
@@ -167,7 +169,6 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
     if (kSlope) load_state(p.ws_m + widx * HD * HD, HD, 1, m_acc, sm0, sn0, lane);
   }
   if (!kPass1) state_to_smem<T>(sS, kStride, s_acc, sm0, sn0, lane);
-  if (kTerms) state_to_smem<T>(sM, kStride, m_acc, sm0, sn0, lane);
 
   const int nblk = (si.len + 63) / 64;
   auto issue = [&](int b) {
@@ -245,28 +246,20 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
           }
         }
       };
-      auto zero_o = [&] {
 #pragma unroll
-        for (int nt = 0; nt < Tr::kONT; ++nt)
+      for (int nt = 0; nt < Tr::kONT; ++nt)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) o_acc[nt][i] = 0.f;
-      };
+        for (int i = 0; i < 4; ++i) o_acc[nt][i] = 0.f;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) p_acc[nt][i] = 0.f;
-      zero_o();
       const float f0 = decay_pow(nl2, (float)(r0 + 1)), f1 = decay_pow(nl2, (float)(r1 + 1));
       float part0 = 0.f, part1 = 0.f;  // τ of rows r0, r1 over this warp's share, without c
       uint32_t pa[4][4];               // kSlope: P = (Q Kᵀ) ⊙ W packed, A fragments of P V
       if constexpr (kSlope) {
-        // One product at a time (the state and the moment hold 2·D·E/256 registers):
-        // rq·(Q M), the block's pairs from Q Kᵀ, then Q S and its rq·(Q S).
-        float d0, d1;
-        products(smem_u32(sM), false);
-        rq_dot(o_acc, d0, d1);
-        part0 = f0 * d0;
-        part1 = f1 * d1;
+        // One product at a time (the state and the moment hold 2·D·E/256 registers): the
+        // block's pairs from Q Kᵀ, then Q S.
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           // the two column-half warps take alternate key tiles of the pairs
@@ -274,7 +267,6 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
             slope_keys<T, HD>(pa[kk], part0, part1, kk, (kk & 1) == (warp >> 2), uQ, uK,
                               smem_u32(sRq), uV, rg, r0, r1, tq, nl2, lane);
         }
-        zero_o();
         products(uS, false);
       } else {
         // Q·S (inter-block) and Q·Kᵀ (intra-block)
@@ -330,24 +322,46 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
       }
     }
 
+    if constexpr (kTerms) {
+      // the block's moment term c <M, G>, G = (diag(λ^{j+1}) Q)ᵀ rq, with this M (fp32); G
+      // in two halves of the warp's columns (registers)
+      constexpr int kH = Tr::kSNT / 2;
+      float x = 0.f;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float g_acc[kH][4];
+#pragma unroll
+        for (int nt = 0; nt < kH; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) g_acc[nt][i] = 0.f;
+        state_update<T, kH, false, true>(g_acc, smem_u32(sQ(st)), smem_u32(sR(st)), kStride, sm0,
+                                         sn0 + half * kH * 8, n, nl2, 1.f, 1.f, 1.f, lane);
+#pragma unroll
+        for (int nt = 0; nt < kH; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) x += m_acc[half * kH + nt][i] * g_acc[nt][i];
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+      if (lane == 0) sMom[warp] = x;
+    }
     // S <- λ^n S + (diag(λ^{n-1-j}) K)ᵀ V, and before it M <- λ^n (M + n S) + (diag((n-j)
-    // λ^{n-1-j}) K)ᵀ V
+    // λ^{n-1-j}) K)ᵀ V (both with split operands: see state_update)
     if constexpr (kSlope) {
 #pragma unroll
       for (int nt = 0; nt < Tr::kSNT; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) m_acc[nt][i] += (float)n * s_acc[nt][i];
-      state_update<T, Tr::kSNT, true>(m_acc, uK, uV, kStride, sm0, sn0, n, nl2, (float)(n - 1),
-                                      -1.f, 1.f, lane);
+      state_update<T, Tr::kSNT, true, true>(m_acc, uK, uV, kStride, sm0, sn0, n, nl2,
+                                            (float)(n - 1), -1.f, 1.f, lane);
     }
-    state_update<T, Tr::kSNT>(s_acc, uK, uV, kStride, sm0, sn0, n, nl2, (float)(n - 1), -1.f,
-                              1.f, lane);
-    __syncthreads();  // every warp is done with this stage, sS and sM
+    state_update<T, Tr::kSNT, false, kSlope>(s_acc, uK, uV, kStride, sm0, sn0, n, nl2,
+                                             (float)(n - 1), -1.f, 1.f, lane);
+    __syncthreads();  // every warp is done with this stage and sS
     // (the last block of a sequence with a final-state gradient is written after the loop)
     if (kTerms && !(fin && b == nblk - 1))
-      row_partials_finish(termsg, sRed, t0, n, warp, rg, gq, tq, 0.f);
+      row_partials_finish(termsg, sRed, t0, n, warp, rg, gq, tq, p.scale * sum8(sMom), 0.f);
     if (!kPass1 && b + 1 < nblk) state_to_smem<T>(sS, kStride, s_acc, sm0, sn0, lane);
-    if (kTerms && b + 1 < nblk) state_to_smem<T>(sM, kStride, m_acc, sm0, sn0, lane);
   }
   cp_async_wait<0>();
   if (fin && nblk > 0) {
@@ -355,11 +369,9 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
     final_state_partial<HD>(sFin, reinterpret_cast<float*>(smem), p.dstate_f + sidx * HD * HD,
                             p.state_in_sd, p.state_in_se, s_acc, m_acc, sm0, sn0, tid);
     __syncthreads();
-    float last = 0.f;
-#pragma unroll
-    for (int w = 0; w < 8; ++w) last += sFin[w];
     const int t0 = (nblk - 1) * 64;
-    row_partials_finish(termsg, sRed, t0, si.len - t0, warp, rg, gq, tq, last);
+    row_partials_finish(termsg, sRed, t0, si.len - t0, warp, rg, gq, tq, p.scale * sum8(sMom),
+                        sum8(sFin));
   }
 
   if (kPass1) {
