@@ -31,8 +31,7 @@ struct BwdTraits {
 template <typename T, int HD, bool kHT>
 __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, uint32_t uY,
                                               uint32_t uZ, uint32_t uH, int rg, int oc0, int n,
-                                              int t0, float nl2, float scale, int lane,
-                                              const T* sDot, float& part0, float& part1) {
+                                              int t0, float nl2, float scale, int lane) {
   using P2 = Pack2<T>;
   constexpr int kStride = HD + 8;
   constexpr int kONT = HD / 16;
@@ -63,7 +62,7 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
     }
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      mask_decay_pack<T, true>(pa[kk], p_acc, kk, kk >= rg, r0, r1, tq, nl2, scale);
+      mask_decay_pack<T, true>(pa[kk], p_acc + 2 * kk, kk, kk >= rg, r0, r1, tq, nl2, scale);
   }
   // 2) out = diag(λ^{n-1-j}) X Hm + P Z
   float acc[kONT][4];
@@ -105,7 +104,6 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
       }
     }
   }
-  part0 = part1 = 0.f;
 #pragma unroll
   for (int nt = 0; nt < kONT; ++nt) {
     const int col = oc0 + nt * 8 + 2 * tq;
@@ -113,12 +111,6 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
       *reinterpret_cast<uint32_t*>(out + (int64_t)(t0 + r0) * rs + col) = P2::pack(acc[nt][0], acc[nt][1]);
     if (r1 < n)
       *reinterpret_cast<uint32_t*>(out + (int64_t)(t0 + r1) * rs + col) = P2::pack(acc[nt][2], acc[nt][3]);
-    if (sDot != nullptr) {  // rows past n are zero in the smem tile
-      const float2 x0 = P2::unpack(*reinterpret_cast<const uint32_t*>(sDot + r0 * kStride + col));
-      const float2 x1 = P2::unpack(*reinterpret_cast<const uint32_t*>(sDot + r1 * kStride + col));
-      part0 += x0.x * acc[nt][0] + x0.y * acc[nt][1];
-      part1 += x1.x * acc[nt][2] + x1.y * acc[nt][3];
-    }
   }
 }
 
@@ -154,10 +146,6 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_bwd_dkdv_kernel(const 
   auto sK = [&](int st) { return smem + (4 + 2 * st) * Tr::kTile; };
   auto sV = [&](int st) { return smem + (5 + 2 * st) * Tr::kTile; };
   T* sH = smem + 8 * Tr::kTile;
-  float* sRed = reinterpret_cast<float*>(sH + F::kStateTile);
-  const bool terms = !kPass1 && p.terms != nullptr;
-  float* termsg = terms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
-  const int gq = lane >> 2, tq = lane & 3;
 
   const int sm0 = (warp % F::kSWM) * 16;
   const int sn0 = (warp / F::kSWM) * F::kSTN;
@@ -203,18 +191,12 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_bwd_dkdv_kernel(const 
     const uint32_t uQ = smem_u32(sQ(st)), uO = smem_u32(sO(st));
     if (!kPass1) {
       const uint32_t uK = smem_u32(sK(st)), uV = smem_u32(sV(st)), uH = smem_u32(sH);
-      float part0, part1;
-      bwd_block_out<T, HD, false>(dvg, p.dv_rs, uK, uQ, uO, uH, rg, oc0, n, t0, nl2, p.scale, lane,
-                                  nullptr, part0, part1);
-      // dk, and k · dk for the d slope terms
-      bwd_block_out<T, HD, true>(dkg, p.dk_rs, uV, uO, uQ, uH, rg, oc0, n, t0, nl2, p.scale, lane,
-                                 terms ? sK(st) : nullptr, part0, part1);
-      if (terms) row_partials_stage(part0, part1, sRed, warp, rg * 16 + gq, rg * 16 + gq + 8, tq, lane);
+      bwd_block_out<T, HD, false>(dvg, p.dv_rs, uK, uQ, uO, uH, rg, oc0, n, t0, nl2, p.scale, lane);
+      bwd_block_out<T, HD, true>(dkg, p.dk_rs, uV, uO, uQ, uH, rg, oc0, n, t0, nl2, p.scale, lane);
     }
     // H <- λ^n H + scale · (diag(λ^{j+1}) Q)ᵀ dO
     state_update<T, F::kSNT>(h_acc, uQ, uO, kStride, sm0, sn0, n, nl2, 1.f, 1.f, p.scale, lane);
     __syncthreads();
-    if (terms) row_partials_finish(termsg, sRed, t0, n, warp, rg, gq, tq, -1.f, /*accumulate=*/true);
     if (!kPass1 && it + 1 < nblk) state_to_smem<T>(sH, kStride, h_acc, sm0, sn0, lane);
   }
   cp_async_wait<0>();

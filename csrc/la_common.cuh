@@ -124,6 +124,15 @@ __device__ __forceinline__ uint32_t addr_bkn(uint32_t base, int stride, int n0, 
   return base + (r * stride + c) * 2;
 }
 
+// An int 0 the compiler cannot see through. Values derived from it inside a loop are
+// recomputed in each iteration instead of being hoisted out of the loop, where they would
+// hold registers (or be spilled) for the whole loop.
+__device__ __forceinline__ int opaque_zero() {
+  int z;
+  asm volatile("mov.b32 %0, 0;" : "=r"(z));
+  return z;
+}
+
 // λ^x = exp2(nl2 · x) with nl2 = -slope · log2(e); x is always a bounded, non-negative
 // distance inside a block or segment, so this never overflows.
 __device__ __forceinline__ float decay_pow(float nl2, float x) { return exp2f(nl2 * x); }
@@ -144,6 +153,7 @@ struct FwdTraits {
   static constexpr int kONT = HD / 16;                   // n-tiles per warp (outputs, E/2)
   static constexpr int kSmemPass1 = Shape::kSmemFwdPass1;
   static constexpr int smem_pass2(int stages) { return Shape::smem_fwd_pass2(stages); }
+  static constexpr int kSmemSlopePass2 = Shape::kSmemFwdSlopePass2;
 };
 
 // (64, HD) tile rows [t0, t0 + n) of a sequence -> smem; rows >= n are zero-filled.
@@ -202,13 +212,23 @@ __device__ __forceinline__ void state_to_smem(T* sS, int stride, const float (&a
   }
 }
 
-// Key tile kk of the P accumulator (8 n-tiles of 16 × 8, this thread's rows r0 and r1 = r0 + 8)
-// as an mma A fragment, masked and decayed: element (r, j) is kept where `live` and j ≤ r
-// (kUpper false: causal rows) or j ≥ r (kUpper: the transposed product), times c·λ^|r − j|.
+// Two 16 × 8 accumulator n-tiles (keys 16·kk..) as the A fragment of one 16-deep k-step.
+template <typename T>
+__device__ __forceinline__ void pack_a(uint32_t (&a)[4], const float (&pm)[2][4]) {
+  a[0] = Pack2<T>::pack(pm[0][0], pm[0][1]);
+  a[1] = Pack2<T>::pack(pm[0][2], pm[0][3]);
+  a[2] = Pack2<T>::pack(pm[1][0], pm[1][1]);
+  a[3] = Pack2<T>::pack(pm[1][2], pm[1][3]);
+}
+
+// Key tile kk of the P accumulator (its two n-tiles of 16 × 8 at tile[0], tile[1], this
+// thread's rows r0 and r1 = r0 + 8) as an mma A fragment, masked and decayed: element (r, j)
+// is kept where `live` and j ≤ r (kUpper false: causal rows) or j ≥ r (kUpper: the
+// transposed product), times c·λ^|r − j|.
 template <typename T, bool kUpper>
-__device__ __forceinline__ void mask_decay_pack(uint32_t (&a)[4], const float (&p_acc)[8][4],
-                                                int kk, bool live, int r0, int r1, int tq,
-                                                float nl2, float c) {
+__device__ __forceinline__ void mask_decay_pack(uint32_t (&a)[4], const float (*tile)[4], int kk,
+                                                bool live, int r0, int r1, int tq, float nl2,
+                                                float c) {
   float pm[2][4];
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2)
@@ -218,19 +238,26 @@ __device__ __forceinline__ void mask_decay_pack(uint32_t (&a)[4], const float (&
       const int j = (2 * kk + h2) * 8 + 2 * tq + (i & 1);
       const bool keep = kUpper ? j >= r : j <= r;
       pm[h2][i] = (live && keep)
-                      ? c * p_acc[2 * kk + h2][i] * decay_pow(nl2, (float)(kUpper ? j - r : r - j))
+                      ? c * tile[h2][i] * decay_pow(nl2, (float)(kUpper ? j - r : r - j))
                       : 0.f;
     }
-  a[0] = Pack2<T>::pack(pm[0][0], pm[0][1]);
-  a[1] = Pack2<T>::pack(pm[0][2], pm[0][3]);
-  a[2] = Pack2<T>::pack(pm[1][0], pm[1][1]);
-  a[3] = Pack2<T>::pack(pm[1][2], pm[1][3]);
+  pack_a<T>(a, pm);
 }
 
 template <typename T>
 __device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
   const float2 f = Pack2<T>::unpack(u);
   return Pack2<T>::pack(f.x * w0, f.y * w1);
+}
+// The scaled pair as a 16-bit pair (returned) plus the 16-bit remainder `lo`.
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair_split(uint32_t u, float w0, float w1, uint32_t& lo) {
+  const float2 f = Pack2<T>::unpack(u);
+  const float x = f.x * w0, y = f.y * w1;
+  const uint32_t hi = Pack2<T>::pack(x, y);
+  const float2 h = Pack2<T>::unpack(hi);
+  lo = Pack2<T>::pack(x - h.x, y - h.y);
+  return hi;
 }
 
 // Row dot products split over the two column-half warps of a row group (w and w + 4):
@@ -252,27 +279,39 @@ __device__ __forceinline__ void row_partials_stage(float& part0, float& part1, f
     }
   }
 }
-// out[t0 + r] (+)= sign · (lower + upper) for the block's valid rows.
+// out[t0 + r] = lower + upper for the block's valid rows, plus `first` on row 0 and `last` on
+// row n - 1: each token written once, by one thread.
 __device__ __forceinline__ void row_partials_finish(float* out, const float* sRed, int t0, int n,
-                                                    int warp, int rg, int gq, int tq, float sign,
-                                                    bool accumulate = false) {
+                                                    int warp, int rg, int gq, int tq, float first,
+                                                    float last) {
   if (warp < 4 && tq == 0) {
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
       const int r = rg * 16 + gq + 8 * x;
-      if (r < n) {
-        const float v = sign * (sRed[64 + r] + sRed[r]);
-        out[t0 + r] = accumulate ? out[t0 + r] + v : v;
-      }
+      if (r < n)
+        out[t0 + r] = sRed[64 + r] + sRed[r] + (r == 0 ? first : 0.f) + (r == n - 1 ? last : 0.f);
     }
   }
 }
 
-// acc(16 × kNT·8) += diag-weighted Xᵀ · Y over the 64 rows of a block:
+// s[0] + ... + s[7], in this order.
+__device__ __forceinline__ float sum8(const float* s) {
+  float x = 0.f;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) x += s[w];
+  return x;
+}
+
+// acc <- λ^n acc + diag-weighted Xᵀ · Y over the 64 rows of a block:
 //   X (64, ·) and Y (64, ·) row-major tiles, A = Xᵀ rows m0.. (16), B = Y cols n0.. (kNT·8),
 //   row j of the block weighted by w(j) = j < n ? wscale·λ^{wexp(j)} : 0, where
-//   wexp(j) = wa + wb·j (forward: n-1-j; backward: j+1).
-template <typename T, int kNT>
+//   wexp(j) = wa + wb·j (forward: n-1-j; backward: j+1), times n - j with kMoment (the
+//   moment's weights (n-j)·λ^{n-1-j}, see la_fwd_kernel.cuh).
+// The weighted X is an mma operand, rounded to 16 bits. With kSplit it goes in as two,
+// round(wX) and round(wX - round(wX)), two products: for weights near 1 (weak decay) a single
+// rounding mostly gives back X itself, a bias of the effective decay that d slope, the
+// derivative in the decay, amplifies; the split leaves ~2^-16 of wX, unbiased.
+template <typename T, int kNT, bool kMoment = false, bool kSplit = false>
 __device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, uint32_t sY,
                                              int stride, int m0, int n0, int n, float nl2,
                                              float wa, float wb, float wscale, int lane) {
@@ -285,24 +324,33 @@ __device__ __forceinline__ void state_update(float (&acc)[kNT][4], uint32_t sX, 
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     if (kk * 16 < n) {
-      uint32_t a[4];
+      uint32_t a[4], lo[4];
       ldsm_x4_t(a, addr_at(sX, stride, m0, kk * 16, lane));
       float w[4];
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const int j = kk * 16 + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0);
-        w[x] = j < n ? wscale * decay_pow(nl2, wa + wb * (float)j) : 0.f;
+        w[x] = j < n ? wscale * decay_pow(nl2, wa + wb * (float)j) * (kMoment ? (float)(n - j) : 1.f)
+                     : 0.f;
       }
-      a[0] = scale_pair<T>(a[0], w[0], w[1]);
-      a[1] = scale_pair<T>(a[1], w[0], w[1]);
-      a[2] = scale_pair<T>(a[2], w[2], w[3]);
-      a[3] = scale_pair<T>(a[3], w[2], w[3]);
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float w0 = w[x & 2], w1 = w[(x & 2) + 1];  // a[0], a[1]: rows of w[0..1]
+        if (kSplit)
+          a[x] = scale_pair_split<T>(a[x], w0, w1, lo[x]);
+        else
+          a[x] = scale_pair<T>(a[x], w0, w1);
+      }
 #pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
         uint32_t b[4];
         ldsm_x4_t(b, addr_bkn(sY, stride, n0 + np * 16, kk * 16, lane));
         mma16816<T>(acc[2 * np], a, b[0], b[1]);
         mma16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+        if (kSplit) {
+          mma16816<T>(acc[2 * np], lo, b[0], b[1]);
+          mma16816<T>(acc[2 * np + 1], lo, b[2], b[3]);
+        }
       }
     }
   }

@@ -40,7 +40,7 @@ void dispatch_kernel(at::ScalarType dtype, int64_t hd, F&& f) {
 FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& o, const float* slope, float scale, const float* state_in,
                      int64_t sd, int64_t se, float* state_out, const Plan& pl,
-                     const at::Tensor* rq, float* terms) {
+                     const at::Tensor* rq, float* terms, const float* dstate_f) {
   FwdParams p{};
   p.seg = pl.seg;
   p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.o = o.data_ptr();
@@ -56,6 +56,10 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (terms != nullptr) {
     p.rq = rq->data_ptr();
     p.rq_bs = rq->stride(0); p.rq_hs = rq->stride(1); p.rq_rs = rq->stride(2);
+    p.dstate_f = dstate_f;
+    TORCH_CHECK(!pl.multi || pl.ws_m.defined(), "lightning_attention_C: d slope terms need a plan "
+                "with moments");
+    p.ws_m = pl.multi ? pl.ws_m.data_ptr<float>() : nullptr;
     p.terms = terms;
   }
   return p;
@@ -64,16 +68,18 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 namespace {
 
 // The passes of one sweep: when the plan has several segments per sequence, pass 1 (each
-// segment's local state) and the scan (incoming states, in sequence order or reversed, the
-// first one being `state_in` with element strides (sd, se)); then pass 2.
+// segment's local state, and moment with ws_m) and the scan (incoming states, in sequence
+// order or reversed, the first one being `state_in` with element strides (sd, se)); then
+// pass 2.
 template <typename Pass>
-void segment_passes(const Plan& pl, Pass&& pass, const float* state_in, int64_t sd, int64_t se,
-                    const float* slope, int64_t D, int64_t E, bool reverse, cudaStream_t stream) {
+void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
+                    int64_t se, const float* slope, int64_t D, int64_t E, bool reverse,
+                    cudaStream_t stream) {
   if (pl.multi) {
     pass(/*pass1=*/true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    run_state_scan(pl.seg, pl.ws.data_ptr<float>(), state_in, sd, se, slope, (int)D, (int)E,
-                   reverse, stream);
+    run_state_scan(pl.seg, pl.ws.data_ptr<float>(), ws_m, state_in, sd, se, slope, (int)D,
+                   (int)E, reverse, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   pass(/*pass1=*/false);
@@ -96,7 +102,7 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
       else
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
     };
-    segment_passes(pl, pass, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
+    segment_passes(pl, pass, p.ws_m, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
                    /*reverse=*/false, stream);
   });
 }
@@ -107,7 +113,7 @@ void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) { run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/true, stream); };
-    segment_passes(pl, pass, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
+    segment_passes(pl, pass, nullptr, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
                    /*reverse=*/true, stream);
   });
 }
@@ -118,7 +124,7 @@ void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int6
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) { run_bwd<T, kHD>(p, pass1, stream); };
-    segment_passes(pl, pass, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
+    segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
   });
 }
 

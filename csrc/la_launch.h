@@ -12,12 +12,14 @@ namespace la {
 
 // The forward's kernel parameters: o = forward(q, k, v) with the incoming state of each
 // sequence read through (sd, se) strides (the dq sweep of the backward passes the transposed
-// initial state). With `terms`, pass 2 also writes rq_t · o_t per token (the dq sweep's
-// d slope terms).
+// initial state). With `terms` (the dq sweep on (do, v, k), a plan made with moments), pass 2
+// also writes the d slope terms τ_t per token from the real q `rq` and the final state's
+// gradient `dstate_f` (or nullptr), read through (sd, se) like the initial state.
 FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& o, const float* slope, float scale, const float* state_in,
                      int64_t sd, int64_t se, float* state_out, const Plan& pl,
-                     const at::Tensor* rq = nullptr, float* terms = nullptr);
+                     const at::Tensor* rq = nullptr, float* terms = nullptr,
+                     const float* dstate_f = nullptr);
 
 // The forward's passes: pass 1 and the scan when the plan has several segments per
 // sequence, then pass 2. The one place that chooses the forward kernel.
@@ -30,8 +32,8 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
 void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                                 const Plan& pl, cudaStream_t stream);
 
-// dk, dv (and the k · dk part of the terms): the reverse sweep's pass 1 and scan when the
-// plan has several segments, then pass 2.
+// dk, dv on the mma.sync kernel: the reverse sweep's pass 1 and scan when the plan has
+// several segments, then pass 2.
 void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream);
 

@@ -147,8 +147,10 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tens
 }
 
 // Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
-// (B, H, N) float32 are q_t·dq_t − k_t·dk_t from the unrounded float32 gradients (ops.py
-// turns them into d slope); computing them from the 16-bit dq, dk loses too much.
+// (B, H, N) float32 are the per-token terms τ_t of d log λ in the direct form, final-state
+// term included (each sequence's sum is its d log λ; ops.py sums them into d slope): the
+// dq sweep computes them from fp32 tiles and its state and moment (la_fwd_kernel.cuh), with
+// nothing that cancels, so 16-bit inputs keep a 16-bit-accurate d slope at any length.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
     const Tensor& dout_, const std::optional<Tensor>& dfinal_state, const Tensor& q_,
     const Tensor& k_, const Tensor& v_, const std::optional<Tensor>& slope, double scale,
@@ -171,21 +173,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   Tensor dv = output_like_layout(v_, E);
   const auto f32 = q_.options().dtype(at::kFloat);
   Tensor dinit = initial_state.has_value() ? new_output({num_seqs, H, D, E}, f32) : no_state(q_);
-  // zeroed: the dq sweep and the dk/dv kernel both add their part
+  // zeroed: tokens outside every sequence of cu_seqlens get no term; the dq sweep writes the rest
   Tensor terms = need_dslope ? at::zeros({q_.size(0), H, N}, f32) : no_state(q_);
   const auto init = contiguous(initial_state), dfinal = contiguous(dfinal_state),
              slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);
-  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream, /*moments=*/need_dslope);
   const float* slope_p = ptr_or_null<float>(slope_c);
 
-  // dq_t = scale · do_t S_tᵀ: the forward on (do, v, k) with the transposed initial state.
+  // dq_t = scale · do_t S_tᵀ: the forward on (do, v, k) with the transposed initial state
+  // (and the transposed final state's gradient for the d slope terms).
   const FwdParams pq = fwd_params(dout, v, k, dq, slope_p, (float)scale, ptr_or_null<float>(init),
                                   /*sd=*/1, /*se=*/E, nullptr, pl, &q,
-                                  need_dslope ? terms.data_ptr<float>() : nullptr);
+                                  need_dslope ? terms.data_ptr<float>() : nullptr,
+                                  ptr_or_null<float>(dfinal));
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
 
-  if (pl.sm90 && !need_dslope) {
+  if (pl.sm90) {
     // dv_t = k_t G_t and dk_t = v_t G_tᵀ: the sm_90a kernel in reversed time on (k, q, do)
     // with the final state's gradient (its last state is the initial state's gradient), and
     // on (v, do, q) with that gradient transposed
@@ -215,7 +219,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   p.dstate_in = ptr_or_null<float>(dfinal);
   p.dstate_out = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
-  p.terms = need_dslope ? terms.data_ptr<float>() : nullptr;
   launch_bwd_passes(p, q.scalar_type(), D, E, pl, stream);
   return {dq, dk, dv, dinit, terms};
 }
@@ -290,8 +293,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::dict smem;
 #define LA_EXPORT_HEAD_DIM(D)                                              \
   head_dims.append(D);                                                     \
-  smem[pybind11::int_(D)] = std::max(la::TileShape<D>::kSmemBwdPass2,      \
-                                     la::TileShape<D>::smem_fwd_pass2(2));
+  smem[pybind11::int_(D)] = std::max({la::TileShape<D>::kSmemBwdPass2,    \
+                                      la::TileShape<D>::smem_fwd_pass2(2), \
+                                      la::TileShape<D>::kSmemFwdSlopePass2});
 #define LA_EXPORT_DTYPE(CT, ST, NAME) dtypes.append(NAME);
   LA_FOR_EACH_HEAD_DIM(LA_EXPORT_HEAD_DIM)
   LA_FOR_EACH_DTYPE(LA_EXPORT_DTYPE)

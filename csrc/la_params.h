@@ -36,10 +36,15 @@ struct FwdParams {
   int64_t state_in_sd, state_in_se;  // strides of d and e inside one D×E matrix
   float* state_out;          // final state (num_seqs, H, D, E) or nullptr
   float* ws;                 // per (segment, head) D×E states: local, then incoming
-  // d slope terms (dq sweep only): terms[b, h, t] = rq_t · o_t with the unrounded float32
-  // output, rq = the real q; nullptr: off. terms is contiguous (B, H, N) float32.
+  // d slope terms (dq sweep only, on (do, v, k)): terms[b, h, t] = τ_t, the per-token terms
+  // of d log λ in the direct form (docs/DSLOPE.md), from the real q (rq) and k (the kernel's
+  // v), the final state's gradient dstate_f (read through the strides of state_in), and the
+  // moment state beside S: ws_m per (segment, head) like ws. terms nullptr: off; terms is
+  // contiguous (B, H, N) float32.
   const void* rq;
   int64_t rq_bs, rq_hs, rq_rs;
+  const float* dstate_f;
+  float* ws_m;
   float* terms;
 };
 
@@ -59,7 +64,6 @@ struct BwdParams {
   const float* dstate_in;    // d final_state (num_seqs, H, D, E) contiguous, or nullptr
   float* dstate_out;         // d initial_state, or nullptr
   float* ws;
-  float* terms;              // d slope terms: terms[b, h, t] -= k_t · dk_t (float32), or nullptr
 };
 
 struct SegInfo {
@@ -133,10 +137,11 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
                      int* seq_info, int* seg_seq, cudaStream_t stream);
 // Turns ws[segment] from local states into incoming states, in sequence order (forward:
 // the first segment's incoming state is state_in or 0) or reverse order (backward: the last
-// segment's is state_in). Each D×E matrix is `DE` floats.
-void run_state_scan(const SegParams& p, float* ws, const float* state_in, int64_t state_in_sd,
-                    int64_t state_in_se, const float* slope, int D, int E, bool reverse,
-                    cudaStream_t stream);
+// segment's is state_in). Each D×E matrix is `DE` floats. With ws_m (forward only), the
+// moments ws_m[segment] likewise, carried beside the states (the first one is state_in too).
+void run_state_scan(const SegParams& p, float* ws, float* ws_m, const float* state_in,
+                    int64_t state_in_sd, int64_t state_in_se, const float* slope, int D, int E,
+                    bool reverse, cudaStream_t stream);
 void run_decode(const void* q, const void* k, const void* v, float* state, void* o,
                 const float* slope, float scale, int B, int H, int D, int E,
                 int64_t q_bs, int64_t q_hs, int64_t k_bs, int64_t k_hs, int64_t v_bs,

@@ -64,7 +64,8 @@ int pick_seg_len(int64_t rows, int64_t N, int sms) {
 }  // namespace
 
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
-               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream) {
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream,
+               bool moments) {
   Plan pl;
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
   const DeviceInfo& dev = device_info(q.get_device());
@@ -107,6 +108,7 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
   }
   if (pl.multi) pl.ws = at::empty({pl.seg.num_segs, H, D, E}, q.options().dtype(at::kFloat));
+  if (pl.multi && moments) pl.ws_m = at::empty_like(pl.ws);
   return pl;
 }
 

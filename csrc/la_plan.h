@@ -15,6 +15,7 @@ namespace la {
 struct Plan {
   SegParams seg{};
   at::Tensor seq_info, seg_seq, ws;
+  at::Tensor ws_m;     // with moments and several segments: per-segment moments, like ws
   bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
   int fwd_stages = 2;  // cp.async pipeline depth of the forward's pass 2 (2 or 3)
   int cc_major = 0, cc_minor = 0;  // the device's compute capability
@@ -22,9 +23,11 @@ struct Plan {
 };
 
 // `seg_len`: a forced segment length (a positive multiple of 64; tests use it to take the
-// single- and multi-segment paths), or nullopt to plan it. Reads the device's properties once
-// per device and caches them.
+// single- and multi-segment paths), or nullopt to plan it. `moments`: the dq sweep carries
+// d slope moments beside its states. Reads the device's properties once per device and
+// caches them.
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
-               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream);
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream,
+               bool moments = false);
 
 }  // namespace la

@@ -66,10 +66,15 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // its sequence in order (forward) or in reverse (backward), in place:
 //   forward:  ws[s] = λ^{len_{s-1}} ws_in[s-1] + local_{s-1},  in_0 = state_in (read by pass 2)
 //   backward: ws[s] = λ^{len_{s+1}} ws_in[s+1] + local_{s+1},  in_last = state_in
+// kMoment (forward only): the moments beside the states, with the states' old value,
+//   ws_m[s] = λ^{len_{s-1}} (ws_m_in[s-1] + len_{s-1} · ws_in[s-1]) + local moment_{s-1},
+//   in_0 = state_in (la_fwd_kernel.cuh, d slope).
 // A fixed order of additions: deterministic.
+template <bool kMoment>
 __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
-                                     const float* __restrict__ state_in, int64_t sd, int64_t se,
-                                     const float* __restrict__ slope, int D, int E, bool reverse) {
+                                     float* __restrict__ ws_m, const float* __restrict__ state_in,
+                                     int64_t sd, int64_t se, const float* __restrict__ slope, int D,
+                                     int E, bool reverse) {
   const int seq = blockIdx.x, h = blockIdx.y;
   const int idx = blockIdx.z * 256 + threadIdx.x;
   if (idx >= D * E) return;
@@ -89,30 +94,45 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
   const float nl2 = slope ? -slope[h] * 1.4426950408889634f : 0.f;
   const int64_t DE = (int64_t)D * E;
   const int64_t H = p.H;
-  auto at = [&](int s) { return ws + ((int64_t)(first + s) * H + h) * DE + idx; };
+  auto off = [&](int s) { return ((int64_t)(first + s) * H + h) * DE + idx; };
   auto seg_len = [&](int s) { return min(p.seg_len, seqlen - s * p.seg_len); };
   float carry = state_in ? state_in[((int64_t)seq * H + h) * DE + d * sd + e * se] : 0.f;
+  float carry_m = carry;
   // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in
   // flight; every store targets an index whose local state was loaded already.
   constexpr int kC = 8;
-  float nxt[kC];
+  float nxt[kC], nxt_m[kC];
   if (!reverse) {
     // local states 0 .. nseg-2 -> incoming states 1 .. nseg-1
     const int cnt = nseg - 1;
 #pragma unroll
-    for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? *at(j) : 0.f;
+    for (int j = 0; j < kC; ++j) {
+      nxt[j] = j < cnt ? ws[off(j)] : 0.f;
+      if (kMoment) nxt_m[j] = j < cnt ? ws_m[off(j)] : 0.f;
+    }
     for (int base = 0; base < cnt; base += kC) {
-      float loc[kC];
+      float loc[kC], loc_m[kC];
 #pragma unroll
-      for (int j = 0; j < kC; ++j) loc[j] = nxt[j];
+      for (int j = 0; j < kC; ++j) {
+        loc[j] = nxt[j];
+        if (kMoment) loc_m[j] = nxt_m[j];
+      }
 #pragma unroll
-      for (int j = 0; j < kC; ++j) nxt[j] = base + kC + j < cnt ? *at(base + kC + j) : 0.f;
+      for (int j = 0; j < kC; ++j) {
+        nxt[j] = base + kC + j < cnt ? ws[off(base + kC + j)] : 0.f;
+        if (kMoment) nxt_m[j] = base + kC + j < cnt ? ws_m[off(base + kC + j)] : 0.f;
+      }
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
         const int s = base + j;
         if (s < cnt) {
-          carry = exp2f(nl2 * (float)seg_len(s)) * carry + loc[j];
-          *at(s + 1) = carry;
+          const float dl = exp2f(nl2 * (float)seg_len(s));
+          if (kMoment) {
+            carry_m = dl * (carry_m + (float)seg_len(s) * carry) + loc_m[j];
+            ws_m[off(s + 1)] = carry_m;
+          }
+          carry = dl * carry + loc[j];
+          ws[off(s + 1)] = carry;
         }
       }
     }
@@ -120,31 +140,35 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
     // local states nseg-1 .. 1 -> incoming states nseg-2 .. 0
     const int top = nseg - 1, cnt = nseg - 1;
 #pragma unroll
-    for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? *at(top - j) : 0.f;
+    for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? ws[off(top - j)] : 0.f;
     for (int base = 0; base < cnt; base += kC) {
       float loc[kC];
 #pragma unroll
       for (int j = 0; j < kC; ++j) loc[j] = nxt[j];
 #pragma unroll
-      for (int j = 0; j < kC; ++j) nxt[j] = base + kC + j < cnt ? *at(top - base - kC - j) : 0.f;
+      for (int j = 0; j < kC; ++j) nxt[j] = base + kC + j < cnt ? ws[off(top - base - kC - j)] : 0.f;
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
         const int s = top - base - j;  // local state of segment s
         if (base + j < cnt) {
           carry = exp2f(nl2 * (float)seg_len(s)) * carry + loc[j];
-          *at(s - 1) = carry;
+          ws[off(s - 1)] = carry;
         }
       }
     }
   }
 }
 
-void run_state_scan(const SegParams& p, float* ws, const float* state_in, int64_t state_in_sd,
-                    int64_t state_in_se, const float* slope, int D, int E, bool reverse,
-                    cudaStream_t stream) {
+void run_state_scan(const SegParams& p, float* ws, float* ws_m, const float* state_in,
+                    int64_t state_in_sd, int64_t state_in_se, const float* slope, int D, int E,
+                    bool reverse, cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E + 255) / 256);
-  la_state_scan_kernel<<<grid, 256, 0, stream>>>(p, ws, state_in, state_in_sd, state_in_se, slope,
-                                                 D, E, reverse);
+  if (ws_m != nullptr)
+    la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws, ws_m, state_in, state_in_sd,
+                                                         state_in_se, slope, D, E, reverse);
+  else
+    la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws, ws_m, state_in, state_in_sd,
+                                                          state_in_se, slope, D, E, reverse);
 }
 
 }  // namespace la
