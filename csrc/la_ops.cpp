@@ -185,15 +185,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
                                   need_dslope ? terms.data_ptr<float>() : nullptr);
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
 
-  if (pl.sm90 && !need_dslope) {
-    // dv_t = k_t G_t and dk_t = v_t G_tᵀ: the sm_90a kernel in reversed time on (k, q, do)
-    // with the final state's gradient (its last state is the initial state's gradient), and
-    // on (v, do, q) with that gradient transposed
-    const float* dfin = ptr_or_null<float>(dfinal);
-    launch_reverse_sm90_passes(
-        fwd_params(k, q, dout, dv, slope_p, (float)scale, dfin, /*sd=*/E, /*se=*/1,
-                   initial_state.has_value() ? dinit.data_ptr<float>() : nullptr, pl),
-        q.scalar_type(), D, E, pl, stream);
+  // dv_t = k_t G_t and dk_t = v_t G_tᵀ on sm_90a without d slope terms: the kernel in reversed
+  // time on (k, q, do) with the final state's gradient (its last state is the initial state's
+  // gradient) ...
+  const bool sm90 = pl.sm90 && !need_dslope;
+  const float* dfin = ptr_or_null<float>(dfinal);
+  float* dinit_p = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
+  const FwdParams pdv = fwd_params(k, q, dout, dv, slope_p, (float)scale, dfin, /*sd=*/E, /*se=*/1,
+                                   dinit_p, pl);
+  if (sm90 && !sm90_fused_bwd()) {
+    // ... and on (v, do, q) with that gradient transposed
+    launch_reverse_sm90_passes(pdv, q.scalar_type(), D, E, pl, stream);
     launch_reverse_sm90_passes(
         fwd_params(v, dout, q, dk, slope_p, (float)scale, dfin, /*sd=*/1, /*se=*/E, nullptr, pl),
         q.scalar_type(), D, E, pl, stream);
@@ -212,10 +214,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   p.dv_bs = dv.stride(0); p.dv_hs = dv.stride(1); p.dv_rs = dv.stride(2);
   p.slope = slope_p;
   p.scale = (float)scale;
-  p.dstate_in = ptr_or_null<float>(dfinal);
-  p.dstate_out = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
+  p.dstate_in = dfin;
+  p.dstate_out = dinit_p;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
   p.terms = need_dslope ? terms.data_ptr<float>() : nullptr;
+  if (sm90) {  // ... or both products in one sweep (the fused kernel)
+    launch_fused_bwd_sm90_passes(p, pdv, q.scalar_type(), D, E, pl, stream);
+    return {dq, dk, dv, dinit, terms};
+  }
   launch_bwd_passes(p, q.scalar_type(), D, E, pl, stream);
   return {dq, dk, dv, dinit, terms};
 }

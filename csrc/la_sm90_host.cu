@@ -70,4 +70,14 @@ bool sm90_available() {
   return ok;
 }
 
+// The fused dk/dv kernel (la_bwd_sm90.cuh) instead of the two reversed passes, while it is
+// new: only with LIGHTNING_ATTENTION_SM90_FUSED_BWD=1 (read once).
+bool sm90_fused_bwd() {
+  static const bool on = [] {
+    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_FUSED_BWD");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
 }  // namespace la
