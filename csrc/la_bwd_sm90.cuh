@@ -146,31 +146,40 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
   fence_async_shared();
   named_barrier(all_bar, kAll);
 
+  // Per block c the warpgroup issues K Qᵀ of block c + 1 before it finishes block c, so that
+  // the tensor cores have work while it stores dK and the state copy. The first block
+  // processed is the segment's last, the only one that may be partial: dO and Q are the
+  // operands whose rows past n (maybe the next packed sequence's) would still meet a 0 · x (in
+  // the RS products and the state update), so they are zeroed there first; every consumer
+  // reads all of Q (K Qᵀ), so all of them wait for the zeros.
+  float p_acc[32];
+  if (nblk > 0) {
+    mbar_wait(full(0), 0);
+    const int n = si.len - (nblk - 1) * 64;
+    if (n < 64) {
+      zero_rows(tile(0, kQ) + w * Tr::kBoxBytes, n, t);
+      zero_rows(tile(0, kDO) + w * Tr::kBoxBytes, n, t);
+      fence_async_shared();
+      named_barrier(all_bar, kAll);
+    }
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, tile(0, kK), tile(0, kQ));
+    wgmma_commit();
+  }
   for (int c = 0; c < nblk; ++c) {
-    const int s = c % kStages;
+    const int s = c % kStages;     // waited for when K Qᵀ of the block was issued
     const int blk = nblk - 1 - c;  // the block's place in the segment
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, kQ), uK = tile(s, kK), uV = tile(s, kV), uDO = tile(s, kDO);
     const uint32_t uQw = uQ + w * Tr::kBoxBytes, uDOw = uDO + w * Tr::kBoxBytes;
     const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
-    mbar_wait(full(s), (c / kStages) & 1);
-    if (n < 64) {
-      // dO and Q are the operands whose rows past n (maybe the next packed sequence's) would
-      // still meet a 0 · x: in the RS products and the state update. Every consumer reads all
-      // of Q (K Qᵀ), so all of them wait for the zeros.
-      zero_rows(uDOw, n, t);
-      zero_rows(uQw, n, t);
-      fence_async_shared();
-      named_barrier(all_bar, kAll);
-    }
     const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
     const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
 
     // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w
-    float p_acc[32], dv_acc[32], dk_acc[32];
+    float dv_acc[32], dk_acc[32];
     uint32_t pa[4][4];
     wgmma_fence();
-    issue_qk<T, HD>(p_acc, uK, uQ);
     issue_qs<T, HD>(dv_acc, uK, hc + slice);
     wgmma_commit();
     wgmma_wait<0>();
@@ -230,9 +239,17 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       for (int kk = 0; kk < 4; ++kk)
         wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
     wgmma_commit();
-    // every accumulator completes inside the iteration: one still being written must not
-    // cross the loop's back edge (the compiler would copy it there and serialise every wgmma)
-    wgmma_wait<0>();
+    const bool next = c + 1 < nblk;
+    if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
+      const int s1 = (c + 1) % kStages;
+      mbar_wait(full(s1), ((c + 1) / kStages) & 1);
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, tile(s1, kK), tile(s1, kQ));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
     fence_regs(dk_acc);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
@@ -243,7 +260,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       store_rows<T>(rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs) + (int64_t)blk * 64 * p.dk_rs + 64 * w + 2 * tq,
                     p.dk_rs, dk_acc, r0, n);
     }
-    if (c + 1 < nblk) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
+    if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
     fence_async_shared();
     // every consumer is done with stage s and with copy c & 1 (written again after the next
     // block), and copy (c + 1) & 1 is whole
@@ -257,6 +274,10 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       }
       mbar_arrive(empty(s));
     }
+    // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
+    // must not cross the loop's back edge (the compiler would copy it there and serialise
+    // every wgmma)
+    wgmma_wait<0>();
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   if (t == 0) bulk_wait_all<false>();  // the output stores are done with shared memory
