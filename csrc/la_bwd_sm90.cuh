@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #pragma unroll
       for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
     uint32_t qa[Tr::kBoxes][4][4];
-    weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n < 64);
+    weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
     wgmma_fence();

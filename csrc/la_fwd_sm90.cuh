@@ -238,14 +238,14 @@ __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (
 
 // (diag(wk) K)ᵀ as the A fragments of the state update: rows d = 64dt + 16·warp + (0..15) of
 // Kᵀ, keys 16kk.. (ldmatrix.trans of the K tile's rows), key weights wk[kk][x] (keys
-// 16kk + 2tq + (x & 1) (+8 for x & 2)). In a partial block a zero weight gives 0 even for a
-// non-finite key (a row of the next packed sequence).
+// 16kk + 2tq + (x & 1) (+8 for x & 2)). In a partial block of n tokens the keys from n on
+// are selected away, never multiplied (rows of the next packed sequence, maybe not finite);
+// not by their weight's sign: a negative scale makes the reversed weights negative.
 template <typename T, int kTiles>
 __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK,
-                                                const float (&wk)[4][4], int warp, int lane,
-                                                bool partial) {
+                                                const float (&wk)[4][4], int warp, int lane, int n) {
   using P2 = Pack2<T>;
-  const int mat = lane >> 3;
+  const int mat = lane >> 3, tq = lane & 3;
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
@@ -257,8 +257,9 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
       for (int x = 0; x < 4; ++x) {
         const float2 f = P2::unpack(ka[dt][kk][x]);
         const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
-        ka[dt][kk][x] = partial ? P2::pack(w0 > 0.f ? f.x * w0 : 0.f, w1 > 0.f ? f.y * w1 : 0.f)
-                                : P2::pack(f.x * w0, f.y * w1);
+        const int key0 = 16 * kk + 2 * tq + ((x & 2) ? 8 : 0);
+        ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
+                                : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
       }
     }
 }
@@ -444,7 +445,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #pragma unroll
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
     uint32_t ka[Tr::kBoxes][4][4];
-    weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n < 64);
+    weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
     wgmma_fence();

@@ -89,9 +89,10 @@ def test_backward_fixed_slope(D, dtype, seg, varlen, seg_len):
 @pytest.mark.parametrize("N", [1, 63, 65, 4097])
 def test_backward_fixed_slope_shapes(D, layout, N, seg_len):
     """The same sweep at awkward lengths (a partial block processed first, one-token
-    sequences) in the other layouts, over several segments."""
+    sequences) in the other layouts, over several segments, with a negative scale (the
+    reversed sweep's key weights carry it)."""
     seg_len(128)
-    check_cuda(B=2, H=3, N=N, D=D, layout=layout, slope_grad=False, scale=0.5)
+    check_cuda(B=2, H=3, N=N, D=D, layout=layout, slope_grad=False, scale=-0.5)
 
 
 @gpu
