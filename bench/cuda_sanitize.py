@@ -2,6 +2,9 @@
 
     compute-sanitizer --tool memcheck  python3 bench/cuda_sanitize.py
     compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py
+
+On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
+LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
 """
 import torch
 
@@ -21,6 +24,10 @@ for D in (64, 128):
             C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, False, seg_len=seg_len)
             o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True, seg_len=seg_len)
             C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, False, seg_len=seg_len)
+            # no decay, no states; (B, N, H, D) memory
+            C.bwd(do, None, q, k, v, None, 0.5, None, None, False, seg_len=seg_len)
+            qt, kt, vt, dot = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v, do))
+            C.bwd(dot, None, qt, kt, vt, slope, 1.0, None, None, False, seg_len=seg_len)
         st = torch.randn(2, H, D, D, device="cuda")
         C.decode(q[0, :, :2].transpose(0, 1).contiguous(), k[0, :, :2].transpose(0, 1).contiguous(),
                  v[0, :, :2].transpose(0, 1).contiguous(), st, slope, 1.0)

@@ -97,6 +97,24 @@ __device__ __forceinline__ void for_each_state(int warp, int lane, F&& f) {
       f(dt, i, dt * 64 + warp * 16 + gq + ((i & 2) ? 8 : 0), 8 * (i >> 2) + 2 * tq + (i & 1));
 }
 
+// This consumer's slice (columns [64w, 64w + 64) of E) of a D × E fp32 state whose element
+// (d, e) is src[d·sd + e·se]; zeros without src.
+template <int kTiles>
+__device__ __forceinline__ void load_state_slice(float (&s)[kTiles][32], const float* src, int64_t sd,
+                                                 int64_t se, int w, int warp, int lane) {
+  for_each_state<kTiles>(warp, lane, [&](int dt, int i, int d, int e) {
+    s[dt][i] = src ? src[d * sd + (64 * w + e) * se] : 0.f;
+  });
+}
+// The slice into a row-major (kTiles·64) × (kTiles·64) fp32 state.
+template <int kTiles>
+__device__ __forceinline__ void store_state_slice(float* dst, const float (&s)[kTiles][32], int w,
+                                                  int warp, int lane) {
+  for_each_state<kTiles>(warp, lane, [&](int dt, int i, int d, int e) {
+    dst[d * (kTiles * 64) + 64 * w + e] = s[dt][i];
+  });
+}
+
 // The decay factors of a block of n tokens (every exponent a distance inside the block, 0..64):
 //   forward: P element (row r, key j <= r) scale·λ^{r−j}, output row scale·λ^{r+1}, key
 //            weight of the state update λ^{n−1−j}
@@ -144,15 +162,37 @@ struct BlockDecay {
     row[1] = F::row(nl2, scale, r0 + 8, n);
     total = decay_pow(nl2, (float)n);
   }
+  // the state update's key weights and λ^n for a block of n tokens: the stored ones for a
+  // full block, computed for a partial one (a segment's last block)
+  __device__ __forceinline__ void keys(float (&w)[4][4], float& tot, float nl2, float scale, int tq,
+                                       int n) const {
+    const bool full = n == 64;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) w[kk][x] = wk[kk][x];
+    tot = total;
+    if (!full) {
+      tot = decay_pow(nl2, (float)n);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int x = 0; x < 4; ++x)
+          w[kk][x] = F::key(nl2, scale, 16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0), n);
+    }
+  }
 };
 
-// P = Q Kᵀ (64 × 64, k over HD): Q and K as K-major operands, box kk/4, k offset kk%4.
-template <typename T, int HD>
+// P = Q Kᵀ (64 × 64, k over HD): Q and K as K-major operands, box kk/4, k offset kk%4. K's
+// 64-column boxes are kBoxStrideK bytes apart (a (64, HD) tile: 8 KiB; the backward's H copy
+// read as Hᵀ: one consumer slice).
+template <typename T, int HD, int kBoxStrideK = 8192>
 __device__ __forceinline__ void issue_qk(float (&acc)[32], uint32_t uQ, uint32_t uK) {
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-    wgmma_ss_64x64<T, false>(acc, desc_sw128(uQ + off), desc_sw128(uK + off), kk > 0);
+    const uint32_t off = (kk & 3) * 32;
+    wgmma_ss_64x64<T, false>(acc, desc_sw128(uQ + (kk >> 2) * 8192 + off),
+                             desc_sw128(uK + (kk >> 2) * kBoxStrideK + off), kk > 0);
   }
 }
 // O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step.
@@ -162,6 +202,86 @@ __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t
   for (int kk = 0; kk < HD / 16; ++kk) {
     const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
     wgmma_ss_64x64<T, true>(acc, desc_sw128(uQ + off), desc_sw128(uS + kk * 2048), kk > 0);
+  }
+}
+
+// P ⊙ M (the factors `mask`, scale included) of a block of n tokens as the A fragments of the
+// four 16-key steps, for the thread at rows r0, r0 + 8 and quad position tq of warp `warp`. Key
+// j = 8m + 2tq + x is kept where j <= row (kReverse: j >= row) and j < n, i.e.
+// lo <= 8m + x < hi[row half]; key groups wholly on the masked side of the warp's rows are
+// skipped (warp-uniform). Masked elements are selected away, never multiplied (they may be
+// products of another packed sequence's rows).
+template <typename T, bool kReverse>
+__device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (&p)[32],
+                                             const float (&mask)[32], int warp, int tq, int r0,
+                                             int n) {
+  using P2 = Pack2<T>;
+  const int r1 = r0 + 8;
+  const int lo[2] = {kReverse ? r0 - 2 * tq : 0, kReverse ? r1 - 2 * tq : 0};
+  const int hi[2] = {(kReverse ? n : min(r0 + 1, n)) - 2 * tq,
+                     (kReverse ? n : min(r1 + 1, n)) - 2 * tq};
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    float v[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int m = 2 * kk + (e >> 2), i = e & 3, jm = 8 * m + (i & 1);
+      const bool group = kReverse ? m >= 2 * warp : m <= 2 * warp + 1;
+      v[e] = (group && jm >= lo[i >> 1] && jm < hi[i >> 1]) ? p[4 * m + i] * mask[4 * m + i] : 0.f;
+    }
+    pa[kk][0] = P2::pack(v[0], v[1]);
+    pa[kk][1] = P2::pack(v[2], v[3]);
+    pa[kk][2] = P2::pack(v[4], v[5]);
+    pa[kk][3] = P2::pack(v[6], v[7]);
+  }
+}
+
+// (diag(wk) K)ᵀ as the A fragments of the state update: rows d = 64dt + 16·warp + (0..15) of
+// Kᵀ, keys 16kk.. (ldmatrix.trans of the K tile's rows), key weights wk[kk][x] (keys
+// 16kk + 2tq + (x & 1) (+8 for x & 2)). In a partial block of n tokens the keys from n on
+// are selected away, never multiplied (rows of the next packed sequence, maybe not finite);
+// not by their weight's sign: a negative scale makes the reversed weights negative.
+template <typename T, int kTiles>
+__device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK,
+                                                const float (&wk)[4][4], int warp, int lane, int n) {
+  using P2 = Pack2<T>;
+  const int mat = lane >> 3, tq = lane & 3;
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
+      const int col = warp * 16 + ((mat & 1) ? 8 : 0);
+      ldsm_x4_t(ka[dt][kk], uK + dt * 8192 + sw128(key, col));
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float2 f = P2::unpack(ka[dt][kk][x]);
+        const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
+        const int key0 = 16 * kk + 2 * tq + ((x & 2) ? 8 : 0);
+        ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
+                                : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
+      }
+    }
+}
+
+// Rows n.. of a (64, 64) 16-bit box set to zero by the 128 threads of a warpgroup (rows past a
+// sequence's end may hold the next packed sequence, finite or not, and must not meet a 0 · x).
+__device__ __forceinline__ void zero_rows(uint32_t box, int n, int t) {
+  for (int i = n * 8 + t; i < 64 * 8; i += 128)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(box + i * 16), "r"(0));
+}
+
+// Rows r0 and r0 + 8, those below n, of a 64 × 64 accumulator tile to global memory; `g` is
+// row 0 of the block at this thread's first column (2·tq) of the tile, rows `rs` apart.
+template <typename T>
+__device__ __forceinline__ void store_rows(T* g, int64_t rs, const float (&a)[32], int r0, int n) {
+  using P2 = Pack2<T>;
+  T* row0 = g + (int64_t)r0 * rs;
+  T* row1 = g + (int64_t)(r0 + 8) * rs;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (r0 < n) *reinterpret_cast<uint32_t*>(row0 + 8 * j) = P2::pack(a[4 * j], a[4 * j + 1]);
+    if (r0 + 8 < n) *reinterpret_cast<uint32_t*>(row1 + 8 * j) = P2::pack(a[4 * j + 2], a[4 * j + 3]);
   }
 }
 
@@ -177,7 +297,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
   using Tr = Sm90FwdTraits<T, HD>;
-  using P2 = Pack2<T>;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -264,9 +383,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       sd = p.state_in_sd;
       se = p.state_in_se;
     }
-    for_each_state<Tr::kBoxes>(warp, lane, [&](int dt, int i, int d, int e) {
-      s_acc[dt][i] = src ? src[d * sd + (64 * w + e) * se] : 0.f;
-    });
+    load_state_slice<Tr::kBoxes>(s_acc, src, sd, se, w, warp, lane);
   }
   if (!kPass1) {
     state_copy<T>(copy0, s_acc, warp, lane);
@@ -292,8 +409,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
       // zero them in V, the one operand whose masked rows would still meet a 0 · x
-      for (int i = n * 8 + t; i < 64 * 8; i += 128)
-        asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(uV + i * 16), "r"(0));
+      zero_rows(uV, n, t);
       fence_async_shared();
       named_barrier(bar_id, 128);
     }
@@ -306,28 +422,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       wgmma_commit();
       wgmma_wait<1>();
       fence_regs(p_acc);
-      // P ⊙ M (scaled) as the A fragments of the four 16-key steps. Key j = 8m + 2tq + x is
-      // kept where j <= row (reverse: j >= row) and j < n, i.e. lo <= 8m + x < hi[row half];
-      // key groups wholly on the masked side of the warp's rows are skipped (warp-uniform).
-      const int lo[2] = {kReverse ? r0 - 2 * tq : 0, kReverse ? r1 - 2 * tq : 0};
-      const int hi[2] = {(kReverse ? n : min(r0 + 1, n)) - 2 * tq,
-                         (kReverse ? n : min(r1 + 1, n)) - 2 * tq};
       uint32_t pa[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        float v[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int m = 2 * kk + (e >> 2), i = e & 3, jm = 8 * m + (i & 1);
-          const bool group = kReverse ? m >= 2 * warp : m <= 2 * warp + 1;
-          v[e] = (group && jm >= lo[i >> 1] && jm < hi[i >> 1]) ? p_acc[4 * m + i] * dec.mask[4 * m + i]
-                                                                 : 0.f;
-        }
-        pa[kk][0] = P2::pack(v[0], v[1]);
-        pa[kk][1] = P2::pack(v[2], v[3]);
-        pa[kk][2] = P2::pack(v[4], v[5]);
-        pa[kk][3] = P2::pack(v[6], v[7]);
-      }
+      masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
       wgmma_wait<0>();
       fence_regs(o_acc);
       const float row0 = n == 64 ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, r0, n);
@@ -342,43 +438,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
 
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n
-    float wk[4][4], total = dec.total;
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) wk[kk][x] = dec.wk[kk][x];
-    if (n < 64) {  // a segment's partial block
-      total = decay_pow(nl2, (float)n);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int x = 0; x < 4; ++x)
-          wk[kk][x] = Decay<kReverse>::key(nl2, p.scale, 16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0), n);
-    }
+    float wk[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
     uint32_t ka[Tr::kBoxes][4][4];
-#pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        // Kᵀ rows d = 16·warp + (0..15) of box dt, keys 16kk.. (ldmatrix.trans of K rows)
-        const int mat = lane >> 3;
-        const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
-        const int col = warp * 16 + ((mat & 1) ? 8 : 0);
-        ldsm_x4_t(ka[dt][kk], uK + dt * Tr::kBoxBytes + sw128(key, col));
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          // in a partial block a zero weight must give 0 even for a non-finite key (a row of
-          // the next packed sequence)
-          const float2 f = P2::unpack(ka[dt][kk][x]);
-          const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
-          ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
-                                  : P2::pack(w0 > 0.f ? f.x * w0 : 0.f, w1 > 0.f ? f.y * w1 : 0.f);
-        }
-      }
+    weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
     wgmma_fence();
@@ -411,14 +478,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         named_barrier(bar_id, 128);
         tile_to_box<T>(out_box, o_acc, warp, lane);
       } else {
-        T* og = rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + 64 * w + 2 * tq;
-        T* orow0 = og + (int64_t)(blk * 64 + r0) * p.o_rs;
-        T* orow1 = og + (int64_t)(blk * 64 + r1) * p.o_rs;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          if (r0 < n) *reinterpret_cast<uint32_t*>(orow0 + 8 * j) = P2::pack(o_acc[4 * j], o_acc[4 * j + 1]);
-          if (r1 < n) *reinterpret_cast<uint32_t*>(orow1 + 8 * j) = P2::pack(o_acc[4 * j + 2], o_acc[4 * j + 3]);
-        }
+        store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
+                      p.o_rs, o_acc, r0, n);
       }
       if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
       fence_async_shared();
@@ -442,11 +503,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
                       : (last_seg && p.state_out != nullptr
                              ? p.state_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD
                              : nullptr);
-  if (dst != nullptr) {
-    for_each_state<Tr::kBoxes>(warp, lane, [&](int dt, int i, int d, int e) {
-      dst[d * HD + 64 * w + e] = s_acc[dt][i];
-    });
-  }
+  if (dst != nullptr) store_state_slice<Tr::kBoxes>(dst, s_acc, w, warp, lane);
 #endif
 }
 

@@ -118,6 +118,21 @@ void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_
   });
 }
 
+void launch_fused_bwd_sm90_passes(const BwdParams& p, const FwdParams& pdv, at::ScalarType dtype,
+                                  int64_t D, int64_t E, const Plan& pl, cudaStream_t stream) {
+  dispatch_kernel(dtype, D, [&](auto t, auto hd) {
+    using T = typename decltype(t)::type;
+    constexpr int kHD = decltype(hd)::value;
+    auto pass = [&](bool pass1) {
+      if (pass1)
+        run_fwd_sm90<T, kHD>(pdv, /*pass1=*/true, /*reverse=*/true, stream);
+      else
+        run_bwd_sm90<T, kHD>(p, stream);
+    };
+    segment_passes(pl, pass, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
+  });
+}
+
 void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream) {
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {

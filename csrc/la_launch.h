@@ -32,6 +32,13 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
 void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                                 const Plan& pl, cudaStream_t stream);
 
+// dk, dv and d initial_state in one sweep on the fused sm_90a kernel (la_bwd_sm90.cuh): when
+// the plan has several segments, pass 1 of the dV product (`pdv`, the first of the two
+// reversed passes above) and the reverse scan, then the fused pass 2. Only where the plan
+// says sm90.
+void launch_fused_bwd_sm90_passes(const BwdParams& p, const FwdParams& pdv, at::ScalarType dtype,
+                                  int64_t D, int64_t E, const Plan& pl, cudaStream_t stream);
+
 // dk, dv on the mma.sync kernel: the reverse sweep's pass 1 and scan when the plan has
 // several segments, then pass 2.
 void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,

@@ -189,15 +189,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
                                   ptr_or_null<float>(dfinal));
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
 
-  if (pl.sm90) {
-    // dv_t = k_t G_t and dk_t = v_t G_tᵀ: the sm_90a kernel in reversed time on (k, q, do)
-    // with the final state's gradient (its last state is the initial state's gradient), and
-    // on (v, do, q) with that gradient transposed
-    const float* dfin = ptr_or_null<float>(dfinal);
-    launch_reverse_sm90_passes(
-        fwd_params(k, q, dout, dv, slope_p, (float)scale, dfin, /*sd=*/E, /*se=*/1,
-                   initial_state.has_value() ? dinit.data_ptr<float>() : nullptr, pl),
-        q.scalar_type(), D, E, pl, stream);
+  // dv_t = k_t G_t and dk_t = v_t G_tᵀ on sm_90a: the kernel in reversed time on (k, q, do)
+  // with the final state's gradient (its last state is the initial state's gradient) ...
+  const float* dfin = ptr_or_null<float>(dfinal);
+  float* dinit_p = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
+  const FwdParams pdv = fwd_params(k, q, dout, dv, slope_p, (float)scale, dfin, /*sd=*/E, /*se=*/1,
+                                   dinit_p, pl);
+  if (pl.sm90 && !sm90_fused_bwd()) {
+    // ... and on (v, do, q) with that gradient transposed
+    launch_reverse_sm90_passes(pdv, q.scalar_type(), D, E, pl, stream);
     launch_reverse_sm90_passes(
         fwd_params(v, dout, q, dk, slope_p, (float)scale, dfin, /*sd=*/1, /*se=*/E, nullptr, pl),
         q.scalar_type(), D, E, pl, stream);
@@ -216,9 +216,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   p.dv_bs = dv.stride(0); p.dv_hs = dv.stride(1); p.dv_rs = dv.stride(2);
   p.slope = slope_p;
   p.scale = (float)scale;
-  p.dstate_in = ptr_or_null<float>(dfinal);
-  p.dstate_out = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
+  p.dstate_in = dfin;
+  p.dstate_out = dinit_p;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
+  if (pl.sm90) {  // ... or both products in one sweep (the fused kernel)
+    launch_fused_bwd_sm90_passes(p, pdv, q.scalar_type(), D, E, pl, stream);
+    return {dq, dk, dv, dinit, terms};
+  }
   launch_bwd_passes(p, q.scalar_type(), D, E, pl, stream);
   return {dq, dk, dv, dinit, terms};
 }

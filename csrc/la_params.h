@@ -131,6 +131,12 @@ void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream);
 bool sm90_available();
+// The fused sm_90a dk/dv sweep (la_bwd_sm90.cuh), pass 2 only (its pass 1 is the reversed
+// run_fwd_sm90 of the dV product); and whether it replaces the two reversed passes (unless
+// LIGHTNING_ATTENTION_SM90_FUSED_BWD=0, la_sm90_host.cu).
+template <typename T, int HD>
+void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
+bool sm90_fused_bwd();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

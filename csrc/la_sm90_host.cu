@@ -57,8 +57,8 @@ CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int
 }
 
 // The build holds sm_90a code and the driver has the TMA entry point; the kernels then run on
-// devices of compute capability 9.0 (la_plan.cpp: the forward, the dq sweep and the dk/dv
-// sweep without d slope terms) unless LIGHTNING_ATTENTION_SM90=0 (read once, for comparisons
+// devices of compute capability 9.0 (la_plan.cpp: the forward, the dq sweep without d slope
+// terms and the dk/dv sweep) unless LIGHTNING_ATTENTION_SM90=0 (read once, for comparisons
 // with the mma.sync kernels).
 bool sm90_available() {
   static const bool ok = [] {
@@ -68,6 +68,16 @@ bool sm90_available() {
            encode_tiled() != nullptr;
   }();
   return ok;
+}
+
+// The fused dk/dv kernel (la_bwd_sm90.cuh) rather than the two reversed passes, unless
+// LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 (read once, for comparisons).
+bool sm90_fused_bwd() {
+  static const bool on = [] {
+    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_FUSED_BWD");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
 }
 
 }  // namespace la

@@ -84,6 +84,19 @@ def test_backward_fixed_slope(D, dtype, seg, varlen, seg_len):
 
 @gpu
 @built
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("layout", ["bnhd", "strided"])
+@pytest.mark.parametrize("N", [1, 63, 65, 4097])
+def test_backward_fixed_slope_shapes(D, layout, N, seg_len):
+    """The same sweep at awkward lengths (a partial block processed first, one-token
+    sequences) in the other layouts, over several segments, with a negative scale (the
+    reversed sweep's key weights carry it)."""
+    seg_len(128)
+    check_cuda(B=2, H=3, N=N, D=D, layout=layout, slope_grad=False, scale=-0.5)
+
+
+@gpu
+@built
 @pytest.mark.parametrize("layout", ["bnhd", "strided"])
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_layouts(layout, D):
@@ -130,14 +143,17 @@ def test_varlen_malformed(dtype):
 
 @gpu
 @built
-def test_deterministic_backward():
+@pytest.mark.parametrize("need_dslope", [True, False])
+def test_deterministic_backward(need_dslope):
+    """Bitwise-identical runs, with the d slope terms and without (on sm_90a: the dk/dv sweep
+    of the Hopper kernels)."""
     q, k, v = utils.make_inputs(2, 4, 4097, 128, 128, dtype=torch.bfloat16, device="cuda")
     slope = utils.rand_slope(4, "cuda")
     s0 = utils.rand_state(2, 4, 128, 128, "cuda")
     do = torch.randn_like(v)
     dfin = torch.randn_like(s0)
-    a = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None, True)
-    b = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None, True)
+    a = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None, need_dslope)
+    b = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None, need_dslope)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
 

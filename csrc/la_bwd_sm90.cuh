@@ -1,0 +1,307 @@
+// The dk/dv sweep of the backward for Hopper (sm_90a) in one pass: blocks from the last to the
+// first, each loading q, k, v, dO once (TMA) and writing dk and dv, with the gradient state
+//   H = λ · (gradient of the state after the block)   (D × E, fp32)
+// entering each block (for a block of n tokens, rows i and keys j of the block):
+//   dV = diag(λ^{n-1-i}) K H  + (scale · (K Qᵀ)  ⊙ Mᵀ) dO,   Mᵀ_ij = λ^{j-i} (j >= i)
+//   dK = diag(λ^{n-1-i}) V Hᵀ + (scale · (V dOᵀ) ⊙ Mᵀ) Q
+//   H  = λ^n H + scale · (diag(λ^{j+1}) Q)ᵀ dO
+// These are the two reversed-time products of la_fwd_sm90.cuh (kReverse with (K, Q, dO) and
+// (V, dO, Q)) sharing their state: 4 tile loads and 2 stores per block instead of 6 and 2. The
+// segments' local states (pass 1) are the dV product's pass 1 of that kernel; this is pass 2:
+// the incoming state is d final_state (a sequence's last segment) or the reverse scan's, and
+// the first segment's outgoing one is d initial_state.
+//
+// Warpgroups: WG 0 is the producer (one thread issues the TMA loads of the (64, HD) tiles of Q,
+// K, V and dO into a kStages-deep ring; 24 registers); WG 1 + w is a consumer owning columns
+// [64w, 64w + 64) of E for H and dV, and of D for dK. Each block needs all of H for dK (a
+// column of Hᵀ is a row of H), so the consumers write their slices of H into one 16-bit copy
+// (double-buffered) and meet at a barrier per block. The copy is read as an MN-major operand
+// (K H, its rows d) and as a K-major one (V Hᵀ, rows d with E contiguous): no transposed copy.
+#pragma once
+
+#include "la_fwd_sm90.cuh"
+
+namespace la {
+
+template <typename T, int HD>
+struct Sm90BwdTraits {
+  static_assert(HD == 64 || HD == 128, "specialised head dims");
+  static constexpr int kConsumers = HD / 64;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
+  static constexpr int kStages = 2;
+  static constexpr int kBoxBytes = 64 * 64 * 2;        // (64 rows, 64 columns), 16-bit
+  static constexpr int kBoxes = HD / 64;               // boxes per (64, HD) tile
+  static constexpr int kTileBytes = kBoxes * kBoxBytes;
+  static constexpr int kStageBytes = 4 * kTileBytes;   // Q, K, V, dO
+  static constexpr int kSliceBytes = HD * 64 * 2;      // a consumer's (D, 64) slice of the H copy
+  static constexpr int kCopyBytes = kConsumers * kSliceBytes;
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  // stages | 2 copies of H | per consumer the dV and dK output boxes | barriers; 1 KiB of
+  // slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
+  static constexpr int kSmem = kStages * kStageBytes + 2 * kCopyBytes + kConsumers * 2 * kBoxBytes +
+                               kBarrierBytes + 1024;
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
+};
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
+                                  Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
+    la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
+                       const __grid_constant__ CUtensorMap tm_k,
+                       const __grid_constant__ CUtensorMap tm_v,
+                       const __grid_constant__ CUtensorMap tm_do,
+                       const __grid_constant__ CUtensorMap tm_dk,
+                       const __grid_constant__ CUtensorMap tm_dv, const BwdParams p) {
+#ifdef LA_SM90_ENABLED
+  using namespace sm90;
+  using Tr = Sm90BwdTraits<T, HD>;
+  constexpr int kStages = Tr::kStages;
+  enum { kQ, kK, kV, kDO };  // tiles of a stage
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+
+  const int g = blockIdx.x, h = blockIdx.y;
+  const SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  const bool first_seg = si.seg == si.nseg - 1;  // processed first: takes d final_state
+  const bool last_seg = si.seg == 0;             // gives d initial_state
+
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t copies = base + kStages * Tr::kStageBytes;
+  const uint32_t staging = copies + 2 * Tr::kCopyBytes;
+  const uint32_t bars = staging + Tr::kConsumers * 2 * Tr::kBoxBytes;
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+  auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
+
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), Tr::kConsumers);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
+  const int wg = tid / 128;
+
+  if (wg == 0) {  // ------------------------------------------------------------ producer
+    regs_dealloc<Tr::kProducerRegs>();
+    if (tid == 0) {
+      tma_prefetch_desc(&tm_q);
+      tma_prefetch_desc(&tm_k);
+      tma_prefetch_desc(&tm_v);
+      tma_prefetch_desc(&tm_do);
+      const int b = (int)rows.batch;
+      for (int c = 0; c < nblk; ++c) {
+        const int s = c % kStages;
+        if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
+        mbar_expect_tx(full(s), 4 * Tr::kTileBytes);
+        const int tok = (int)rows.tok0 + (nblk - 1 - c) * 64;  // blocks in reversed order
+#pragma unroll
+        for (int x = 0; x < Tr::kBoxes; ++x) {
+          const int off = x * Tr::kBoxBytes;
+          tma_load_4d(tile(s, kQ) + off, &tm_q, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kK) + off, &tm_k, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kV) + off, &tm_v, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kDO) + off, &tm_do, full(s), x * 64, tok, h, b);
+        }
+      }
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------------------- consumers
+  regs_alloc<Tr::kConsumerRegs>();
+  const int w = wg - 1;                       // columns [64w, 64w + 64) of E (H, dV), of D (dK)
+  const int t = tid - 128 * wg;               // thread in the warpgroup
+  const int warp = t >> 5, lane = t & 31;
+  const int gq = lane >> 2, tq = lane & 3;
+  const int own_bar = 1 + w;                  // this warpgroup's named barrier
+  const int all_bar = 1 + Tr::kConsumers;     // every consumer's
+  constexpr int kAll = 128 * Tr::kConsumers;
+  const uint32_t slice = w * Tr::kSliceBytes;  // this consumer's columns of E in an H copy
+  const uint32_t dv_box = staging + w * 2 * Tr::kBoxBytes, dk_box = dv_box + Tr::kBoxBytes;
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
+  const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
+  BlockDecay<true> dec;
+  dec.init(nl2, p.scale, r0, tq);
+
+  // incoming H of the segment: d final_state (a sequence's last segment, or 0 without it),
+  // else the reverse scan's
+  float h_acc[Tr::kBoxes][32];
+  {
+    const int64_t off = (first_seg ? (int64_t)si.seq : (int64_t)g) * p.seg.H + h;
+    const float* src = first_seg ? (p.dstate_in ? p.dstate_in + off * HD * HD : nullptr)
+                                 : p.ws + off * HD * HD;
+    load_state_slice<Tr::kBoxes>(h_acc, src, HD, 1, w, warp, lane);
+  }
+  state_copy<T>(copies + slice, h_acc, warp, lane);
+  fence_async_shared();
+  named_barrier(all_bar, kAll);
+
+  // Per block c the warpgroup issues K Qᵀ of block c + 1 before it finishes block c, so that
+  // the tensor cores have work while it stores dK and the state copy. The first block
+  // processed is the segment's last, the only one that may be partial: dO and Q are the
+  // operands whose rows past n (maybe the next packed sequence's) would still meet a 0 · x (in
+  // the RS products and the state update), so they are zeroed there first; every consumer
+  // reads all of Q (K Qᵀ), so all of them wait for the zeros.
+  float p_acc[32];
+  if (nblk > 0) {
+    mbar_wait(full(0), 0);
+    const int n = si.len - (nblk - 1) * 64;
+    if (n < 64) {
+      zero_rows(tile(0, kQ) + w * Tr::kBoxBytes, n, t);
+      zero_rows(tile(0, kDO) + w * Tr::kBoxBytes, n, t);
+      fence_async_shared();
+      named_barrier(all_bar, kAll);
+    }
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, tile(0, kK), tile(0, kQ));
+    wgmma_commit();
+  }
+  for (int c = 0; c < nblk; ++c) {
+    const int s = c % kStages;     // waited for when K Qᵀ of the block was issued
+    const int blk = nblk - 1 - c;  // the block's place in the segment
+    const int n = min(64, si.len - blk * 64);
+    const uint32_t uQ = tile(s, kQ), uK = tile(s, kK), uV = tile(s, kV), uDO = tile(s, kDO);
+    const uint32_t uQw = uQ + w * Tr::kBoxBytes, uDOw = uDO + w * Tr::kBoxBytes;
+    const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
+    const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
+    const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
+
+    // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w
+    float dv_acc[32], dk_acc[32];
+    uint32_t pa[4][4];
+    wgmma_fence();
+    issue_qs<T, HD>(dv_acc, uK, hc + slice);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dv_acc);
+    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dv_acc, pa[kk], desc_sw128(uDOw + kk * 2048));
+    wgmma_commit();
+    // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w; Hᵀ_w from the copy's rows [64w, 64w + 64)
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, uV, uDO);
+    issue_qk<T, HD, Tr::kSliceBytes>(dk_acc, uV, hc + w * Tr::kBoxBytes);
+    wgmma_commit();
+
+    // dV out while the tensor cores run dK's products: a full block through its staging box
+    // (free once this warpgroup's stores of the previous block have read it) and one TMA
+    // store at the end of the block, a partial one (rows past n may be the next sequence's)
+    // row by row
+    wgmma_wait<1>();
+    fence_regs(dv_acc);
+    if (n == 64) {
+      if (t == 0) bulk_wait_all<true>();
+      named_barrier(own_bar, 128);
+      tile_to_box<T>(dv_box, dv_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs) + (int64_t)blk * 64 * p.dv_rs + 64 * w + 2 * tq,
+                    p.dv_rs, dv_acc, r0, n);
+    }
+
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dk_acc);
+    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
+    // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
+    float wk[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
+    uint32_t qa[Tr::kBoxes][4][4];
+    weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
+    wgmma_commit();
+    const bool next = c + 1 < nblk;
+    if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
+      const int s1 = (c + 1) % kStages;
+      mbar_wait(full(s1), ((c + 1) / kStages) & 1);
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, tile(s1, kK), tile(s1, kQ));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
+    fence_regs(dk_acc);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
+
+    if (n == 64) {
+      tile_to_box<T>(dk_box, dk_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs) + (int64_t)blk * 64 * p.dk_rs + 64 * w + 2 * tq,
+                    p.dk_rs, dk_acc, r0, n);
+    }
+    if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
+    fence_async_shared();
+    // every consumer is done with stage s and with copy c & 1 (written again after the next
+    // block), and copy (c + 1) & 1 is whole
+    named_barrier(all_bar, kAll);
+    if (t == 0) {
+      if (n == 64) {
+        const int tok = (int)rows.tok0 + blk * 64;
+        tma_store_4d(&tm_dv, dv_box, 64 * w, tok, h, (int)rows.batch);
+        tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
+        bulk_commit();
+      }
+      mbar_arrive(empty(s));
+    }
+    // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
+    // must not cross the loop's back edge (the compiler would copy it there and serialise
+    // every wgmma)
+    wgmma_wait<0>();
+  }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
+  if (t == 0) bulk_wait_all<false>();  // the output stores are done with shared memory
+
+  if (last_seg && p.dstate_out != nullptr)
+    store_state_slice<Tr::kBoxes>(p.dstate_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD, h_acc, w,
+                                  warp, lane);
+#endif
+}
+
+template <typename T, int HD>
+void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
+  using Tr = Sm90BwdTraits<T, HD>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const SegParams& sg = p.seg;
+  const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, sg.N, sg.H, sg.B, p.q_rs, p.q_hs, p.q_bs);
+  const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, sg.N, sg.H, sg.B, p.k_rs, p.k_hs, p.k_bs);
+  const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, sg.N, sg.H, sg.B, p.v_rs, p.v_hs, p.v_bs);
+  const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
+  const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
+  const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
+  auto kernel = la_bwd_sm90_kernel<T, HD>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+  kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
+}
+
+}  // namespace la

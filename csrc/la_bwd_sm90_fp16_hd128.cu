@@ -1,0 +1,6 @@
+// Instantiation only: the fused sm_90a dk/dv sweep for __half, D = E = 128.
+#include "la_bwd_sm90.cuh"
+
+namespace la {
+template void run_bwd_sm90<__half, 128>(const BwdParams&, cudaStream_t);
+}  // namespace la
