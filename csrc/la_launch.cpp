@@ -129,7 +129,7 @@ void launch_fused_bwd_sm90_passes(const BwdParams& p, const FwdParams& pdv, at::
       else
         run_bwd_sm90<T, kHD>(p, stream);
     };
-    segment_passes(pl, pass, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
+    segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
   });
 }
 
