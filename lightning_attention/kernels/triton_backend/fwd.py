@@ -288,15 +288,17 @@ def _seg_out_kernel(
         q = tl.load(q_base + rows[:, None] * s_qn + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         k = tl.load(k_base + rows[:, None] * s_kn + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         v = tl.load(v_base + rows[:, None] * s_vn + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        # the state's part of o first: the d slope terms need it alone
+        A = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * M
+        o = tl.dot(A.to(v.dtype), v, input_precision=DOT_PREC)
         if HAS_DECAY:
             qd = q * qdec[:, None]
-            o = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            inter = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            o += inter
             kw = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
-            if TERMS:
+            if TERMS:  # from the state's part of o alone
                 x = tl.load(x_base + rows[:, None] * s_xn + offs_v[None, :], mask=mt[:, None] & mv[None, :],
                             other=0.0)
-                at_state = tl.dot(qd.to(tl.float32), Mo, acc=(offs_t + 1).to(tl.float32)[:, None] * o,
+                at_state = tl.dot(qd.to(tl.float32), Mo, acc=(offs_t + 1).to(tl.float32)[:, None] * inter,
                                   input_precision=MOM_PREC)
                 tau = C.row_sums(x.to(tl.float32) * at_state, INTERP) * scale
                 km = (k * (kw * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]).to(k.dtype)
@@ -309,14 +311,10 @@ def _seg_out_kernel(
                         tau = tl.where((offs_t == lb - 1)[:, None], tau + C.total(df * Mo, BT, INTERP),
                                        tau)
                 C.store_rows(t_base + rows, tau, mt, INTERP)
-        else:
-            o = tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
-        A = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * M
-        o = tl.dot(A.to(v.dtype), v, acc=o, input_precision=DOT_PREC)
-        if HAS_DECAY:
             S = S * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
                 tl.trans((k * kw[:, None]).to(k.dtype)), v, input_precision=DOT_PREC)
         else:
+            o += tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
             S += tl.dot(tl.trans(k), v, input_precision=DOT_PREC)
         o = o * scale
         tl.store(o_base + rows[:, None] * s_on + offs_v[None, :], o.to(o_ptr.dtype.element_ty),
