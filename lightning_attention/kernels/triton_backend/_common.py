@@ -154,13 +154,6 @@ def dot_prec(dtype) -> str:
     return "ieee" if dtype == torch.float32 else None
 
 
-def moment_prec(dtype) -> str:
-    """The precision of the product with the moment state (d slope, fwd.py): float32
-    operands, tf32 for 16-bit inputs. The moment grows like n^{3/2} as λ → 1, past float16's
-    65504 at long N, and tf32 rounds as finely as float16, more finely than bfloat16."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def plan_segment(n_tokens: int, n_streams: int, device, seg=None) -> int:
     """Segment length (a power of two >= 4*BT) such that n_streams * segments gives a few
     programs per multiprocessor; `n_tokens` is the longest a sequence can be."""

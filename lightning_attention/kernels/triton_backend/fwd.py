@@ -219,7 +219,7 @@ def _seg_out_kernel(
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, STORE_FINAL: tl.constexpr,
     TERMS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr, POOL: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
-    MOM_PREC: tl.constexpr, INTERP: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
     """Outputs of one segment, V tile iv. States (initial, slots) are K x V matrices of
     H * K * V floats per (sequence or slot), element (r, c) at r * s_sr + c * s_sc, so the
@@ -227,8 +227,9 @@ def _seg_out_kernel(
     With TERMS (the dq use: q, k, v = do, v, k; x = q; with decay), the state part of the
     d slope terms (docs/DSLOPE.md), V tile iv's share, into terms[iv] (NVT, B, H, N): beside
     the state S it carries its moment Mo = dS/d log lam (the scan's, mom_ptr, 0 for the
-    initial state), and row i of a block gets c x_i . (lam^(i+1) ((i+1) S + Mo) q_i), the
-    last token of the sequence also <dfinal, Mo> at the end (HAS_DFINAL).
+    initial state); row i of a block gets c (i+1) lam^(i+1) x_i . (q_i S) from dq's
+    inter-block part, its first row also c <Mo, sum_i lam^(i+1) q_i^T x_i>, and the last
+    token of the sequence <dfinal, Mo> at the end (HAS_DFINAL).
     With POOL (serving), every incoming state is in the slots (the scan's) and the final
     state goes to the sequence's pool row (final_ptr) when its slot is in range."""
     pid = tl.program_id(0)
@@ -288,17 +289,22 @@ def _seg_out_kernel(
         q = tl.load(q_base + rows[:, None] * s_qn + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         k = tl.load(k_base + rows[:, None] * s_kn + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         v = tl.load(v_base + rows[:, None] * s_vn + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        # the state's part of o first: the d slope terms need it alone
+        A = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * M
+        o = tl.dot(A.to(v.dtype), v, input_precision=DOT_PREC)
         if HAS_DECAY:
             qd = q * qdec[:, None]
-            o = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            inter = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            o += inter
             kw = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
-            if TERMS:
+            if TERMS:  # from the state's part of o alone
                 x = tl.load(x_base + rows[:, None] * s_xn + offs_v[None, :], mask=mt[:, None] & mv[None, :],
                             other=0.0)
-                at_state = tl.dot(qd.to(tl.float32), Mo, acc=(offs_t + 1).to(tl.float32)[:, None] * o,
-                                  input_precision=MOM_PREC)
-                tau = C.row_sums(x.to(tl.float32) * at_state, INTERP) * scale
+                tau = C.row_sums(x.to(tl.float32) * (offs_t + 1).to(tl.float32)[:, None] * inter,
+                                 INTERP) * scale
+                # the moment's part of the whole block on its first token, as
+                # <Mo, sum_i lam^(i+1) q_i^T x_i>: Mo is never rounded to 16 bits
+                G = tl.dot(tl.trans(qd.to(q.dtype)), x, input_precision=DOT_PREC)
+                tau = tl.where((offs_t == 0)[:, None], tau + C.total(Mo * G, BT, INTERP) * scale, tau)
                 km = (k * (kw * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]).to(k.dtype)
                 Mo = (Mo + lb.to(tl.float32) * S) * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
                     tl.trans(km), v, input_precision=DOT_PREC)
@@ -309,14 +315,10 @@ def _seg_out_kernel(
                         tau = tl.where((offs_t == lb - 1)[:, None], tau + C.total(df * Mo, BT, INTERP),
                                        tau)
                 C.store_rows(t_base + rows, tau, mt, INTERP)
-        else:
-            o = tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
-        A = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * M
-        o = tl.dot(A.to(v.dtype), v, acc=o, input_precision=DOT_PREC)
-        if HAS_DECAY:
             S = S * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
                 tl.trans((k * kw[:, None]).to(k.dtype)), v, input_precision=DOT_PREC)
         else:
+            o += tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
             S += tl.dot(tl.trans(k), v, input_precision=DOT_PREC)
         o = o * scale
         tl.store(o_base + rows[:, None] * s_on + offs_v[None, :], o.to(o_ptr.dtype.element_ty),
@@ -439,7 +441,7 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
         TERMS=terms is not None, HAS_DFINAL=dfinal is not None, VARLEN=table.varlen,
         POOL=pool is not None, BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
-        DOT_PREC=dot_prec, MOM_PREC=C.moment_prec(q.dtype),
+        DOT_PREC=dot_prec,
         INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
     if terms is None:
