@@ -19,11 +19,15 @@ for D in (64, 128):
         s0 = torch.randn(B, H, D, D, device="cuda")
         cu = torch.tensor([0, 7, 7, 200, 300], dtype=torch.int32, device="cuda")
         s1 = torch.randn(4, H, D, D, device="cuda")
-        for seg_len in (None, 128):  # one segment per sequence, and pass 1 + scan + pass 2
-            o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len)
-            C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, False, seg_len=seg_len)
-            o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True, seg_len=seg_len)
-            C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, False, seg_len=seg_len)
+        # one segment per sequence, and pass 1 + scan + pass 2; without and with d slope
+        for seg_len in (None, 128):
+            for dslope in (False, True):
+                o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len)
+                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, dslope,
+                      seg_len=seg_len)
+                o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True, seg_len=seg_len)
+                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, dslope,
+                      seg_len=seg_len)
             # no decay, no states; (B, N, H, D) memory
             C.bwd(do, None, q, k, v, None, 0.5, None, None, False, seg_len=seg_len)
             qt, kt, vt, dot = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v, do))

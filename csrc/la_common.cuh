@@ -1,6 +1,6 @@
 // Device helpers shared by the forward and backward kernels: cp.async tile staging,
 // ldmatrix fragment loads, mma.sync m16n8k16 (bf16/fp16 operands, fp32 accumulate), the
-// warp layout of the running D×E state (FwdTraits) and the state and row-partial walks.
+// warp layout of the running D×E state (FwdTraits) and the state walks.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
 //   A (16x16, row-major): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
@@ -258,48 +258,6 @@ __device__ __forceinline__ uint32_t scale_pair_split(uint32_t u, float w0, float
   const float2 h = Pack2<T>::unpack(hi);
   lo = Pack2<T>::pack(x - h.x, y - h.y);
   return hi;
-}
-
-// Row dot products split over the two column-half warps of a row group (w and w + 4):
-// reduce over the 4 lanes of a quad, the upper warp parks its sums in smem, and after the
-// next barrier the lower warp adds them in a fixed order and writes them out (deterministic).
-__device__ __forceinline__ void row_partials_stage(float& part0, float& part1, float* sRed,
-                                                   int warp, int r0, int r1, int tq, int lane) {
-  part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
-  part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
-  part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
-  part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
-  if (tq == 0) {
-    if (warp >= 4) {
-      sRed[r0] = part0;
-      sRed[r1] = part1;
-    } else {
-      sRed[64 + r0] = part0;  // the lower warp keeps its own half in the second array
-      sRed[64 + r1] = part1;
-    }
-  }
-}
-// out[t0 + r] = lower + upper for the block's valid rows, plus `first` on row 0 and `last` on
-// row n - 1: each token written once, by one thread.
-__device__ __forceinline__ void row_partials_finish(float* out, const float* sRed, int t0, int n,
-                                                    int warp, int rg, int gq, int tq, float first,
-                                                    float last) {
-  if (warp < 4 && tq == 0) {
-#pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      const int r = rg * 16 + gq + 8 * x;
-      if (r < n)
-        out[t0 + r] = sRed[64 + r] + sRed[r] + (r == 0 ? first : 0.f) + (r == n - 1 ? last : 0.f);
-    }
-  }
-}
-
-// s[0] + ... + s[7], in this order.
-__device__ __forceinline__ float sum8(const float* s) {
-  float x = 0.f;
-#pragma unroll
-  for (int w = 0; w < 8; ++w) x += s[w];
-  return x;
 }
 
 // acc <- λ^n acc + diag-weighted Xᵀ · Y over the 64 rows of a block:

@@ -33,6 +33,48 @@
 
 namespace la {
 
+// d slope: row dot products split over the two column-half warps of a row group (w and w + 4):
+// reduce over the 4 lanes of a quad, the upper warp parks its sums in smem, and after the
+// next barrier the lower warp adds them in a fixed order and writes them out (deterministic).
+__device__ __forceinline__ void row_partials_stage(float& part0, float& part1, float* sRed,
+                                                   int warp, int r0, int r1, int tq, int lane) {
+  part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
+  part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
+  part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
+  part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+  if (tq == 0) {
+    if (warp >= 4) {
+      sRed[r0] = part0;
+      sRed[r1] = part1;
+    } else {
+      sRed[64 + r0] = part0;  // the lower warp keeps its own half in the second array
+      sRed[64 + r1] = part1;
+    }
+  }
+}
+// out[t0 + r] = lower + upper for the block's valid rows, plus `first` on row 0 and `last` on
+// row n - 1: each token written once, by one thread.
+__device__ __forceinline__ void row_partials_finish(float* out, const float* sRed, int t0, int n,
+                                                    int warp, int rg, int gq, int tq, float first,
+                                                    float last) {
+  if (warp < 4 && tq == 0) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int r = rg * 16 + gq + 8 * x;
+      if (r < n)
+        out[t0 + r] = sRed[64 + r] + sRed[r] + (r == 0 ? first : 0.f) + (r == n - 1 ? last : 0.f);
+    }
+  }
+}
+
+// s[0] + ... + s[7], in this order.
+__device__ __forceinline__ float sum8(const float* s) {
+  float x = 0.f;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) x += s[w];
+  return x;
+}
+
 // d slope, key tile kk (16 keys) of the block for the warp's rows r0, r1: dP = Q Kᵀ (fp32)
 // into pa, masked and decayed (the A fragment of P V, as mask_decay_pack), and with `pairs`
 // the block's pairs Σ_{j≤r} (r-j) λ^{r-j} P_rj dP_rj with P = rq Vᵀ (fp32) into part0, part1.
