@@ -66,10 +66,12 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // its sequence in order (forward) or in reverse (backward), in place:
 //   forward:  ws[s] = λ^{len_{s-1}} ws_in[s-1] + local_{s-1},  in_0 = state_in (read by pass 2)
 //   backward: ws[s] = λ^{len_{s+1}} ws_in[s+1] + local_{s+1},  in_last = state_in
+// With slots, in_0 (backward: in_last) also goes to ws (run_state_scan says why).
 // A fixed order of additions: deterministic.
 __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
                                      const float* __restrict__ state_in, int64_t sd, int64_t se,
-                                     const float* __restrict__ slope, int D, int E, bool reverse) {
+                                     const StateRows rows, const float* __restrict__ slope, int D,
+                                     int E, bool reverse) {
   const int seq = blockIdx.x, h = blockIdx.y;
   const int idx = blockIdx.z * 256 + threadIdx.x;
   if (idx >= D * E) return;
@@ -91,7 +93,8 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
   const int64_t H = p.H;
   auto at = [&](int s) { return ws + ((int64_t)(first + s) * H + h) * DE + idx; };
   auto seg_len = [&](int s) { return min(p.seg_len, seqlen - s * p.seg_len); };
-  float carry = state_in ? state_in[((int64_t)seq * H + h) * DE + d * sd + e * se] : 0.f;
+  const int64_t row = state_in ? state_in_row(rows, seq) : -1;
+  float carry = row >= 0 ? state_in[(row * H + h) * DE + d * sd + e * se] : 0.f;
   // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in
   // flight; every store targets an index whose local state was loaded already.
   constexpr int kC = 8;
@@ -101,6 +104,7 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
     const int cnt = nseg - 1;
 #pragma unroll
     for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? *at(j) : 0.f;
+    if (rows.slots != nullptr) *at(0) = carry;  // (loaded above) pass 2 reads it here
     for (int base = 0; base < cnt; base += kC) {
       float loc[kC];
 #pragma unroll
@@ -121,6 +125,7 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
     const int top = nseg - 1, cnt = nseg - 1;
 #pragma unroll
     for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? *at(top - j) : 0.f;
+    if (rows.slots != nullptr) *at(top) = carry;
     for (int base = 0; base < cnt; base += kC) {
       float loc[kC];
 #pragma unroll
@@ -140,11 +145,11 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
 }
 
 void run_state_scan(const SegParams& p, float* ws, const float* state_in, int64_t state_in_sd,
-                    int64_t state_in_se, const float* slope, int D, int E, bool reverse,
-                    cudaStream_t stream) {
+                    int64_t state_in_se, const StateRows& rows, const float* slope, int D,
+                    int E, bool reverse, cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E + 255) / 256);
-  la_state_scan_kernel<<<grid, 256, 0, stream>>>(p, ws, state_in, state_in_sd, state_in_se, slope,
-                                                 D, E, reverse);
+  la_state_scan_kernel<<<grid, 256, 0, stream>>>(p, ws, state_in, state_in_sd, state_in_se, rows,
+                                                 slope, D, E, reverse);
 }
 
 }  // namespace la

@@ -7,7 +7,7 @@ in place: the pool is never copied.
     o = decode(q, k, v, pool, slots, slope)                                    # one token each
 
 Slots are int32; a negative slot reads and writes no state. Rows no slot addresses stay
-bitwise unchanged. The Triton kernels read the slots on the device (no host
+bitwise unchanged. The CUDA and Triton kernels read the slots on the device (no host
 synchronisation, capturable in a CUDA graph); the PyTorch backend selects the addressed
 rows on the host.
 """
@@ -37,7 +37,8 @@ def prefill(q, k, v, slope, cu_seqlens, state_pool, slots, *, has_state=None, sc
             state_pool[slots[i]] where True (chunked prefill), else from zero.
         scale: the output factor c, o_t = c · q_t S_t.
         backend: None (auto) or a backend's name, as in lightning_attn; a backend without
-            these functions (cuda) hands them to the next one.
+            these functions (cuda unless LIGHTNING_ATTENTION_CUDA_SERVING=1) hands them to
+            the next one.
 
     Returns:
         o (1, H, T, E) in q's dtype and memory layout.
