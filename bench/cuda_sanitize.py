@@ -7,6 +7,8 @@ import torch
 
 from lightning_attention.kernels.cuda_backend import BACKEND as C
 
+ops = torch.ops.lightning_attention_C
+
 torch.manual_seed(0)
 for D in (64, 128):
     for dtype in (torch.bfloat16,):
@@ -21,8 +23,15 @@ for D in (64, 128):
             C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, False, seg_len=seg_len)
             o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True, seg_len=seg_len)
             C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, False, seg_len=seg_len)
+            # serving: pool rows by slot (a padding sequence, one from zero, in place)
+            pool = torch.randn(6, H, D, D, device="cuda")
+            ops.pool_prefill(q, k, v, slope, 1.0, cu, pool, torch.tensor(
+                [4, -1, 0, 2], dtype=torch.int32, device="cuda"), torch.tensor(
+                [True, True, False, True], device="cuda"), seg_len=seg_len)
         st = torch.randn(2, H, D, D, device="cuda")
-        C.decode(q[0, :, :2].transpose(0, 1).contiguous(), k[0, :, :2].transpose(0, 1).contiguous(),
-                 v[0, :, :2].transpose(0, 1).contiguous(), st, slope, 1.0)
+        x = [t[0, :, :2].transpose(0, 1).contiguous() for t in (q, k, v)]
+        C.decode(*x, st, slope, 1.0)
+        ops.pool_decode(*x, torch.randn(5, H, D, D, device="cuda"),
+                        torch.tensor([3, -1], dtype=torch.int32, device="cuda"), slope, 1.0)
 torch.cuda.synchronize()
 print("sanitize case done")

@@ -202,7 +202,8 @@ __global__ void __launch_bounds__(256, kPass1 ? 2 : 1) la_fwd_kernel(const FwdPa
     store_state(p.ws + widx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
   } else if (si.seg == si.nseg - 1 && p.state_out != nullptr) {
     const int64_t row = state_out_row(p.state_rows, si.seq);
-    if (row >= 0) store_state(p.state_out + (row * p.seg.H + h) * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
+    if (row >= 0)
+      store_state(p.state_out + (row * p.seg.H + h) * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
   }
 }
 
