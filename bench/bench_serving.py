@@ -6,9 +6,9 @@ in a pool, addressed by slot, beside their floors and peers.
     python bench/bench_serving.py --cpu-smoke      # tiny sizes on the CPU: the script runs
 
 decode   one step per layer (H = 32, D = E = 128, bf16) from a pool of 1024 slots in random
-         order (auto dispatch, and Triton), beside fla's fused_recurrent_simple_gla on dense
-         states and the floor (a copy of the B addressed states: each is read and written
-         once).
+         order (auto dispatch, and Triton), beside the dense step (lightning_attn_decode),
+         fla's fused_recurrent_simple_gla on dense states and the floor (a copy of the B
+         addressed states: each is read and written once).
 graph    the same step captured in a CUDA graph for each B, beside a graph of 2 empty kernel
          launches.
 prefill  8 sequences of 1 to 16K tokens, 64K in total, from and into the pool (half start
@@ -69,6 +69,8 @@ def decode_rows(args, device, bench):
         if device.type == "cuda":
             row["triton_ms"] = bench(lambda: serving.decode(q, k, v, pool, slots, slope,
                                                             backend="triton"), [])
+        # the dense step (lightning_attn_decode on the B states, auto dispatch)
+        row["dense_ms"] = bench(lambda: la.lightning_attn_decode(q, k, v, dense, slope), [])
         if fla is not None:
             row["fla_recurrent_ms"] = bench(lambda: fla(q, k, v, dense, slope), [])
         row["ours_vs_floor"] = row["ours_ms"] / row["floor_ms"]
