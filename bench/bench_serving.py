@@ -10,7 +10,7 @@ decode   one step per layer (H = 32, D = E = 128, bf16) from a pool of 1024 slot
          fla's fused_recurrent_simple_gla on dense states and the floor (a copy of the B
          addressed states: each is read and written once).
 graph    the same step captured in a CUDA graph for each B, beside a graph of 2 empty kernel
-         launches.
+         launches and fla's step in a graph.
 prefill  8 sequences of 1 to 16K tokens, 64K in total, from and into the pool (half start
          from a state), beside a plain varlen lightning_attn call with dense states.
 minimax  transformers' MiniMaxLightningAttention layer (H = 64, D = 128, N = 4096, B = 1,
@@ -89,10 +89,12 @@ def in_graph(bench, fn):
 
 
 def graph_rows(args, device, bench):
-    """The decode step of each B in a CUDA graph, and 2 empty kernels in a graph."""
+    """The decode step of each B in a CUDA graph (GPU time without the host's share, which
+    decides the eager times at small B), beside 2 empty kernels and fla's step in graphs."""
     H, D = args.heads, args.dim
     pool = torch.randn(args.slots, H, D, D, device=device)
     slope = la.build_slopes(H, device=device)
+    fla = fla_decode()
     x = torch.zeros(1, device=device)
     empty = in_graph(bench, lambda: (x.add_(0), x.add_(0)))
     rows = []
@@ -100,8 +102,12 @@ def graph_rows(args, device, bench):
         q, k, v = (torch.randn(B, H, D, device=device, dtype=args.dtype) for _ in range(3))
         slots = torch.randperm(args.slots, device=device)[:B].int()
         ms = in_graph(bench, lambda: serving.decode(q, k, v, pool, slots, slope))
-        rows.append({"bench": "graph", "B": B, "decode_graph_ms": ms,
-                     "two_empty_kernels_graph_ms": empty, "vs_two_empty": ms / empty})
+        row = {"bench": "graph", "B": B, "decode_graph_ms": ms,
+               "two_empty_kernels_graph_ms": empty, "vs_two_empty": ms / empty}
+        if fla is not None:
+            dense = pool[slots.long()]
+            row["fla_recurrent_graph_ms"] = in_graph(bench, lambda: fla(q, k, v, dense, slope))
+        rows.append(row)
     return rows
 
 
