@@ -280,8 +280,9 @@ CUDA_HEAD_DIMS = list(config.CUDA_HEAD_DIMS)
 @pytest.fixture
 def cuda_pool(monkeypatch):
     """The CUDA pool kernels serve serving.prefill/decode, whatever
-    LIGHTNING_ATTENTION_CUDA_SERVING says; `seg_len(n)` forces the prefill's segment length
-    (64: several segments per sequence, pass 1 and the scan; 2^20: one)."""
+    LIGHTNING_ATTENTION_CUDA_SERVING says; calling the fixture's value with n forces the
+    prefill's segment length (64: several segments per sequence, pass 1 and the scan;
+    2^20: one)."""
     def install(seg_len=None):
         pool = dict(cuda_backend.POOL)
         if seg_len is not None:
