@@ -10,7 +10,8 @@ decode   one step per layer (H = 32, D = E = 128, bf16) from a pool of 1024 slot
          fla's fused_recurrent_simple_gla on dense states and the floor (a copy of the B
          addressed states: each is read and written once).
 graph    the same step captured in a CUDA graph for each B, beside a graph of 2 empty kernel
-         launches and fla's step in a graph.
+         launches, the dense step's (its own kernel), the pool kernel on the dense states
+         (slots 0..B-1: both CUDA decode kernels on the same bytes) and fla's step in graphs.
 prefill  8 sequences of 1 to 16K tokens, 64K in total, from and into the pool (half start
          from a state), beside a plain varlen lightning_attn call with dense states.
 minimax  transformers' MiniMaxLightningAttention layer (H = 64, D = 128, N = 4096, B = 1,
@@ -104,8 +105,17 @@ def graph_rows(args, device, bench):
         ms = in_graph(bench, lambda: serving.decode(q, k, v, pool, slots, slope))
         row = {"bench": "graph", "B": B, "decode_graph_ms": ms,
                "two_empty_kernels_graph_ms": empty, "vs_two_empty": ms / empty}
+        dense = pool[slots.long()]
+        # the two CUDA decode kernels on the same dense states: the dense op's (the first
+        # kernel) and the pool op's with slots = 0..B-1
+        row["dense_graph_ms"] = in_graph(bench, lambda: la.lightning_attn_decode(q, k, v, dense,
+                                                                                  slope))
+        if cuda_backend._C is not None:
+            rows_b = torch.arange(B, device=device, dtype=torch.int32)
+            row["dense_pool_kernel_graph_ms"] = in_graph(
+                bench, lambda: torch.ops.lightning_attention_C.pool_decode(q, k, v, dense, rows_b,
+                                                                           slope, 1.0))
         if fla is not None:
-            dense = pool[slots.long()]
             try:
                 row["fla_recurrent_graph_ms"] = in_graph(bench, lambda: fla(q, k, v, dense, slope))
             except Exception as e:  # a peer that cannot be captured is a finding, not a crash

@@ -3,9 +3,12 @@
 #include "la_params.h"
 
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 namespace la {
+
+namespace cg = cooperative_groups;
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
 template <> __device__ __forceinline__ float to_f(float x) { return x; }
@@ -19,104 +22,140 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __
 namespace {
 
 // The step only streams the float32 state (read once, written once: 2 · D·E · 4 bytes per
-// (b, h)), so the kernel is shaped for bandwidth. A CTA of 128 threads owns one (b, h) and a
-// slice of kCols float4 columns (32 floats, 128 bytes of each state row) of E, all D rows:
-// thread (ry, cx) holds rows ry, ry + 16, ... of float4 column cx, and issues all its kRows
-// 16-byte loads at once, before anything else waits. So every SM keeps ~128 KB of loads in
-// flight (8 CTAs of 128 threads × kRows × 16 bytes), no CTA waits for its inputs before its
-// state loads leave (the inputs go through shared memory behind them), and small batches
-// still spread over E / 32 CTAs per (b, h). The output's sum over D stays inside the CTA.
-constexpr int kThreads = 128;
-constexpr int kCols = 8;                      // float4 columns of a CTA's slice of E
-constexpr int kRowGroups = kThreads / kCols;  // 16 threads down D
-constexpr int kMaxD = 256;
+// (b, h)), so the kernel is shaped for bandwidth, with contiguous streams: a CTA of 512 threads
+// owns one (b, h) and every state row of its share of D, whole rows at a time. Thread
+// (ry, cx) holds float4 column cx of rows ry, ry + R, ... (R = 512 / (E / 4) row groups), so
+// at E = 128 a warp loads one whole 512-byte row per instruction and neighbouring warps the
+// neighbouring rows: each DRAM page is read and written by one CTA at once. A thread issues
+// all its kRows 16-byte loads before anything waits (64 KB in flight per CTA), the inputs go
+// through shared memory behind them, and the state is streamed past the caches (ld/st .cs: it
+// is not touched again within the step). When B·H CTAs would leave SMs idle (small batches),
+// a thread-block cluster of `split` CTAs (sm_90) shares one (b, h) by contiguous chunks of D,
+// and its CTAs add their partial outputs in the first CTA's shared memory.
+constexpr int kThreads = 512;
+constexpr int kRows = 8;  // rows per thread per pass; 32 registers of state
+constexpr int kMaxD = 256, kMaxC4 = 64, kMaxSplit = 4;
 
-template <typename T, int kRows>  // kRows: state rows per thread, >= D / 16
-__global__ void __launch_bounds__(kThreads) la_decode_kernel(const DecodeParams p) {
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 2) la_decode_kernel(const DecodeParams p) {
   __shared__ float sq[kMaxD], sk[kMaxD];
-  __shared__ float4 red[kThreads / 32][kCols];
-  const int slices = (p.E / 4 + kCols - 1) / kCols;
-  const int bh = blockIdx.x / slices, slice = blockIdx.x - bh * slices;
+  __shared__ float4 red[kThreads];
+  __shared__ float4 part[kMaxSplit][kMaxC4];  // the cluster's partial outputs (first CTA's)
+  const int split = gridDim.x / (p.B * p.H);
+  const int bh = blockIdx.x / split, rank = blockIdx.x - bh * split;
   const int b = bh / p.H, h = bh - b * p.H;
-  const int tid = threadIdx.x, cx = tid % kCols, ry = tid / kCols;
-  const int C4 = p.E / 4, c4 = slice * kCols + cx;  // this thread's float4 column of E
-  const bool col = c4 < C4;
-  T* out = static_cast<T*>(p.o) + (int64_t)bh * p.E + 4 * c4;
+  const int C4 = p.E / 4, R = kThreads / C4;
+  const int tid = threadIdx.x, cx = tid % C4, ry = tid / C4;
+  const bool active = ry < R;
+  const int Dc = (p.D + split - 1) / split, d0 = rank * Dc, d1 = min(p.D, d0 + Dc);
   const int64_t row = state_out_row(p.rows, b);
-  if (row < 0) {  // a padding row: no state, o = 0
-    if (ry == 0 && col)
-      for (int i = 0; i < 4; ++i) out[i] = from_f<T>(0.f);
+  if (row < 0) {  // a padding row (the whole cluster): no state, o = 0
+    if (rank == 0 && tid < C4)
+      for (int i = 0; i < 4; ++i)
+        static_cast<T*>(p.o)[(int64_t)bh * p.E + 4 * cx + i] = from_f<T>(0.f);
     return;
   }
-  float4* S = reinterpret_cast<float4*>(p.state + (row * p.H + h) * p.D * p.E) + c4;
+  float4* S = reinterpret_cast<float4*>(p.state + (row * p.H + h) * p.D * p.E) + cx;
   float4 s[kRows];
+  int d = d0 + ry;
 #pragma unroll
-  for (int j = 0; j < kRows; ++j) {
-    const int d = ry + kRowGroups * j;
-    if (col && d < p.D) s[j] = S[(int64_t)d * C4];
-  }
+  for (int j = 0; j < kRows; ++j)
+    if (active && d + R * j < d1) s[j] = __ldcs(S + (d + R * j) * C4);
 
   const T* qg = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
   const T* kg = static_cast<const T*>(p.k) + b * p.k_bs + h * p.k_hs;
 #pragma unroll 1
-  for (int d = tid; d < p.D; d += kThreads) {
-    sq[d] = to_f(qg[d]);
-    sk[d] = to_f(kg[d]);
+  for (int i = d0 + tid; i < d1; i += kThreads) {
+    sq[i] = to_f(qg[i]);
+    sk[i] = to_f(kg[i]);
   }
-  float4 vv = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (col) {
-    const T* vg = static_cast<const T*>(p.v) + b * p.v_bs + h * p.v_hs + 4 * c4;
-    vv = make_float4(to_f(vg[0]), to_f(vg[1]), to_f(vg[2]), to_f(vg[3]));
-  }
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_bs + h * p.v_hs + 4 * cx;
+  const float4 vv = make_float4(to_f(vg[0]), to_f(vg[1]), to_f(vg[2]), to_f(vg[3]));
   const float lam = p.slope ? expf(-p.slope[h]) : 1.f;
   __syncthreads();
 
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (;;) {  // passes of R · kRows rows: one at D = E = 128 without a split
 #pragma unroll
-  for (int j = 0; j < kRows; ++j) {
-    const int d = ry + kRowGroups * j;
-    if (col && d < p.D) {
-      const float kd = sk[d], qd = sq[d];
-      float4 x = s[j];
-      x.x = fmaf(lam, x.x, kd * vv.x); x.y = fmaf(lam, x.y, kd * vv.y);
-      x.z = fmaf(lam, x.z, kd * vv.z); x.w = fmaf(lam, x.w, kd * vv.w);
-      S[(int64_t)d * C4] = x;
-      acc.x = fmaf(qd, x.x, acc.x); acc.y = fmaf(qd, x.y, acc.y);
-      acc.z = fmaf(qd, x.z, acc.z); acc.w = fmaf(qd, x.w, acc.w);
+    for (int j = 0; j < kRows; ++j) {
+      const int dj = d + R * j;
+      if (active && dj < d1) {
+        const float kd = sk[dj], qd = sq[dj];
+        float4 x = s[j];
+        x.x = fmaf(lam, x.x, kd * vv.x); x.y = fmaf(lam, x.y, kd * vv.y);
+        x.z = fmaf(lam, x.z, kd * vv.z); x.w = fmaf(lam, x.w, kd * vv.w);
+        __stcs(S + dj * C4, x);
+        acc.x = fmaf(qd, x.x, acc.x); acc.y = fmaf(qd, x.y, acc.y);
+        acc.z = fmaf(qd, x.z, acc.z); acc.w = fmaf(qd, x.w, acc.w);
+      }
     }
-  }
-  // sum over D: the 4 row groups of a warp (lanes cx, cx + 8, cx + 16, cx + 24), then the warps
+    d += R * kRows;
+    if (d - ry >= d1) break;
 #pragma unroll
-  for (int off = kCols; off < 32; off *= 2) {
-    acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-    acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-    acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-    acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    for (int j = 0; j < kRows; ++j)
+      if (active && d + R * j < d1) s[j] = __ldcs(S + (d + R * j) * C4);
   }
-  if (tid % 32 < kCols) red[tid / 32][cx] = acc;
+  // the sum over D: the CTA's row groups, then (split > 1) the cluster's CTAs
+  red[tid] = acc;
   __syncthreads();
-  if (ry == 0 && col) {
-    float4 sum = red[0][cx];
-#pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) {
-      const float4 x = red[w][cx];
+  float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (tid < C4)
+    for (int r = 0; r < R; ++r) {
+      const float4 x = red[r * C4 + tid];
       sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
     }
+#if __CUDA_ARCH__ >= 900
+  if (split > 1) {
+    cg::cluster_group cluster = cg::this_cluster();
+    if (tid < C4) cluster.map_shared_rank(&part[0][0], 0)[rank * kMaxC4 + tid] = sum;
+    cluster.sync();  // the partials are in the first CTA, which alone reads them
+    if (rank != 0) return;
+    if (tid < C4) {
+      sum = part[0][tid];
+      for (int r = 1; r < split; ++r) {
+        const float4 x = part[r][tid];
+        sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
+      }
+    }
+  }
+#endif
+  if (tid < C4) {
+    T* out = static_cast<T*>(p.o) + (int64_t)bh * p.E + 4 * cx;
     out[0] = from_f<T>(p.scale * sum.x); out[1] = from_f<T>(p.scale * sum.y);
     out[2] = from_f<T>(p.scale * sum.z); out[3] = from_f<T>(p.scale * sum.w);
   }
 }
 
+// CTAs per (b, h): a cluster that splits D when B·H CTAs (2 per SM) would leave most SMs idle.
+int decode_split(const DecodeParams& p) {
+  int dev = 0, major = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int split = 1;
+  while (major >= 9 && split < kMaxSplit && (int64_t)p.B * p.H * split < sms &&
+         p.D >= 2 * split * kRows)
+    split *= 2;
+  return split;
+}
+
 template <typename T>
 void launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  const int slices = (p.E / 4 + kCols - 1) / kCols;
-  const dim3 grid((unsigned)((int64_t)p.B * p.H * slices));
-  if (p.D <= 4 * kRowGroups)
-    la_decode_kernel<T, 4><<<grid, kThreads, 0, stream>>>(p);
-  else if (p.D <= 8 * kRowGroups)
-    la_decode_kernel<T, 8><<<grid, kThreads, 0, stream>>>(p);
-  else
-    la_decode_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p);
+  const int split = decode_split(p);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)((int64_t)p.B * p.H * split));
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = split;
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  if (split > 1) {
+    cfg.attrs = cluster;
+    cfg.numAttrs = 1;
+  }
+  cudaLaunchKernelEx(&cfg, la_decode_kernel<T>, p);
 }
 
 // The first kernel: one CTA of 256 threads per (b, h) of a dense state; threads own float4

@@ -278,17 +278,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   return {dq, dk, dv, dinit, terms};
 }
 
-// LIGHTNING_ATTENTION_CUDA_SERVING=1 (read once): the dense decode runs run_decode's kernel
-// too; without it, the first kernel (run_decode_dense_v1) until the new one is verified on a
-// GPU.
-bool dense_decode_v2() {
-  static const bool on = [] {
-    const char* env = std::getenv("LIGHTNING_ATTENTION_CUDA_SERVING");
-    return env != nullptr && std::string(env) == "1";
-  }();
-  return on;
-}
-
 // q, k (B, H, D), v (B, H, E) for one decode step: one CUDA device and dtype, D, E <= 256,
 // E % 4 == 0 (the state streams as float4 rows).
 void guard_decode_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -334,7 +323,9 @@ Tensor decode_step(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor&
   p.B = (int)B; p.H = (int)H; p.D = (int)D; p.E = (int)E;
   const auto dt = q.scalar_type();
   const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
-  if (slots == nullptr && !dense_decode_v2())
+  // dense states keep the first kernel until run_decode's is measured beside it on a GPU
+  // (bench_serving.py's decode rows time both)
+  if (slots == nullptr)
     run_decode_dense_v1(p, dtype, stream);
   else
     run_decode(p, dtype, stream);

@@ -146,6 +146,15 @@ def test_decode_steps(backend):
     _decode_steps(backend, "cpu")
 
 
+def test_decode_forward_only(backend):
+    """Inputs that require grad (a learnable slope too) give an output without a graph."""
+    q, k, v = (torch.randn(2, H, X, requires_grad=True) for X in (D, D, E))
+    slope = torch.rand(H, requires_grad=True)
+    pool = torch.randn(NUM_SLOTS, H, D, E)
+    o = serving.decode(q, k, v, pool, torch.tensor([3, 1]), slope, backend=backend)
+    assert not o.requires_grad and o.grad_fn is None
+
+
 def test_decode_float16(backend):
     B = 3
     q, k, v = (torch.randn(B, H, X).half() for X in (D, D, E))

@@ -9,9 +9,9 @@ once in csrc/la_specs.h and read here from `_C`; everything else is declined by
 kernel: the dispatcher takes it from the next backend.
 
 The serving functions (states in a pool: ops pool_prefill, pool_decode) are the backend's
-with LIGHTNING_ATTENTION_CUDA_SERVING=1, read once (`SERVING`), which also moves the dense
-decode onto the pool kernel (csrc/la_ops.cpp); without it the dispatcher takes them from the
-next backend. `POOL` holds them either way (tests install them).
+with LIGHTNING_ATTENTION_CUDA_SERVING=1, read once (`SERVING`); without it the dispatcher
+takes them from the next backend. `POOL` holds them either way (tests install them). The dense
+decode keeps its own kernel until the pool kernel is measured beside it.
 """
 import importlib
 import os
