@@ -126,14 +126,20 @@ __global__ void __launch_bounds__(kThreads, 2) la_decode_kernel(const DecodePara
   }
 }
 
-// CTAs per (b, h): a cluster that splits D when B·H CTAs (2 per SM) would leave most SMs idle.
+// CTAs per (b, h): a cluster that splits D when B·H CTAs would leave SMs idle, where the
+// kernel was built with its cluster code (sm_90 and later; not a JIT of older PTX).
+template <typename T>
 int decode_split(const DecodeParams& p) {
+  static const bool built = [] {
+    cudaFuncAttributes a{};
+    return cudaFuncGetAttributes(&a, la_decode_kernel<T>) == cudaSuccess && a.ptxVersion >= 90;
+  }();
   int dev = 0, major = 0, sms = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   int split = 1;
-  while (major >= 9 && split < kMaxSplit && (int64_t)p.B * p.H * split < sms &&
+  while (built && major >= 9 && split < kMaxSplit && (int64_t)p.B * p.H * split < sms &&
          p.D >= 2 * split * kRows)
     split *= 2;
   return split;
@@ -141,7 +147,7 @@ int decode_split(const DecodeParams& p) {
 
 template <typename T>
 void launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  const int split = decode_split(p);
+  const int split = decode_split<T>(p);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)((int64_t)p.B * p.H * split));
   cfg.blockDim = dim3(kThreads);

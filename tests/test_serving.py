@@ -405,26 +405,32 @@ def test_cuda_decode_many_rows(cuda_pool, B):
 
 @utils.gpu
 @cuda_built
-@pytest.mark.parametrize("d,e", [(40, 52), (200, 132)])
-def test_cuda_pool_decode_op_odd_shapes(d, e):
+@pytest.mark.parametrize("B", [3, 80])
+@pytest.mark.parametrize("d,e", [(40, 52), (200, 132), (256, 256)])
+def test_cuda_pool_decode_op_odd_shapes(d, e, B):
     """The C++ op takes any D, E <= 256 with E % 4 == 0 (the state streams as float4 rows):
-    a slice of E columns that runs past E, and up to 16 state rows per thread."""
-    B, num_slots = 3, 5
+    rows that do not fill a warp, D split over a cluster of CTAs (few rows: B = 3) and one
+    CTA walking D in several passes (B·H = 160 CTAs fill an H200's SMs)."""
+    num_slots = 2 * B + 3
     q, k, v = (torch.randn(B, H, x, device="cuda") for x in (d, d, e))
     slope = utils.rand_slope(H, "cuda")
     pool = torch.randn(num_slots, H, d, e, device="cuda")
     before = pool.clone()
-    slots = torch.tensor([4, -1, 1], dtype=torch.int32, device="cuda")
+    slots = torch.randperm(num_slots, device="cuda")[:B].int()
+    slots[1::3] = -1
+    live = slots >= 0
+    rows = slots[live].long()
     with utils.poisoned():
         o = torch.ops.lightning_attention_C.pool_decode(q, k, v, pool, slots, slope, 0.5)
     lam = torch.exp(-slope.double())[:, None, None]
-    s1 = lam * before[[4, 1]].double() + (k[[0, 2]].double()[..., None]
-                                          * v[[0, 2]].double()[..., None, :])
-    ro = 0.5 * (q[[0, 2]].double()[..., None, :] @ s1).squeeze(-2)
-    torch.testing.assert_close(pool[[4, 1]].double(), s1, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(o[[0, 2]].double(), ro, rtol=1e-4, atol=1e-4)
-    assert not o[1].any()
-    assert torch.equal(pool[[0, 2, 3]], before[[0, 2, 3]])
+    s1 = lam * before[rows].double() + k[live].double()[..., None] * v[live].double()[..., None, :]
+    ro = 0.5 * (q[live].double()[..., None, :] @ s1).squeeze(-2)
+    torch.testing.assert_close(pool[rows].double(), s1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(o[live].double(), ro, rtol=1e-4, atol=1e-4)
+    assert not o[~live].any(), "padding rows"
+    untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
+    untouched[rows] = False
+    assert torch.equal(pool[untouched], before[untouched]), "rows not addressed"
 
 
 @utils.gpu
