@@ -31,7 +31,11 @@ for D in (64, 128):
         st = torch.randn(2, H, D, D, device="cuda")
         x = [t[0, :, :2].transpose(0, 1).contiguous() for t in (q, k, v)]
         C.decode(*x, st, slope, 1.0)
+        # few rows: a cluster of CTAs per (b, h); 80 rows: one CTA per (b, h)
         ops.pool_decode(*x, torch.randn(5, H, D, D, device="cuda"),
                         torch.tensor([3, -1], dtype=torch.int32, device="cuda"), slope, 1.0)
+        x = [torch.randn(80, H, D, device="cuda", dtype=dtype) for _ in range(3)]
+        ops.pool_decode(*x, torch.randn(100, H, D, D, device="cuda"),
+                        torch.randperm(100, device="cuda")[:80].int(), slope, 1.0)
 torch.cuda.synchronize()
 print("sanitize case done")
