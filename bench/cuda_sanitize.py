@@ -10,6 +10,8 @@ import torch
 
 from lightning_attention.kernels.cuda_backend import BACKEND as C
 
+ops = torch.ops.lightning_attention_C
+
 torch.manual_seed(0)
 for D in (64, 128):
     for dtype in (torch.bfloat16,):
@@ -32,8 +34,19 @@ for D in (64, 128):
             C.bwd(do, None, q, k, v, None, 0.5, None, None, False, seg_len=seg_len)
             qt, kt, vt, dot = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v, do))
             C.bwd(dot, None, qt, kt, vt, slope, 1.0, None, None, False, seg_len=seg_len)
+            # serving: pool rows by slot (a padding sequence, one from zero, in place)
+            pool = torch.randn(6, H, D, D, device="cuda")
+            ops.pool_prefill(q, k, v, slope, 1.0, cu, pool, torch.tensor(
+                [4, -1, 0, 2], dtype=torch.int32, device="cuda"), torch.tensor(
+                [True, True, False, True], device="cuda"), seg_len=seg_len)
         st = torch.randn(2, H, D, D, device="cuda")
-        C.decode(q[0, :, :2].transpose(0, 1).contiguous(), k[0, :, :2].transpose(0, 1).contiguous(),
-                 v[0, :, :2].transpose(0, 1).contiguous(), st, slope, 1.0)
+        x = [t[0, :, :2].transpose(0, 1).contiguous() for t in (q, k, v)]
+        C.decode(*x, st, slope, 1.0)
+        # few rows: a cluster of CTAs per (b, h); 80 rows: one CTA per (b, h)
+        ops.pool_decode(*x, torch.randn(5, H, D, D, device="cuda"),
+                        torch.tensor([3, -1], dtype=torch.int32, device="cuda"), slope, 1.0)
+        x = [torch.randn(80, H, D, device="cuda", dtype=dtype) for _ in range(3)]
+        ops.pool_decode(*x, torch.randn(100, H, D, D, device="cuda"),
+                        torch.randperm(100, device="cuda")[:80].int(), slope, 1.0)
 torch.cuda.synchronize()
 print("sanitize case done")

@@ -1,10 +1,14 @@
-// The one-token decode step (lightning_attn_decode): S <- λ S + kᵀ v in place, o = scale · q S.
+// The one-token decode step (lightning_attn_decode, serving.decode): S <- λ S + kᵀ v in
+// place, o = scale · q S, for dense states or rows of a pool addressed by slot.
 #include "la_params.h"
 
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 namespace la {
+
+namespace cg = cooperative_groups;
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
 template <> __device__ __forceinline__ float to_f(float x) { return x; }
@@ -15,29 +19,172 @@ template <> __device__ __forceinline__ float from_f(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __float2bfloat16_rn(x); }
 
-// One token: S <- λ S + kᵀ v, o = scale · q S. One CTA of 256 threads per (b, h); threads
-// own float4 columns of S and a stride of its rows, so the state streams through once,
-// 16 bytes per access. o is contiguous (B, H, E).
+namespace {
+
+// The step only streams the float32 state (read once, written once: 2 · D·E · 4 bytes per
+// (b, h)), so the kernel is shaped for bandwidth, with contiguous streams: a CTA of 512 threads
+// owns one (b, h) and every state row of its share of D, whole rows at a time. Thread
+// (ry, cx) holds float4 column cx of rows ry, ry + R, ... (R = 512 / (E / 4) row groups), so
+// at E = 128 a warp loads one whole 512-byte row per instruction and neighbouring warps the
+// neighbouring rows: each DRAM page is read and written by one CTA at once. A thread issues
+// all its kRows 16-byte loads before anything waits (64 KB in flight per CTA), the inputs go
+// through shared memory behind them, and the state is streamed past the caches (ld/st .cs: it
+// is not touched again within the step). When B·H CTAs would leave SMs idle (small batches),
+// a thread-block cluster of `split` CTAs (sm_90) shares one (b, h) by contiguous chunks of D,
+// and its CTAs add their partial outputs in the first CTA's shared memory.
+constexpr int kThreads = 512;
+constexpr int kRows = 8;  // rows per thread per pass; 32 registers of state
+constexpr int kMaxD = 256, kMaxC4 = 64, kMaxSplit = 4;
+
 template <typename T>
-__global__ void __launch_bounds__(256) la_decode_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                                        const T* __restrict__ v, float* __restrict__ state,
-                                                        T* __restrict__ o, const float* __restrict__ slope,
-                                                        float scale, int H, int D, int E, int64_t q_bs,
-                                                        int64_t q_hs, int64_t k_bs, int64_t k_hs,
-                                                        int64_t v_bs, int64_t v_hs) {
+__global__ void __launch_bounds__(kThreads, 2) la_decode_kernel(const DecodeParams p) {
+  __shared__ float sq[kMaxD], sk[kMaxD];
+  __shared__ float4 red[kThreads];
+  __shared__ float4 part[kMaxSplit][kMaxC4];  // the cluster's partial outputs (first CTA's)
+  const int split = gridDim.x / (p.B * p.H);
+  const int bh = blockIdx.x / split, rank = blockIdx.x - bh * split;
+  const int b = bh / p.H, h = bh - b * p.H;
+  const int C4 = p.E / 4, R = kThreads / C4;
+  const int tid = threadIdx.x, cx = tid % C4, ry = tid / C4;
+  const bool active = ry < R;
+  const int Dc = (p.D + split - 1) / split, d0 = rank * Dc, d1 = min(p.D, d0 + Dc);
+  const int64_t row = state_out_row(p.rows, b);
+  if (row < 0) {  // a padding row (the whole cluster): no state, o = 0
+    if (rank == 0 && tid < C4)
+      for (int i = 0; i < 4; ++i)
+        static_cast<T*>(p.o)[(int64_t)bh * p.E + 4 * cx + i] = from_f<T>(0.f);
+    return;
+  }
+  float4* S = reinterpret_cast<float4*>(p.state + (row * p.H + h) * p.D * p.E) + cx;
+  float4 s[kRows];
+  int d = d0 + ry;
+#pragma unroll
+  for (int j = 0; j < kRows; ++j)
+    if (active && d + R * j < d1) s[j] = __ldcs(S + (d + R * j) * C4);
+
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_bs + h * p.k_hs;
+#pragma unroll 1
+  for (int i = d0 + tid; i < d1; i += kThreads) {
+    sq[i] = to_f(qg[i]);
+    sk[i] = to_f(kg[i]);
+  }
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_bs + h * p.v_hs + 4 * cx;
+  const float4 vv = make_float4(to_f(vg[0]), to_f(vg[1]), to_f(vg[2]), to_f(vg[3]));
+  const float lam = p.slope ? expf(-p.slope[h]) : 1.f;
+  __syncthreads();
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (;;) {  // passes of R · kRows rows: one at D = E = 128 without a split
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const int dj = d + R * j;
+      if (active && dj < d1) {
+        const float kd = sk[dj], qd = sq[dj];
+        float4 x = s[j];
+        x.x = fmaf(lam, x.x, kd * vv.x); x.y = fmaf(lam, x.y, kd * vv.y);
+        x.z = fmaf(lam, x.z, kd * vv.z); x.w = fmaf(lam, x.w, kd * vv.w);
+        __stcs(S + dj * C4, x);
+        acc.x = fmaf(qd, x.x, acc.x); acc.y = fmaf(qd, x.y, acc.y);
+        acc.z = fmaf(qd, x.z, acc.z); acc.w = fmaf(qd, x.w, acc.w);
+      }
+    }
+    d += R * kRows;
+    if (d - ry >= d1) break;
+#pragma unroll
+    for (int j = 0; j < kRows; ++j)
+      if (active && d + R * j < d1) s[j] = __ldcs(S + (d + R * j) * C4);
+  }
+  // the sum over D: the CTA's row groups, then (split > 1) the cluster's CTAs
+  red[tid] = acc;
+  __syncthreads();
+  float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (tid < C4)
+    for (int r = 0; r < R; ++r) {
+      const float4 x = red[r * C4 + tid];
+      sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
+    }
+#if __CUDA_ARCH__ >= 900
+  if (split > 1) {
+    cg::cluster_group cluster = cg::this_cluster();
+    if (tid < C4) cluster.map_shared_rank(&part[0][0], 0)[rank * kMaxC4 + tid] = sum;
+    cluster.sync();  // the partials are in the first CTA, which alone reads them
+    if (rank != 0) return;
+    if (tid < C4) {
+      sum = part[0][tid];
+      for (int r = 1; r < split; ++r) {
+        const float4 x = part[r][tid];
+        sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
+      }
+    }
+  }
+#endif
+  if (tid < C4) {
+    T* out = static_cast<T*>(p.o) + (int64_t)bh * p.E + 4 * cx;
+    out[0] = from_f<T>(p.scale * sum.x); out[1] = from_f<T>(p.scale * sum.y);
+    out[2] = from_f<T>(p.scale * sum.z); out[3] = from_f<T>(p.scale * sum.w);
+  }
+}
+
+// CTAs per (b, h): a cluster that splits D when B·H CTAs would leave SMs idle, where the
+// kernel was built with its cluster code (sm_90 and later; not a JIT of older PTX).
+template <typename T>
+int decode_split(const DecodeParams& p) {
+  static const bool built = [] {
+    cudaFuncAttributes a{};
+    return cudaFuncGetAttributes(&a, la_decode_kernel<T>) == cudaSuccess && a.ptxVersion >= 90;
+  }();
+  int dev = 0, major = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int split = 1;
+  while (built && major >= 9 && split < kMaxSplit && (int64_t)p.B * p.H * split < sms &&
+         p.D >= 2 * split * kRows)
+    split *= 2;
+  return split;
+}
+
+template <typename T>
+void launch_decode(const DecodeParams& p, cudaStream_t stream) {
+  const int split = decode_split<T>(p);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)((int64_t)p.B * p.H * split));
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = split;
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  if (split > 1) {
+    cfg.attrs = cluster;
+    cfg.numAttrs = 1;
+  }
+  cudaLaunchKernelEx(&cfg, la_decode_kernel<T>, p);
+}
+
+// The first kernel: one CTA of 256 threads per (b, h) of a dense state; threads own float4
+// columns of S and a stride of its rows.
+template <typename T>
+__global__ void __launch_bounds__(256) la_decode_dense_v1_kernel(const DecodeParams p) {
   __shared__ float sq[256], sk[256], sv[256];
   __shared__ float4 red[256];
+  const int H = p.H, D = p.D, E = p.E;
   const int bh = blockIdx.x, b = bh / H, h = bh % H, tid = threadIdx.x;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
   for (int i = tid; i < D; i += 256) {
-    sq[i] = to_f(q[b * q_bs + h * q_hs + i]);
-    sk[i] = to_f(k[b * k_bs + h * k_hs + i]);
+    sq[i] = to_f(q[b * p.q_bs + h * p.q_hs + i]);
+    sk[i] = to_f(k[b * p.k_bs + h * p.k_hs + i]);
   }
-  for (int i = tid; i < E; i += 256) sv[i] = to_f(v[b * v_bs + h * v_hs + i]);
+  for (int i = tid; i < E; i += 256) sv[i] = to_f(v[b * p.v_bs + h * p.v_hs + i]);
   __syncthreads();
-  const float lam = slope ? expf(-slope[h]) : 1.f;
+  const float lam = p.slope ? expf(-p.slope[h]) : 1.f;
   const int C4 = E / 4, R = 256 / C4;
   const int c4 = tid % C4, r = tid / C4;
-  float4* S = reinterpret_cast<float4*>(state + (int64_t)bh * D * E);
+  float4* S = reinterpret_cast<float4*>(p.state + (int64_t)bh * D * E);
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   if (r < R) {
     const float4 vv = make_float4(sv[4 * c4], sv[4 * c4 + 1], sv[4 * c4 + 2], sv[4 * c4 + 3]);
@@ -59,25 +206,38 @@ __global__ void __launch_bounds__(256) la_decode_kernel(const T* __restrict__ q,
       const float4 x = red[rr * C4 + tid];
       sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
     }
-    T* out = o + (int64_t)bh * E + 4 * tid;
-    out[0] = from_f<T>(scale * sum.x); out[1] = from_f<T>(scale * sum.y);
-    out[2] = from_f<T>(scale * sum.z); out[3] = from_f<T>(scale * sum.w);
+    T* out = static_cast<T*>(p.o) + (int64_t)bh * E + 4 * tid;
+    out[0] = from_f<T>(p.scale * sum.x); out[1] = from_f<T>(p.scale * sum.y);
+    out[2] = from_f<T>(p.scale * sum.z); out[3] = from_f<T>(p.scale * sum.w);
   }
 }
 
-void run_decode(const void* q, const void* k, const void* v, float* state, void* o,
-                const float* slope, float scale, int B, int H, int D, int E, int64_t q_bs,
-                int64_t q_hs, int64_t k_bs, int64_t k_hs, int64_t v_bs, int64_t v_hs, int dtype,
-                cudaStream_t stream) {
-  const int grid = B * H;
-#define LA_DECODE(T)                                                                          \
-  la_decode_kernel<T><<<grid, 256, 0, stream>>>(                                              \
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), state,    \
-      static_cast<T*>(o), slope, scale, H, D, E, q_bs, q_hs, k_bs, k_hs, v_bs, v_hs)
-  if (dtype == 0) LA_DECODE(float);
-  else if (dtype == 1) LA_DECODE(__half);
-  else LA_DECODE(__nv_bfloat16);
-#undef LA_DECODE
+template <template <typename> class Launch>
+void by_dtype(int dtype, const DecodeParams& p, cudaStream_t stream) {
+  if (dtype == 0) Launch<float>{}(p, stream);
+  else if (dtype == 1) Launch<__half>{}(p, stream);
+  else Launch<__nv_bfloat16>{}(p, stream);
+}
+
+template <typename T>
+struct Pooled {
+  void operator()(const DecodeParams& p, cudaStream_t stream) { launch_decode<T>(p, stream); }
+};
+template <typename T>
+struct DenseV1 {
+  void operator()(const DecodeParams& p, cudaStream_t stream) {
+    la_decode_dense_v1_kernel<T><<<p.B * p.H, 256, 0, stream>>>(p);
+  }
+};
+
+}  // namespace
+
+void run_decode(const DecodeParams& p, int dtype, cudaStream_t stream) {
+  by_dtype<Pooled>(dtype, p, stream);
+}
+
+void run_decode_dense_v1(const DecodeParams& p, int dtype, cudaStream_t stream) {
+  by_dtype<DenseV1>(dtype, p, stream);
 }
 
 }  // namespace la

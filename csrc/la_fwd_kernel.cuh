@@ -167,7 +167,6 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
-  const int64_t sidx = (int64_t)si.seq * p.seg.H + h;
   const int64_t widx = (int64_t)g * p.seg.H + h;
   const SegRows rows = seg_rows(p.seg, si, h);
   const T* qg = rows.at<const T>(p.q, p.q_bs, p.q_hs, p.q_rs);
@@ -194,21 +193,28 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
   // [sn0, sn0 + kSTN) of E. At a sequence's start M = S = the initial state.
   const int sm0 = (warp % Tr::kSWM) * 16;
   const int sn0 = (warp / Tr::kSWM) * Tr::kSTN;
+  // Incoming state: ws after the first segment, and for the first one too with slots (the
+  // scan copied the pool row there: this sequence's last segment overwrites the row), the
+  // moment (kSlope) from ws_m beside it.
   float s_acc[Tr::kSNT][4], m_acc[Tr::kSNT][4];
-  if (kPass1 || (si.seg == 0 && p.state_in == nullptr)) {
-#pragma unroll
-    for (int nt = 0; nt < Tr::kSNT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s_acc[nt][i] = m_acc[nt][i] = 0.f;
-  } else if (si.seg == 0) {
-    load_state(p.state_in + sidx * HD * HD, p.state_in_sd, p.state_in_se, s_acc, sm0, sn0, lane);
+  const bool from_ws = !kPass1 && (si.seg > 0 || (si.nseg > 1 && p.state_rows.slots != nullptr));
+  const int64_t in_row = kPass1 || from_ws || p.state_in == nullptr
+                             ? -1 : state_in_row(p.state_rows, si.seq);
+  if (from_ws) {
+    load_state(p.ws + widx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
+    if (kSlope) load_state(p.ws_m + widx * HD * HD, HD, 1, m_acc, sm0, sn0, lane);
+  } else if (in_row >= 0) {
+    load_state(p.state_in + (in_row * p.seg.H + h) * HD * HD, p.state_in_sd, p.state_in_se, s_acc,
+               sm0, sn0, lane);
 #pragma unroll
     for (int nt = 0; nt < Tr::kSNT; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) m_acc[nt][i] = s_acc[nt][i];
   } else {
-    load_state(p.ws + widx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
-    if (kSlope) load_state(p.ws_m + widx * HD * HD, HD, 1, m_acc, sm0, sn0, lane);
+#pragma unroll
+    for (int nt = 0; nt < Tr::kSNT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s_acc[nt][i] = m_acc[nt][i] = 0.f;
   }
   if (!kPass1) state_to_smem<T>(sS, kStride, s_acc, sm0, sn0, lane);
 
@@ -408,8 +414,10 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
   cp_async_wait<0>();
   if (fin && nblk > 0) {
     // the final state's term <dS_f, M - S> joins the sequence's last token
-    final_state_partial<HD>(sFin, reinterpret_cast<float*>(smem), p.dstate_f + sidx * HD * HD,
-                            p.state_in_sd, p.state_in_se, s_acc, m_acc, sm0, sn0, tid);
+    // (dstate_f is per sequence: the d slope sweep has no slots)
+    const float* dsf = p.dstate_f + ((int64_t)si.seq * p.seg.H + h) * HD * HD;
+    final_state_partial<HD>(sFin, reinterpret_cast<float*>(smem), dsf, p.state_in_sd,
+                            p.state_in_se, s_acc, m_acc, sm0, sn0, tid);
     __syncthreads();
     const int t0 = (nblk - 1) * 64;
     row_partials_finish(termsg, sRed, t0, si.len - t0, warp, rg, gq, tq, p.scale * sum8(sMom),
@@ -420,7 +428,9 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
     store_state(p.ws + widx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
     if (kSlope) store_state(p.ws_m + widx * HD * HD, HD, 1, m_acc, sm0, sn0, lane);
   } else if (si.seg == si.nseg - 1 && p.state_out != nullptr) {
-    store_state(p.state_out + sidx * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
+    const int64_t row = state_out_row(p.state_rows, si.seq);
+    if (row >= 0)
+      store_state(p.state_out + (row * p.seg.H + h) * HD * HD, HD, 1, s_acc, sm0, sn0, lane);
   }
 }
 

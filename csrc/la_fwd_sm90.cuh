@@ -371,15 +371,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   dec.init(nl2, p.scale, r0, tq);
 
   // incoming state of the segment: pass 1 starts from 0; pass 2 from the scan's state
-  // (segments after the first), the initial state, or 0
+  // (segments after the first, and the first too with slots: the scan copied the pool row,
+  // which this sequence's last segment overwrites), the initial state, or 0
   float s_acc[Tr::kBoxes][32];
   {
     const float* src = nullptr;
     int64_t sd = HD, se = 1;
-    if (!kPass1 && !first_seg) {
+    if (!kPass1 && (!first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr))) {
       src = p.ws + ((int64_t)g * p.seg.H + h) * HD * HD;
     } else if (!kPass1 && p.state_in != nullptr) {
-      src = p.state_in + ((int64_t)si.seq * p.seg.H + h) * HD * HD;
+      const int64_t row = state_in_row(p.state_rows, si.seq);
+      src = row >= 0 ? p.state_in + (row * p.seg.H + h) * HD * HD : nullptr;
       sd = p.state_in_sd;
       se = p.state_in_se;
     }
@@ -499,10 +501,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   if (!kPass1 && t == 0) bulk_wait_all<false>();  // the output stores are done with smem
 
+  const int64_t out_row = !kPass1 && last_seg && p.state_out != nullptr
+                              ? state_out_row(p.state_rows, si.seq) : -1;
   float* dst = kPass1 ? p.ws + ((int64_t)g * p.seg.H + h) * HD * HD
-                      : (last_seg && p.state_out != nullptr
-                             ? p.state_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD
-                             : nullptr);
+                      : (out_row >= 0 ? p.state_out + (out_row * p.seg.H + h) * HD * HD : nullptr);
   if (dst != nullptr) store_state_slice<Tr::kBoxes>(dst, s_acc, w, warp, lane);
 #endif
 }

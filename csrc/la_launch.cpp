@@ -69,16 +69,16 @@ namespace {
 
 // The passes of one sweep: when the plan has several segments per sequence, pass 1 (each
 // segment's local state, and moment with ws_m) and the scan (incoming states, in sequence
-// order or reversed, the first one being `state_in` with element strides (sd, se)); then
-// pass 2.
+// order or reversed, the first one being `state_in` with element strides (sd, se) at the rows
+// `rows` names); then pass 2.
 template <typename Pass>
 void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
-                    int64_t se, const float* slope, int64_t D, int64_t E, bool reverse,
-                    cudaStream_t stream) {
+                    int64_t se, const StateRows& rows, const float* slope, int64_t D, int64_t E,
+                    bool reverse, cudaStream_t stream) {
   if (pl.multi) {
     pass(/*pass1=*/true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    run_state_scan(pl.seg, pl.ws.data_ptr<float>(), ws_m, state_in, sd, se, slope, (int)D,
+    run_state_scan(pl.seg, pl.ws.data_ptr<float>(), ws_m, state_in, sd, se, rows, slope, (int)D,
                    (int)E, reverse, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -102,8 +102,8 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
       else
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
     };
-    segment_passes(pl, pass, p.ws_m, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
-                   /*reverse=*/false, stream);
+    segment_passes(pl, pass, p.ws_m, p.state_in, p.state_in_sd, p.state_in_se, p.state_rows,
+                   p.slope, D, E, /*reverse=*/false, stream);
   });
 }
 
@@ -113,8 +113,8 @@ void launch_reverse_sm90_passes(const FwdParams& p, at::ScalarType dtype, int64_
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) { run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/true, stream); };
-    segment_passes(pl, pass, nullptr, p.state_in, p.state_in_sd, p.state_in_se, p.slope, D, E,
-                   /*reverse=*/true, stream);
+    segment_passes(pl, pass, nullptr, p.state_in, p.state_in_sd, p.state_in_se, p.state_rows,
+                   p.slope, D, E, /*reverse=*/true, stream);
   });
 }
 
@@ -129,7 +129,8 @@ void launch_fused_bwd_sm90_passes(const BwdParams& p, const FwdParams& pdv, at::
       else
         run_bwd_sm90<T, kHD>(p, stream);
     };
-    segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
+    segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, StateRows{}, p.slope, D, E,
+                   /*reverse=*/true, stream);
   });
 }
 
@@ -139,7 +140,8 @@ void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int6
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) { run_bwd<T, kHD>(p, pass1, stream); };
-    segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, p.slope, D, E, /*reverse=*/true, stream);
+    segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, StateRows{}, p.slope, D, E,
+                   /*reverse=*/true, stream);
   });
 }
 

@@ -1,5 +1,6 @@
-// The ops lightning_attention_C::fwd, ::bwd, ::decode: TORCH_LIBRARY schemas, output
-// allocation in the caller's layout, and the Python module with build metadata.
+// The ops lightning_attention_C::fwd, ::bwd, ::decode, ::pool_prefill, ::pool_decode:
+// TORCH_LIBRARY schemas, output allocation in the caller's layout, and the Python module with
+// build metadata.
 //
 // The Python package validates every call and answers empty inputs before it gets here
 // (lightning_attention/checks.py, ops.py): the messages users read are written there. The
@@ -19,7 +20,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "la_launch.h"
@@ -119,31 +122,86 @@ int64_t guard_num_seqs(const Tensor& q, const std::optional<Tensor>& cu) {
   return cu->size(0) - 1;
 }
 
-std::tuple<Tensor, Tensor> la_fwd(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+// o = forward(q, k, v) with each sequence's state read from `state_in` and its final state
+// written to `state_out` (either nullptr: none) at the rows `rows` names. The one launch of
+// fwd and pool_prefill.
+Tensor forward(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+               const std::optional<Tensor>& slope, double scale,
+               const std::optional<Tensor>& cu_seqlens, int64_t num_seqs, const float* state_in,
+               float* state_out, const StateRows& rows, std::optional<int64_t> seg_len) {
+  const int64_t D = q_.size(3), E = v_.size(3);
+  c10::cuda::CUDAGuard device(q_.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  Tensor o = output_like_layout(q_, E);
+  const auto slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
+  const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
+  FwdParams p = fwd_params(q, k, v, o, ptr_or_null<float>(slope_c), (float)scale, state_in, E, 1,
+                           state_out, pl);
+  p.state_rows = rows;
+  launch_fwd_passes(p, q.scalar_type(), D, E, pl, stream);
+  return o;
+}
+
+std::tuple<Tensor, Tensor> la_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const std::optional<Tensor>& slope, double scale,
                                   const std::optional<Tensor>& initial_state,
                                   const std::optional<Tensor>& cu_seqlens, bool output_final_state,
                                   std::optional<int64_t> seg_len) {
-  guard_qkv(q_, k_, v_);
-  const int64_t H = q_.size(1), D = q_.size(3), E = v_.size(3);
-  const int64_t num_seqs = guard_num_seqs(q_, cu_seqlens);
-  guard_slope(slope, H, q_);
-  guard_state(initial_state, num_seqs, H, D, E, q_);
-  c10::cuda::CUDAGuard device(q_.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-
-  Tensor o = output_like_layout(q_, E);
-  const auto f32 = q_.options().dtype(at::kFloat);
-  Tensor final_state = output_final_state ? new_output({num_seqs, H, D, E}, f32) : no_state(q_);
-  const auto init = contiguous(initial_state), slope_c = contiguous(slope),
-             cu = contiguous(cu_seqlens);
-  const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_);
-  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
-  const FwdParams p = fwd_params(q, k, v, o, ptr_or_null<float>(slope_c), (float)scale,
-                                 ptr_or_null<float>(init), E, 1,
-                                 output_final_state ? final_state.data_ptr<float>() : nullptr, pl);
-  launch_fwd_passes(p, q.scalar_type(), D, E, pl, stream);
+  guard_qkv(q, k, v);
+  const int64_t H = q.size(1), D = q.size(3), E = v.size(3);
+  const int64_t num_seqs = guard_num_seqs(q, cu_seqlens);
+  guard_slope(slope, H, q);
+  guard_state(initial_state, num_seqs, H, D, E, q);
+  Tensor final_state = output_final_state
+                           ? new_output({num_seqs, H, D, E}, q.options().dtype(at::kFloat))
+                           : no_state(q);
+  const auto init = contiguous(initial_state);
+  Tensor o = forward(q, k, v, slope, scale, cu_seqlens, num_seqs, ptr_or_null<float>(init),
+                     output_final_state ? final_state.data_ptr<float>() : nullptr, StateRows{},
+                     seg_len);
   return {o, final_state};
+}
+
+// A float32 (num_slots, H, D, E) pool, contiguous (its rows are updated in place), and int32
+// slots (n,) on q's device. Slot values are checked in Python (checks.py); here a slot
+// outside [0, num_slots) reads and writes nothing.
+void guard_pool(const Tensor& pool, const Tensor& slots, int64_t n, int64_t H, int64_t D,
+                int64_t E, const Tensor& q) {
+  LA_GUARD(pool.device() == q.device() && pool.scalar_type() == at::kFloat && pool.dim() == 4 &&
+               pool.size(1) == H && pool.size(2) == D && pool.size(3) == E &&
+               pool.is_contiguous() && pool.size(0) < (int64_t(1) << 31),
+           "state_pool must be float32 (num_slots, H, D, E) = (·, ", H, ", ", D, ", ", E,
+           "), contiguous, on q's device (got ", pool.scalar_type(), " ", pool.sizes(), ")");
+  LA_GUARD(slots.device() == q.device() && slots.scalar_type() == at::kInt && slots.dim() == 1 &&
+               slots.size(0) == n,
+           "slots must be int32 (", n, ",) on q's device (got ", slots.scalar_type(), " ",
+           slots.sizes(), ")");
+}
+
+// serving.prefill: the varlen forward in which sequence i starts from state_pool[slots[i]]
+// where has_state[i] (else from 0) and ends there, in place.
+Tensor la_pool_prefill(const Tensor& q, const Tensor& k, const Tensor& v,
+                       const std::optional<Tensor>& slope, double scale, const Tensor& cu_seqlens,
+                       Tensor& state_pool, const Tensor& slots,
+                       const std::optional<Tensor>& has_state, std::optional<int64_t> seg_len) {
+  guard_qkv(q, k, v);
+  const int64_t H = q.size(1), D = q.size(3), E = v.size(3);
+  const int64_t num_seqs = guard_num_seqs(q, cu_seqlens);
+  guard_slope(slope, H, q);
+  guard_pool(state_pool, slots, num_seqs, H, D, E, q);
+  if (has_state.has_value())
+    LA_GUARD(has_state->device() == q.device() && has_state->scalar_type() == at::kBool &&
+                 has_state->dim() == 1 && has_state->size(0) == num_seqs,
+             "has_state must be bool (", num_seqs, ",) on q's device (got ",
+             has_state->scalar_type(), " ", has_state->sizes(), ")");
+  const Tensor slots_c = slots.contiguous();
+  const auto has_c = contiguous(has_state);
+  const StateRows rows{slots_c.data_ptr<int>(), ptr_or_null<bool>(has_c),
+                       (int)state_pool.size(0)};
+  float* pool = state_pool.data_ptr<float>();
+  return forward(q, k, v, slope, scale, cu_seqlens, num_seqs, has_c.has_value() ? pool : nullptr,
+                 pool, rows, seg_len);
 }
 
 // Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
@@ -227,27 +285,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   return {dq, dk, dv, dinit, terms};
 }
 
-Tensor la_decode(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor& state,
-                 const std::optional<Tensor>& slope, double scale) {
-  LA_GUARD(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device() &&
-               state.device() == q_.device(),
-           "decode: q, k, v, state must be on one CUDA device");
-  LA_GUARD(q_.dim() == 3 && k_.sizes() == q_.sizes() && v_.dim() == 3 &&
-               v_.size(0) == q_.size(0) && v_.size(1) == q_.size(1),
-           "decode: q, k must be (B, H, D) and v (B, H, E) (got ", q_.sizes(), ", ", k_.sizes(),
-           ", ", v_.sizes(), ")");
-  const int64_t B = q_.size(0), H = q_.size(1), D = q_.size(2), E = v_.size(2);
-  const auto dt = q_.scalar_type();
+// q, k (B, H, D), v (B, H, E) for one decode step: one CUDA device and dtype, D, E <= 256,
+// E % 4 == 0 (the state streams as float4 rows).
+void guard_decode_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
+  LA_GUARD(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
+           "decode: q, k, v must be on one CUDA device");
+  LA_GUARD(q.dim() == 3 && k.sizes() == q.sizes() && v.dim() == 3 && v.size(0) == q.size(0) &&
+               v.size(1) == q.size(1),
+           "decode: q, k must be (B, H, D) and v (B, H, E) (got ", q.sizes(), ", ", k.sizes(),
+           ", ", v.sizes(), ")");
+  const auto dt = q.scalar_type();
   LA_GUARD((dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16) &&
-               k_.scalar_type() == dt && v_.scalar_type() == dt,
+               k.scalar_type() == dt && v.scalar_type() == dt,
            "decode: q, k, v must be one of float16, bfloat16, float32");
-  LA_GUARD(B * H > 0 && D > 0 && D <= 256 && E > 0 && E <= 256 && E % 4 == 0,
+  const int64_t D = q.size(2), E = v.size(2);
+  LA_GUARD(q.size(0) * q.size(1) > 0 && D > 0 && D <= 256 && E > 0 && E <= 256 && E % 4 == 0,
            "decode: B, H > 0, D, E in [1, 256] and E % 4 == 0 (got D = ", D, ", E = ", E, ")");
-  LA_GUARD(state.scalar_type() == at::kFloat && state.dim() == 4 && state.size(0) == B &&
-               state.size(1) == H && state.size(2) == D && state.size(3) == E &&
-               state.is_contiguous() && reinterpret_cast<uintptr_t>(state.data_ptr()) % 16 == 0,
-           "decode: state must be float32 (B, H, D, E) = (", B, ", ", H, ", ", D, ", ", E,
-           "), contiguous and 16-byte aligned (got ", state.scalar_type(), " ", state.sizes(), ")");
+}
+
+// One decode step on `state` (n, H, D, E), float32, contiguous, at the rows `slots` names
+// (nullptr: row b).
+Tensor decode_step(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor& state,
+                   const int* slots, const std::optional<Tensor>& slope, double scale) {
+  const int64_t B = q_.size(0), H = q_.size(1), D = q_.size(2), E = v_.size(2);
+  LA_GUARD(reinterpret_cast<uintptr_t>(state.data_ptr()) % 16 == 0,
+           "decode: the state must be 16-byte aligned");
   guard_slope(slope, H, q_);
   c10::cuda::CUDAGuard device(q_.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -256,12 +318,48 @@ Tensor la_decode(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor& s
   const Tensor k = k_.stride(-1) == 1 ? k_ : k_.contiguous();
   const Tensor v = v_.stride(-1) == 1 ? v_ : v_.contiguous();
   const auto slope_c = contiguous(slope);
-  run_decode(q.data_ptr(), k.data_ptr(), v.data_ptr(), state.data_ptr<float>(), o.data_ptr(),
-             ptr_or_null<float>(slope_c), (float)scale, (int)B, (int)H, (int)D, (int)E,
-             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-             dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2), stream);
+  DecodeParams p{};
+  p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.o = o.data_ptr();
+  p.q_bs = q.stride(0); p.q_hs = q.stride(1);
+  p.k_bs = k.stride(0); p.k_hs = k.stride(1);
+  p.v_bs = v.stride(0); p.v_hs = v.stride(1);
+  p.state = state.data_ptr<float>();
+  p.rows = StateRows{slots, nullptr, (int)state.size(0)};
+  p.slope = ptr_or_null<float>(slope_c);
+  p.scale = (float)scale;
+  p.B = (int)B; p.H = (int)H; p.D = (int)D; p.E = (int)E;
+  const auto dt = q.scalar_type();
+  const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
+  // dense states keep the first kernel until run_decode's is measured beside it on a GPU
+  // (bench_serving.py's decode rows time both)
+  if (slots == nullptr)
+    run_decode_dense_v1(p, dtype, stream);
+  else
+    run_decode(p, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return o;
+}
+
+Tensor la_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& state,
+                 const std::optional<Tensor>& slope, double scale) {
+  guard_decode_inputs(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), E = v.size(2);
+  LA_GUARD(state.device() == q.device() && state.scalar_type() == at::kFloat &&
+               state.dim() == 4 && state.size(0) == B && state.size(1) == H &&
+               state.size(2) == D && state.size(3) == E && state.is_contiguous(),
+           "decode: state must be float32 (B, H, D, E) = (", B, ", ", H, ", ", D, ", ", E,
+           "), contiguous, on q's device (got ", state.scalar_type(), " ", state.sizes(), ")");
+  return decode_step(q, k, v, state, nullptr, slope, scale);
+}
+
+// serving.decode: state_pool[slots[b]] is row b's state; a slot outside [0, num_slots) is a
+// padding row (o[b] = 0, no state read or written).
+Tensor la_pool_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& state_pool,
+                      const Tensor& slots, const std::optional<Tensor>& slope, double scale) {
+  guard_decode_inputs(q, k, v);
+  guard_pool(state_pool, slots, q.size(0), q.size(1), q.size(2), v.size(2), q);
+  const Tensor slots_c = slots.contiguous();
+  return decode_step(q, k, v, state_pool, slots_c.data_ptr<int>(), slope, scale);
 }
 
 }  // namespace
@@ -278,12 +376,21 @@ TORCH_LIBRARY(lightning_attention_C, m) {
       "float scale, Tensor? initial_state, Tensor? cu_seqlens, bool need_dslope, "
       "int? seg_len=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state, Tensor? slope, float scale) -> Tensor");
+  // serving: states in a pool addressed by slot, updated in place
+  m.def(
+      "pool_prefill(Tensor q, Tensor k, Tensor v, Tensor? slope, float scale, Tensor cu_seqlens, "
+      "Tensor(a!) state_pool, Tensor slots, Tensor? has_state, int? seg_len=None) -> Tensor");
+  m.def(
+      "pool_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state_pool, Tensor slots, "
+      "Tensor? slope, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lightning_attention_C, CUDA, m) {
   m.impl("fwd", &la::la_fwd);
   m.impl("bwd", &la::la_bwd);
   m.impl("decode", &la::la_decode);
+  m.impl("pool_prefill", &la::la_pool_prefill);
+  m.impl("pool_decode", &la::la_pool_decode);
 }
 
 #ifdef TORCH_EXTENSION_NAME

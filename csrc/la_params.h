@@ -20,6 +20,16 @@ struct SegParams {
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
 };
 
+// Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
+// addresses rows of a pool by slot; otherwise sequence i is row i.
+struct StateRows {
+  const int* slots;       // per sequence its row, nullptr: row = sequence; a slot outside
+                          // [0, num_slots) reads and writes no state
+  const bool* has_state;  // per sequence whether its row is read (else it starts from 0);
+                          // nullptr: every addressed row is read
+  int num_slots;
+};
+
 // Forward kernel (also the dq sweep of the backward, with q -> do, k -> v, v -> k and the
 // initial state transposed through its strides).
 struct FwdParams {
@@ -35,6 +45,8 @@ struct FwdParams {
   const float* state_in;     // (num_seqs, H, D, E) or nullptr
   int64_t state_in_sd, state_in_se;  // strides of d and e inside one D×E matrix
   float* state_out;          // final state (num_seqs, H, D, E) or nullptr
+  StateRows state_rows;      // rows of state_in and state_out; they may be one pool, updated
+                             // in place
   float* ws;                 // per (segment, head) D×E states: local, then incoming
   // d slope terms (dq sweep only, on (do, v, k)): terms[b, h, t] = τ_t, the per-token terms
   // of d log λ in the direct form (docs/DSLOPE.md), from the real q (rq) and k (the kernel's
@@ -101,6 +113,18 @@ __device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
   return s;
 }
 
+// The row of sequence `seq`'s state: the one it ends in, and the one it starts from (-1: no
+// state, start from 0).
+__device__ __forceinline__ int64_t state_out_row(const StateRows& r, int seq) {
+  if (r.slots == nullptr) return seq;
+  const int row = r.slots[seq];
+  return row >= 0 && row < r.num_slots ? row : -1;
+}
+__device__ __forceinline__ int64_t state_in_row(const StateRows& r, int seq) {
+  const int64_t row = state_out_row(r, seq);
+  return r.has_state == nullptr || r.has_state[seq] ? row : -1;
+}
+
 // Where a CTA's segment starts in a (B, H, N, ·) tensor: its batch entry (0 with cu_seqlens),
 // head and first token; `at` applies a tensor's element strides.
 struct SegRows {
@@ -143,14 +167,32 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
                      int* seq_info, int* seg_seq, cudaStream_t stream);
 // Turns ws[segment] from local states into incoming states, in sequence order (forward:
 // the first segment's incoming state is state_in or 0) or reverse order (backward: the last
-// segment's is state_in). Each D×E matrix is `DE` floats. With ws_m (forward only), the
-// moments ws_m[segment] likewise, carried beside the states (the first one is state_in too).
+// segment's is state_in), state_in's rows as `rows` says. Each D×E matrix is `DE` floats.
+// With ws_m (forward only), the moments ws_m[segment] likewise, carried beside the states
+// (the first one is state_in too). With slots (a pool, which pass 2 updates in place) the
+// scan also writes that first incoming state (and moment) into ws (ws_m): pass 2 then reads
+// every incoming state of a sequence of several segments from ws, never the pool row that
+// the sequence's last segment overwrites meanwhile.
 void run_state_scan(const SegParams& p, float* ws, float* ws_m, const float* state_in,
-                    int64_t state_in_sd, int64_t state_in_se, const float* slope, int D, int E,
-                    bool reverse, cudaStream_t stream);
-void run_decode(const void* q, const void* k, const void* v, float* state, void* o,
-                const float* slope, float scale, int B, int H, int D, int E,
-                int64_t q_bs, int64_t q_hs, int64_t k_bs, int64_t k_hs, int64_t v_bs,
-                int64_t v_hs, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
+                    int64_t state_in_sd, int64_t state_in_se, const StateRows& rows,
+                    const float* slope, int D, int E, bool reverse, cudaStream_t stream);
+
+// One decode step (la_decode.cu): for each row b of q, k (B, H, D) and v (B, H, E), the state
+// S = state[rows(b), h] (D×E, contiguous) becomes λ S + kᵀ v in place and o[b, h] =
+// scale · q S; a row whose slot addresses no state gets o[b] = 0. o is contiguous (B, H, E).
+struct DecodeParams {
+  const void* q; const void* k; const void* v;
+  void* o;
+  int64_t q_bs, q_hs, k_bs, k_hs, v_bs, v_hs;
+  float* state;
+  StateRows rows;  // has_state unused: every addressed state is read
+  const float* slope;
+  float scale;
+  int B, H, D, E;
+};
+void run_decode(const DecodeParams& p, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
+// The kernel before run_decode's (one CTA of 256 threads per (b, h)), dense states only: the
+// dense decode's default until run_decode's kernel is verified on a GPU.
+void run_decode_dense_v1(const DecodeParams& p, int dtype, cudaStream_t stream);
 
 }  // namespace la

@@ -69,12 +69,14 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // kMoment (forward only): the moments beside the states, with the states' old value,
 //   ws_m[s] = λ^{len_{s-1}} (ws_m_in[s-1] + len_{s-1} · ws_in[s-1]) + local moment_{s-1},
 //   in_0 = state_in (la_fwd_kernel.cuh, d slope).
+// With slots, in_0 (backward: in_last) also goes to ws, and the moment's to ws_m
+// (run_state_scan says why).
 // A fixed order of additions: deterministic.
 template <bool kMoment>
 __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
                                      float* __restrict__ ws_m, const float* __restrict__ state_in,
-                                     int64_t sd, int64_t se, const float* __restrict__ slope, int D,
-                                     int E, bool reverse) {
+                                     int64_t sd, int64_t se, const StateRows rows,
+                                     const float* __restrict__ slope, int D, int E, bool reverse) {
   const int seq = blockIdx.x, h = blockIdx.y;
   const int idx = blockIdx.z * 256 + threadIdx.x;
   if (idx >= D * E) return;
@@ -96,7 +98,8 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
   const int64_t H = p.H;
   auto off = [&](int s) { return ((int64_t)(first + s) * H + h) * DE + idx; };
   auto seg_len = [&](int s) { return min(p.seg_len, seqlen - s * p.seg_len); };
-  float carry = state_in ? state_in[((int64_t)seq * H + h) * DE + d * sd + e * se] : 0.f;
+  const int64_t row = state_in ? state_in_row(rows, seq) : -1;
+  float carry = row >= 0 ? state_in[(row * H + h) * DE + d * sd + e * se] : 0.f;
   float carry_m = carry;
   // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in
   // flight; every store targets an index whose local state was loaded already.
@@ -109,6 +112,10 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
     for (int j = 0; j < kC; ++j) {
       nxt[j] = j < cnt ? ws[off(j)] : 0.f;
       if (kMoment) nxt_m[j] = j < cnt ? ws_m[off(j)] : 0.f;
+    }
+    if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
+      ws[off(0)] = carry;
+      if (kMoment) ws_m[off(0)] = carry_m;
     }
     for (int base = 0; base < cnt; base += kC) {
       float loc[kC], loc_m[kC];
@@ -141,6 +148,7 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
     const int top = nseg - 1, cnt = nseg - 1;
 #pragma unroll
     for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? ws[off(top - j)] : 0.f;
+    if (rows.slots != nullptr) ws[off(top)] = carry;
     for (int base = 0; base < cnt; base += kC) {
       float loc[kC];
 #pragma unroll
@@ -160,15 +168,15 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
 }
 
 void run_state_scan(const SegParams& p, float* ws, float* ws_m, const float* state_in,
-                    int64_t state_in_sd, int64_t state_in_se, const float* slope, int D, int E,
-                    bool reverse, cudaStream_t stream) {
+                    int64_t state_in_sd, int64_t state_in_se, const StateRows& rows,
+                    const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E + 255) / 256);
   if (ws_m != nullptr)
     la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws, ws_m, state_in, state_in_sd,
-                                                         state_in_se, slope, D, E, reverse);
+                                                         state_in_se, rows, slope, D, E, reverse);
   else
     la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws, ws_m, state_in, state_in_sd,
-                                                          state_in_se, slope, D, E, reverse);
+                                                          state_in_se, rows, slope, D, E, reverse);
 }
 
 }  // namespace la

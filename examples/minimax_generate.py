@@ -15,6 +15,19 @@ from transformers import MiniMaxConfig, MiniMaxForCausalLM
 from lightning_attention.integrations import minimax
 
 
+def small_model(heads, head_dim, layers, max_tokens, device, dtype):
+    """A random MiniMaxForCausalLM: one softmax-attention layer first (transformers reads the
+    past length from layer 0's cache), then `layers - 1` lightning-attention layers."""
+    hidden = heads * head_dim
+    config = MiniMaxConfig(
+        vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=max_tokens + 1, pad_token_id=0, eos_token_id=None,
+        layer_types=["full_attention"] + ["linear_attention"] * (layers - 1))
+    return MiniMaxForCausalLM(config).to(device, dtype).eval()
+
+
 def tokens_per_s(model, ids, new_tokens):
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     model.generate(ids, **kw)  # warm-up: kernels compiled, caches allocated
@@ -40,20 +53,10 @@ def main():
     args = p.parse_args()
 
     torch.manual_seed(0)
-    hidden = args.heads * args.head_dim
-    config = MiniMaxConfig(
-        vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.heads, head_dim=args.head_dim, num_local_experts=4,
-        num_experts_per_tok=2, max_position_embeddings=args.prompt + args.new_tokens + 1,
-        pad_token_id=0, eos_token_id=None,
-        # one softmax-attention layer first (transformers reads the past length from layer
-        # 0's cache), then MiniMax's lightning-attention layers
-        layer_types=["full_attention"] + ["linear_attention"] * (args.layers - 1))
-    dtype = getattr(torch, args.dtype)
-    model = MiniMaxForCausalLM(config).to(args.device, dtype).eval()
+    model = small_model(args.heads, args.head_dim, args.layers, args.prompt + args.new_tokens,
+                        args.device, getattr(torch, args.dtype))
     patched = minimax.patch(copy.deepcopy(model))
-    ids = torch.randint(1, config.vocab_size, (args.batch, args.prompt), device=args.device)
+    ids = torch.randint(1, model.config.vocab_size, (args.batch, args.prompt), device=args.device)
     with torch.no_grad():
         want, base = tokens_per_s(model, ids, args.new_tokens)
         got, fast = tokens_per_s(patched, ids, args.new_tokens)

@@ -7,7 +7,7 @@ in place: the pool is never copied.
     o = decode(q, k, v, pool, slots, slope)                                    # one token each
 
 Slots are int32; a negative slot reads and writes no state. Rows no slot addresses stay
-bitwise unchanged. The Triton kernels read the slots on the device (no host
+bitwise unchanged. The CUDA and Triton kernels read the slots on the device (no host
 synchronisation, capturable in a CUDA graph); the PyTorch backend selects the addressed
 rows on the host.
 """
@@ -37,7 +37,8 @@ def prefill(q, k, v, slope, cu_seqlens, state_pool, slots, *, has_state=None, sc
             state_pool[slots[i]] where True (chunked prefill), else from zero.
         scale: the output factor c, o_t = c · q_t S_t.
         backend: None (auto) or a backend's name, as in lightning_attn; a backend without
-            these functions (cuda) hands them to the next one.
+            these functions (cuda unless LIGHTNING_ATTENTION_CUDA_SERVING=1) hands them to
+            the next one.
 
     Returns:
         o (1, H, T, E) in q's dtype and memory layout.
@@ -71,6 +72,14 @@ def decode(q, k, v, state_pool, slots, slope, *, scale=1.0, backend=None):
     q4, k4, v4 = q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2)
     b = dispatch.select(backend, q4, k4, v4)
     b = dispatch.providing("pool_decode", b, q4, k4, v4)
-    with torch.no_grad():
-        return ops.pool_decode(q, k, v, state_pool, slots.to(torch.int32).contiguous(),
-                               _slope(slope, q), float(scale), b.name)
+    # a step's host time is most of its time at small B: the common case (int32 slots, no
+    # input that requires grad) skips the no-op conversion and the no_grad context
+    if slots.dtype != torch.int32 or not slots.is_contiguous():
+        slots = slots.to(torch.int32).contiguous()
+    slope = _slope(slope, q)
+    args = (q, k, v, state_pool, slots, slope, float(scale), b.name)
+    if not (q.requires_grad or k.requires_grad or v.requires_grad
+            or (slope is not None and slope.requires_grad)):
+        return ops.pool_decode(*args)
+    with torch.no_grad():  # forward only: the output carries no graph
+        return ops.pool_decode(*args)

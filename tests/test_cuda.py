@@ -33,7 +33,7 @@ def test_extension_registers_ops():
     info = cuda.build_info()
     assert set(info["head_dims"]) == set(la.config.CUDA_HEAD_DIMS)
     assert set(cuda._C.smem_bytes) == set(info["head_dims"]) and info["dtypes"]
-    for name in ("fwd", "bwd", "decode"):
+    for name in ("fwd", "bwd", "decode", "pool_prefill", "pool_decode"):
         assert hasattr(torch.ops.lightning_attention_C, name)
 
 

@@ -1,14 +1,20 @@
 """The `cuda` backend: the handwritten kernels of csrc/, in the extension
-`lightning_attention._C` (ops `torch.ops.lightning_attention_C.{fwd,bwd,decode}`, whose
-schemas follow the kernel interface, so they are this backend's functions as they are).
+`lightning_attention._C` (ops `torch.ops.lightning_attention_C.{fwd, bwd, decode,
+pool_prefill, pool_decode}`, whose schemas follow the kernel interface, so they are this
+backend's functions as they are).
 
 What the kernels are compiled for (head dims, dtypes, shared memory per block) is declared
 once in csrc/la_specs.h and read here from `_C`; everything else is declined by
 `unsupported` and the dispatcher picks another backend. The state-only pass has no CUDA
-kernel, nor have the serving functions (states in a pool): the dispatcher takes them from
-the next backend.
+kernel: the dispatcher takes it from the next backend.
+
+The serving functions (states in a pool: ops pool_prefill, pool_decode) are the backend's
+with LIGHTNING_ATTENTION_CUDA_SERVING=1, read once (`SERVING`); without it the dispatcher
+takes them from the next backend. `POOL` holds them either way (tests install them). The dense
+decode keeps its own kernel until the pool kernel is measured beside it.
 """
 import importlib
+import os
 import warnings
 
 import torch
@@ -102,14 +108,20 @@ def unsupported(q, k, v, cu_seqlens):
     return _device_refusal(q.device.index if q.device.index is not None else torch.cuda.current_device())
 
 
+#: The CUDA pool kernels serve serving.prefill/decode (until they are verified on a GPU, an
+#: opt-in; the C++ side reads the same variable).
+SERVING = os.environ.get("LIGHTNING_ATTENTION_CUDA_SERVING") == "1"
+_NO_POOL = {"pool_prefill": None, "pool_decode": None}
+
 if _C is not None:
     from . import fakes  # noqa: F401  (torch.compile and opcheck on the C++ ops)
     _ops = torch.ops.lightning_attention_C
+    POOL = {"pool_prefill": _ops.pool_prefill.default, "pool_decode": _ops.pool_decode.default}
     BACKEND = Backend(name="cuda", fwd=_ops.fwd.default, bwd=_ops.bwd.default,
-                      decode=_ops.decode.default, state=None, pool_prefill=None,
-                      pool_decode=None, unavailable=unavailable,
+                      decode=_ops.decode.default, state=None,
+                      **(POOL if SERVING else _NO_POOL), unavailable=unavailable,
                       unsupported=unsupported)
 else:
-    BACKEND = Backend(name="cuda", fwd=None, bwd=None, decode=None, state=None,
-                      pool_prefill=None, pool_decode=None,
+    POOL = _NO_POOL
+    BACKEND = Backend(name="cuda", fwd=None, bwd=None, decode=None, state=None, **_NO_POOL,
                       unavailable=unavailable, unsupported=unsupported)

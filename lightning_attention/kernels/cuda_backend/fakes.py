@@ -27,3 +27,14 @@ def _bwd(dout, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, n
 @torch.library.register_fake("lightning_attention_C::decode")
 def _decode(q, k, v, state, slope, scale):
     return q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+
+
+@torch.library.register_fake("lightning_attention_C::pool_prefill")
+def _pool_prefill(q, k, v, slope, scale, cu_seqlens, state_pool, slots, has_state,
+                  seg_len=None):
+    return empty_like_layout(q, v.shape[-1])
+
+
+@torch.library.register_fake("lightning_attention_C::pool_decode")
+def _pool_decode(q, k, v, state_pool, slots, slope, scale):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
