@@ -207,8 +207,9 @@ Tensor la_pool_prefill(const Tensor& q, const Tensor& k, const Tensor& v,
 // Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
 // (B, H, N) float32 are the per-token terms τ_t of d log λ in the direct form, final-state
 // term included (each sequence's sum is its d log λ; ops.py sums them into d slope): the
-// dq sweep computes them from fp32 tiles and its state and moment (la_fwd_kernel.cuh), with
-// nothing that cancels, so 16-bit inputs keep a 16-bit-accurate d slope at any length.
+// dq sweep computes them from fp32 tiles, its fp32 state and moment, and weighted operands
+// split into two 16-bit parts (la_fwd_kernel.cuh), so that d slope of 16-bit inputs does not
+// lose accuracy with the sequence's length.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
     const Tensor& dout_, const std::optional<Tensor>& dfinal_state, const Tensor& q_,
     const Tensor& k_, const Tensor& v_, const std::optional<Tensor>& slope, double scale,
