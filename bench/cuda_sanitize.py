@@ -4,7 +4,8 @@
     compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
-LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
+LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both. With
+LIGHTNING_ATTENTION_SM90_STATE=1 pass 1 is its own kernel (la_state_sm90.cuh); run it too.
 """
 import torch
 
@@ -15,14 +16,15 @@ ops = torch.ops.lightning_attention_C
 torch.manual_seed(0)
 for D in (64, 128):
     for dtype in (torch.bfloat16,):
-        B, H, N = 1, 2, 300
+        B, H, N = 1, 2, 700
         q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=dtype) for _ in range(4))
         slope = torch.rand(H, device="cuda")
         s0 = torch.randn(B, H, D, D, device="cuda")
-        cu = torch.tensor([0, 7, 7, 200, 300], dtype=torch.int32, device="cuda")
+        cu = torch.tensor([0, 7, 7, 200, 700], dtype=torch.int32, device="cuda")
         s1 = torch.randn(4, H, D, D, device="cuda")
-        # one segment per sequence, and pass 1 + scan + pass 2; without and with d slope
-        for seg_len in (None, 128):
+        # one segment per sequence; pass 1 + scan + pass 2 with segments of 2 and 5 blocks;
+        # without and with d slope
+        for seg_len in (None, 128, 320):
             for dslope in (False, True):
                 o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len)
                 C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, dslope,

@@ -1,7 +1,8 @@
 // Forward kernel of Lightning Attention-2 for Hopper (sm_90a): TMA loads, wgmma, warp
 // specialisation. One CTA per (sequence, head, segment), the passes of the mma.sync kernel:
 // pass 1 (kPass1: the segment's local state from zero, K and V only) and pass 2 (outputs and
-// final state from the segment's incoming state).
+// final state from the segment's incoming state). With LIGHTNING_ATTENTION_SM90_STATE=1 pass 1
+// is its own kernel instead (la_state_sm90.cuh).
 //
 // kReverse runs the same product in reversed time: the dk/dv sweep of the backward, one pass
 // per gradient. With (Q, K, V) -> (K, Q, dO) it gives dV, with (V, dO, Q) dK, the state being
@@ -509,6 +510,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #endif
 }
 
+// Pass 1 by la_state_sm90.cuh: each segment's local state into p.ws.
+template <typename T, int HD>
+void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
+
 // A 4-D TMA map over a (B, H, N, HD) 16-bit tensor with element strides (bs, hs, rs) and a
 // unit last stride, read as (64 tokens, 64 columns) boxes with the 128-byte swizzle.
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
@@ -516,6 +521,7 @@ CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int
 
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream) {
+  if (pass1 && sm90_state_pass()) return run_state_sm90<T, HD>(p, reverse, stream);
   using Tr = Sm90FwdTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.q_rs, p.q_hs, p.q_bs);

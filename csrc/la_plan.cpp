@@ -35,17 +35,23 @@ const DeviceInfo& device_info(int dev) {
 }
 
 // Pass 2 runs one CTA per SM, so its time is (waves) x (blocks per segment); more segments
-// fill the machine but add pass 1 (K, V read once more, two CTAs per SM, about 0.77 of a
-// pass-2 block each, measured on an H100) and the scan. Pick the segment length with the
-// least modelled time, preferring longer segments (fewer states) on ties.
+// fill the machine but add pass 1 (K, V read once more) and the scan. Pass 1 of the mma.sync
+// kernel: two CTAs per SM, about 0.77 of a pass-2 block each (measured on an H100). The sm_90a
+// pass-1 kernel (la_state_sm90.cuh, `fast_pass1`) streams K and V at the copy rate, half of
+// pass 2's bytes: about 0.4 of a pass-2 block per block, spread over the whole machine
+// (predicted for the H200, not yet measured). Pick the segment length with the least
+// modelled time, preferring longer segments (fewer states) on ties.
 // W on an H100: N <= 16K -> one segment per sequence; N = 32K, 64K -> 4K, 8K-token segments.
-int pick_seg_len(int64_t rows, int64_t N, int sms) {
+// W on an H200 with the sm_90a pass-1 kernel: N = 32K, 64K -> 16K-token segments.
+int pick_seg_len(int64_t rows, int64_t N, int sms, bool fast_pass1) {
   auto cost = [&](int64_t L) {
     const int64_t nseg = (N + L - 1) / L, blocks = (L + 63) / 64;
     double c = (double)((rows * nseg + sms - 1) / sms) * blocks;
-    if (nseg > 1)  // pass 1, the scan, and ~4 blocks' worth of state traffic per segment
-      c += (double)((rows * (nseg - 1) + 2 * sms - 1) / (2 * sms)) * blocks * 0.77 + 10.0 +
-           4.0 * rows * nseg / sms;
+    if (nseg > 1) {  // pass 1, the scan, and ~4 blocks' worth of state traffic per segment
+      c += fast_pass1 ? 0.4 * rows * (nseg - 1) * blocks / sms
+                      : (double)((rows * (nseg - 1) + 2 * sms - 1) / (2 * sms)) * blocks * 0.77;
+      c += 10.0 + 4.0 * rows * nseg / sms;
+    }
     return c;
   };
   int64_t best = std::max<int64_t>(64, (N + 63) / 64 * 64);
@@ -84,7 +90,7 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     L = kMaxSegLen;
     while (L > kMinSegLen && H * ((N + L - 1) / L) < 4 * dev.sms) L /= 2;
   } else {
-    L = pick_seg_len(B * H, N, dev.sms);
+    L = pick_seg_len(B * H, N, dev.sms, pl.sm90 && sm90_state_pass());
   }
   pl.seg.B = (int)B;
   pl.seg.H = (int)H;

@@ -80,4 +80,15 @@ bool sm90_fused_bwd() {
   return on;
 }
 
+// Pass 1 of the forward and of the reversed sweeps by its own kernel (la_state_sm90.cuh)
+// instead of la_fwd_sm90_kernel<kPass1>, while it is new: only with
+// LIGHTNING_ATTENTION_SM90_STATE=1 (read once).
+bool sm90_state_pass() {
+  static const bool on = [] {
+    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_STATE");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
 }  // namespace la

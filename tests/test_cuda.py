@@ -97,6 +97,22 @@ def test_backward_fixed_slope_shapes(D, layout, N, seg_len):
 
 @gpu
 @built
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("seg", [448, 512])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_long_segments(D, seg, varlen, seg_len):
+    """Segments of 7 and 8 blocks, so that pass 1 (forward and reversed) takes groups of
+    full blocks (la_state_sm90.cuh: 4 per iteration), single blocks after a group, and in
+    reversed time a partial block before the groups; the fixed-slope backward, packed
+    sequences with an empty one."""
+    seg_len(seg)
+    cu = [0, 100, 100, 1300, 1301, 2000] if varlen else None
+    check_cuda(B=1 if varlen else 2, H=2, N=2000 if varlen else 1000, D=D, slope_grad=False,
+               cu_seqlens=cu, scale=-0.5)
+
+
+@gpu
+@built
 @pytest.mark.parametrize("layout", ["bnhd", "strided"])
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_layouts(layout, D):

@@ -1,0 +1,201 @@
+// Pass 1 of the sm_90a forward kernel (la_fwd_sm90.cuh) and of its reversed sweep: each
+// segment's local state from zero, K and V only,
+//   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
+// (reversed: key weights scale·λ^{j+1}), the same warpgroups and state slices as pass 2.
+//
+// Pass 1 has no outputs, so a block is short on tensor work (8 RS wgmma per warpgroup) and
+// the kernel must stream K and V at the copy rate. Per block the time goes to waiting
+// (stage, Kᵀ fragments, wgmma completion), not to the math, so this kernel
+//  - keeps no Q slot, state copies or output box: its ring of K, V stages is twice as deep;
+//  - takes kGroup full blocks per loop iteration, weighted relative to the group's end
+//    (block b of G: key weights × λ^{64(G-1-b)}), scaling the state by λ^{64G} once per group,
+//    and issues each block's wgmma while the previous block's are still running (the Kᵀ
+//    fragments of the next block are built under them);
+//  - releases a stage per warp, as soon as that warp's wgmma on it completed (no barrier).
+// Exponents stay below 64·kGroup + 64, so weights only underflow towards 0 for strong decay.
+#pragma once
+
+#include "la_fwd_sm90.cuh"
+
+namespace la {
+
+template <typename T, int HD>
+struct Sm90StateTraits {
+  using Fwd = Sm90FwdTraits<T, HD>;
+  static constexpr int kGroup = 4;                          // full blocks per loop iteration
+  static constexpr int kStageBytes = 2 * Fwd::kTileBytes;   // K, V
+  static constexpr int kStages = HD == 128 ? 7 : 6;
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kSmem = kStages * kStageBytes + kBarrierBytes + 1024;  // 1 KiB: alignment
+  static_assert(kStages > kGroup, "a group's stages and the next loads");
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert(Fwd::kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
+};
+
+template <typename T, int HD, bool kReverse>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
+                                  Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
+    la_state_sm90_kernel(const __grid_constant__ CUtensorMap tm_k,
+                         const __grid_constant__ CUtensorMap tm_v, const FwdParams p) {
+#ifdef LA_SM90_ENABLED
+  using namespace sm90;
+  using Tr = Sm90StateTraits<T, HD>;
+  using Fwd = Sm90FwdTraits<T, HD>;
+  constexpr int kStages = Tr::kStages, kTiles = HD / 64;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+
+  const int g = blockIdx.x, h = blockIdx.y;
+  const SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  // nobody reads the local state of the last segment in processing order
+  if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
+
+  // smem: [stage][K V][box] | full[], empty[] barriers
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t bars = base + kStages * Tr::kStageBytes;
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+  auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Fwd::kTileBytes; };
+
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), 4 * Fwd::kConsumers);  // every consumer warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
+  const int wg = tid / 128;
+
+  if (wg == 0) {  // ------------------------------------------------------------ producer
+    regs_dealloc<Fwd::kProducerRegs>();
+    if (tid == 0) {
+      tma_prefetch_desc(&tm_k);
+      tma_prefetch_desc(&tm_v);
+      const int b = (int)rows.batch;
+      for (int c = 0; c < nblk; ++c) {
+        const int s = c % kStages;
+        if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
+        mbar_expect_tx(full(s), Tr::kStageBytes);
+        const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
+#pragma unroll
+        for (int x = 0; x < Fwd::kBoxes; ++x) {
+          tma_load_4d(tile(s, 0) + x * Fwd::kBoxBytes, &tm_k, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 1) + x * Fwd::kBoxBytes, &tm_v, full(s), x * 64, tok, h, b);
+        }
+      }
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------------------- consumers
+  regs_alloc<Fwd::kConsumerRegs>();
+  const int w = wg - 1;                       // E columns [64w, 64w + 64)
+  const int t = tid - 128 * wg;               // thread in the warpgroup
+  const int warp = t >> 5, lane = t & 31;
+  const int tq = lane & 3;
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
+  BlockDecay<kReverse> dec;  // (only its key weights and λ^64 are used here)
+  dec.set_block(nl2, p.scale, warp * 16 + (lane >> 2), tq, 64);
+  // block b of a group: its key weights times λ^{64(kGroup-1-b)}; the group's decay λ^{64·kGroup}
+  float lift[Tr::kGroup];
+#pragma unroll
+  for (int b = 0; b < Tr::kGroup; ++b) lift[b] = decay_pow(nl2, (float)(64 * (Tr::kGroup - 1 - b)));
+  const float group_total = decay_pow(nl2, (float)(64 * Tr::kGroup));
+
+  float s_acc[kTiles][32];
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
+
+  // this warp is done reading stage c % kStages: its ldmatrix ran before its wgmma were issued
+  auto release = [&](int c) {
+    if (lane == 0) mbar_arrive(empty(c % kStages));
+  };
+  // Blocks c .. c + G - 1 in processing order: G == kGroup full blocks, or G == 1 block of
+  // any length (a partial one is the segment's last block). Nothing is in flight on return.
+  auto blocks = [&](auto group, int c) {
+    constexpr int G = decltype(group)::value;
+    const int blk = kReverse ? nblk - 1 - c : c;
+    const int n = G == 1 ? min(64, si.len - blk * 64) : 64;
+    float wk[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+    if (G > 1) total = group_total;
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
+#pragma unroll
+    for (int b = 0; b < G; ++b) {
+      const int s = (c + b) % kStages;
+      const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
+      mbar_wait(full(s), ((c + b) / kStages) & 1);
+      if (n < 64) {
+        // rows past the sequence's end may hold the next packed sequence (finite or not):
+        // zero them in V, the one operand whose masked rows would still meet a 0 · x
+        zero_rows(uV, n, t);
+        fence_async_shared();
+        named_barrier(1 + w, 128);
+      }
+      float wb[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) wb[kk][x] = G == 1 ? wk[kk][x] : wk[kk][x] * lift[b];
+      uint32_t ka[kTiles][4][4];
+      weighted_keys_t<T, kTiles>(ka, uK, wb, warp, lane, n);
+      wgmma_fence();
+#pragma unroll
+      for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+      wgmma_commit();
+      if (b > 0) {  // block b - 1 is done; block b runs under the next block's fragments
+        wgmma_wait<1>();
+        release(c + b - 1);
+      }
+    }
+    // an accumulator in flight must not cross the loop's back edge (the compiler would copy
+    // it there and serialise every wgmma)
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
+    release(c + G - 1);
+  };
+
+  // a partial block is the first one in reversed order, else the last one
+  const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
+  for (int c = 0; c < nblk;) {
+    if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
+      blocks(std::integral_constant<int, Tr::kGroup>{}, c);
+      c += Tr::kGroup;
+    } else {
+      blocks(std::integral_constant<int, 1>{}, c);
+      c += 1;
+    }
+  }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
+  store_state_slice<kTiles>(p.ws + ((int64_t)g * p.seg.H + h) * HD * HD, s_acc, w, warp, lane);
+#endif
+}
+
+template <typename T, int HD>
+void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
+  using Tr = Sm90StateTraits<T, HD>;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
+  const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
+  auto kernel = reverse ? la_state_sm90_kernel<T, HD, true> : la_state_sm90_kernel<T, HD, false>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem, stream>>>(tk, tv, p);
+}
+
+}  // namespace la
