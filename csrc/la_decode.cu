@@ -61,6 +61,11 @@ __global__ void __launch_bounds__(kThreads, 2) la_decode_kernel(const DecodePara
 #pragma unroll
   for (int j = 0; j < kRows; ++j)
     if (active && d + R * j < d1) s[j] = __ldcs(S + (d + R * j) * C4);
+#if __CUDA_ARCH__ >= 900
+  // a CTA may write into another's shared memory only once that one runs: arrive now, wait
+  // before the write (the loads above are already in flight)
+  if (split > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
 
   const T* qg = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
   const T* kg = static_cast<const T*>(p.k) + b * p.k_bs + h * p.k_hs;
@@ -107,6 +112,7 @@ __global__ void __launch_bounds__(kThreads, 2) la_decode_kernel(const DecodePara
 #if __CUDA_ARCH__ >= 900
   if (split > 1) {
     cg::cluster_group cluster = cg::this_cluster();
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // every CTA has started
     if (tid < C4) cluster.map_shared_rank(&part[0][0], 0)[rank * kMaxC4 + tid] = sum;
     cluster.sync();  // the partials are in the first CTA, which alone reads them
     if (rank != 0) return;
