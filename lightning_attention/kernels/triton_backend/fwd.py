@@ -263,7 +263,7 @@ def _seg_out_kernel(
     if TERMS:
         Mo = tl.full([BK, BV], 0.0, dtype=tl.float32)
         if j > 0:
-            Mo = tl.load(mom_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0)
+            Mo = tl.load(mom_ptr + (g.to(tl.int64) * H + h) * K * V + s_offs, mask=ms, other=0.0).to(tl.float32)
 
     bh = b.to(tl.int64)
     hh = h.to(tl.int64)
