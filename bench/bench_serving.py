@@ -19,7 +19,7 @@ minimax  transformers' MiniMaxLightningAttention layer (H = 64, D = 128, N = 409
 generate greedy generation tokens/s of the small random MiniMax model of
          examples/minimax_generate.py, with and without the patch (needs transformers).
 Median ms (triton's do_bench on a GPU). Prints a table and writes JSON (--json). The CUDA
-pool kernels serve auto dispatch with LIGHTNING_ATTENTION_CUDA_SERVING=1 (JSON: cuda_serving).
+pool kernels serve auto dispatch unless LIGHTNING_ATTENTION_CUDA_SERVING=0 (JSON: cuda_serving).
 """
 import argparse
 import copy
@@ -106,15 +106,9 @@ def graph_rows(args, device, bench):
         row = {"bench": "graph", "B": B, "decode_graph_ms": ms,
                "two_empty_kernels_graph_ms": empty, "vs_two_empty": ms / empty}
         dense = pool[slots.long()]
-        # the two CUDA decode kernels on the same dense states: the dense op's (the first
-        # kernel) and the pool op's with slots = 0..B-1
+        # the same step on dense states (lightning_attn_decode)
         row["dense_graph_ms"] = in_graph(bench, lambda: la.lightning_attn_decode(q, k, v, dense,
                                                                                   slope))
-        if cuda_backend._C is not None:
-            rows_b = torch.arange(B, device=device, dtype=torch.int32)
-            row["dense_pool_kernel_graph_ms"] = in_graph(
-                bench, lambda: torch.ops.lightning_attention_C.pool_decode(q, k, v, dense, rows_b,
-                                                                           slope, 1.0))
         if fla is not None:
             try:
                 row["fla_recurrent_graph_ms"] = in_graph(bench, lambda: fla(q, k, v, dense, slope))

@@ -170,54 +170,6 @@ void launch_decode(const DecodeParams& p, cudaStream_t stream) {
   cudaLaunchKernelEx(&cfg, la_decode_kernel<T>, p);
 }
 
-// The first kernel: one CTA of 256 threads per (b, h) of a dense state; threads own float4
-// columns of S and a stride of its rows.
-template <typename T>
-__global__ void __launch_bounds__(256) la_decode_dense_v1_kernel(const DecodeParams p) {
-  __shared__ float sq[256], sk[256], sv[256];
-  __shared__ float4 red[256];
-  const int H = p.H, D = p.D, E = p.E;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H, tid = threadIdx.x;
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
-  for (int i = tid; i < D; i += 256) {
-    sq[i] = to_f(q[b * p.q_bs + h * p.q_hs + i]);
-    sk[i] = to_f(k[b * p.k_bs + h * p.k_hs + i]);
-  }
-  for (int i = tid; i < E; i += 256) sv[i] = to_f(v[b * p.v_bs + h * p.v_hs + i]);
-  __syncthreads();
-  const float lam = p.slope ? expf(-p.slope[h]) : 1.f;
-  const int C4 = E / 4, R = 256 / C4;
-  const int c4 = tid % C4, r = tid / C4;
-  float4* S = reinterpret_cast<float4*>(p.state + (int64_t)bh * D * E);
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (r < R) {
-    const float4 vv = make_float4(sv[4 * c4], sv[4 * c4 + 1], sv[4 * c4 + 2], sv[4 * c4 + 3]);
-#pragma unroll 4
-    for (int d = r; d < D; d += R) {
-      float4 s = S[(int64_t)d * C4 + c4];
-      const float kd = sk[d], qd = sq[d];
-      s.x = lam * s.x + kd * vv.x; s.y = lam * s.y + kd * vv.y;
-      s.z = lam * s.z + kd * vv.z; s.w = lam * s.w + kd * vv.w;
-      S[(int64_t)d * C4 + c4] = s;
-      acc.x += qd * s.x; acc.y += qd * s.y; acc.z += qd * s.z; acc.w += qd * s.w;
-    }
-  }
-  red[tid] = acc;
-  __syncthreads();
-  if (tid < C4) {
-    float4 sum = red[tid];
-    for (int rr = 1; rr < R; ++rr) {
-      const float4 x = red[rr * C4 + tid];
-      sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
-    }
-    T* out = static_cast<T*>(p.o) + (int64_t)bh * E + 4 * tid;
-    out[0] = from_f<T>(p.scale * sum.x); out[1] = from_f<T>(p.scale * sum.y);
-    out[2] = from_f<T>(p.scale * sum.z); out[3] = from_f<T>(p.scale * sum.w);
-  }
-}
-
 template <template <typename> class Launch>
 void by_dtype(int dtype, const DecodeParams& p, cudaStream_t stream) {
   if (dtype == 0) Launch<float>{}(p, stream);
@@ -229,21 +181,11 @@ template <typename T>
 struct Pooled {
   void operator()(const DecodeParams& p, cudaStream_t stream) { launch_decode<T>(p, stream); }
 };
-template <typename T>
-struct DenseV1 {
-  void operator()(const DecodeParams& p, cudaStream_t stream) {
-    la_decode_dense_v1_kernel<T><<<p.B * p.H, 256, 0, stream>>>(p);
-  }
-};
-
 }  // namespace
 
 void run_decode(const DecodeParams& p, int dtype, cudaStream_t stream) {
   by_dtype<Pooled>(dtype, p, stream);
 }
 
-void run_decode_dense_v1(const DecodeParams& p, int dtype, cudaStream_t stream) {
-  by_dtype<DenseV1>(dtype, p, stream);
-}
 
 }  // namespace la

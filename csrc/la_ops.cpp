@@ -331,12 +331,7 @@ Tensor decode_step(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor&
   p.B = (int)B; p.H = (int)H; p.D = (int)D; p.E = (int)E;
   const auto dt = q.scalar_type();
   const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
-  // dense states keep the first kernel until run_decode's is measured beside it on a GPU
-  // (bench_serving.py's decode rows time both)
-  if (slots == nullptr)
-    run_decode_dense_v1(p, dtype, stream);
-  else
-    run_decode(p, dtype, stream);
+  run_decode(p, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return o;
 }

@@ -194,8 +194,5 @@ struct DecodeParams {
   int B, H, D, E;
 };
 void run_decode(const DecodeParams& p, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
-// The kernel before run_decode's (one CTA of 256 threads per (b, h)), dense states only: the
-// dense decode's default until run_decode's kernel is verified on a GPU.
-void run_decode_dense_v1(const DecodeParams& p, int dtype, cudaStream_t stream);
 
 }  // namespace la

@@ -37,7 +37,7 @@ def prefill(q, k, v, slope, cu_seqlens, state_pool, slots, *, has_state=None, sc
             state_pool[slots[i]] where True (chunked prefill), else from zero.
         scale: the output factor c, o_t = c · q_t S_t.
         backend: None (auto) or a backend's name, as in lightning_attn; a backend without
-            these functions (cuda unless LIGHTNING_ATTENTION_CUDA_SERVING=1) hands them to
+            these functions (cuda with LIGHTNING_ATTENTION_CUDA_SERVING=0) hands them to
             the next one.
 
     Returns:

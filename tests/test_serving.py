@@ -236,7 +236,7 @@ def test_prefill_rejects(kw, exc, match):
 
 
 def test_cuda_serving_switch():
-    """The CUDA pool kernels serve only with LIGHTNING_ATTENTION_CUDA_SERVING=1 (and the
+    """The CUDA pool kernels serve unless LIGHTNING_ATTENTION_CUDA_SERVING=0 (with the
     extension); otherwise the dispatcher takes the next backend's."""
     cuda = dispatch.BACKENDS["cuda"]
     on = cuda_backend.SERVING and cuda_backend._C is not None

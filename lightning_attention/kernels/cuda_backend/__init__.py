@@ -9,9 +9,9 @@ once in csrc/la_specs.h and read here from `_C`; everything else is declined by
 kernel: the dispatcher takes it from the next backend.
 
 The serving functions (states in a pool: ops pool_prefill, pool_decode) are the backend's
-with LIGHTNING_ATTENTION_CUDA_SERVING=1, read once (`SERVING`); without it the dispatcher
+unless LIGHTNING_ATTENTION_CUDA_SERVING=0, read once (`SERVING`); with it the dispatcher
 takes them from the next backend. `POOL` holds them either way (tests install them). The dense
-decode keeps its own kernel until the pool kernel is measured beside it.
+decode is the pool decode's kernel with one state per row.
 """
 import importlib
 import os
@@ -108,9 +108,9 @@ def unsupported(q, k, v, cu_seqlens):
     return _device_refusal(q.device.index if q.device.index is not None else torch.cuda.current_device())
 
 
-#: The CUDA pool kernels serve serving.prefill/decode (until they are verified on a GPU, an
-#: opt-in; the C++ side reads the same variable).
-SERVING = os.environ.get("LIGHTNING_ATTENTION_CUDA_SERVING") == "1"
+#: The CUDA pool kernels serve serving.prefill/decode unless LIGHTNING_ATTENTION_CUDA_SERVING=0
+#: (for comparisons with the Triton ones).
+SERVING = os.environ.get("LIGHTNING_ATTENTION_CUDA_SERVING") != "0"
 _NO_POOL = {"pool_prefill": None, "pool_decode": None}
 
 if _C is not None:
