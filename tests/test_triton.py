@@ -345,3 +345,57 @@ def test_interpreter_without_numpy_names_the_install(interp, monkeypatch):
             la.lightning_attn(q, q, q, backend="triton")
     finally:
         TB._interpreter_import_error.cache_clear()
+
+
+# ------------------------------------------------------ compiled for a GPU, from the CPU
+
+_TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
+                 torch.int32: "*i32", torch.int64: "*i64"}
+
+
+def _compile_for_sm90(fn, args, kw):
+    """Compiles one recorded launch of a kernel for sm_90 (no GPU needed): pointer types from
+    the arguments' dtypes, keyword arguments that name parameters as constexprs."""
+    import inspect
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    names = list(inspect.signature(fn).parameters)
+    values = dict(zip(names, args))
+    sig, const = {}, {}
+    for i, n in enumerate(names):
+        if n in kw:
+            sig[n] = "constexpr"
+            const[(i,)] = False if n == "INTERP" else kw[n]
+        elif isinstance(values[n], torch.Tensor):
+            sig[n] = _TRITON_TYPES[values[n].dtype]
+        elif isinstance(values[n], float):
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i64" if abs(values[n]) >= 2 ** 31 else "i32"
+    opts = {o: kw[o] for o in ("num_warps", "num_stages") if o in kw}
+    triton.compile(ASTSource(fn=triton.jit(fn), signature=sig, constexprs=const),
+                   target=GPUTarget("cuda", 90, 32), options=opts)
+
+
+@pytest.mark.parametrize("seg_len", [None, 64])
+def test_dslope_kernels_compile_for_a_gpu(monkeypatch, seg, seg_len):
+    """Every kernel launch of a d slope backward (one segment, and several) compiles for
+    sm_90. The interpreter runs only the branches it takes, so a type error in a branch that
+    a launch never takes (a 16-bit placeholder loaded where float32 is carried) passes every
+    CPU test and fails on the GPU."""
+    if TC.interpreter_problem() is not None:
+        pytest.skip(TC.interpreter_problem())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if seg_len:
+        seg(seg_len)
+    launches, launch = [], TC._launch
+    monkeypatch.setattr(TC, "_launch", lambda k, grid, args, kw: (
+        launches.append((k.fn, args, kw)), launch(k, grid, args, kw))[1])
+    q, k, v = utils.make_inputs(1, 2, 150, 64, 64, dtype=torch.float16)
+    slope = utils.rand_slope(2)
+    s0 = utils.rand_state(1, 2, 64, 64)
+    T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None, True)
+    assert launches
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # triton.jit gives compiled kernels again
+    for fn, args, kw in {fn.__name__: (fn, a, kw) for fn, a, kw in launches}.values():
+        _compile_for_sm90(fn, args, kw)
