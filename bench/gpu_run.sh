@@ -30,12 +30,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   timeout 40 python3 bench/bench_speed.py --decode --json $OUT/decode.json > $OUT/decode.log 2>&1
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
-  # The whole suite, 8 workers sharing the GPU (each test allocates at most 8 GiB:
+  # The whole suite, 16 workers sharing the GPU (each test allocates at most 8 GiB:
   # tests/conftest.py); the slowest tests are listed in the log.
   t0=$(date +%s)
-  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider -n 8 --durations=15 \
+  # -v: one line per finished test, so a run cut by the timeout still names its failures
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -n 16 --durations=15 \
     ${FAST:+-m "not slow"} tests > $OUT/test.log 2>&1
-  echo "pytest rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "passed|failed|Error" $OUT/test.log | tail -12
+  echo "pytest rc=$? in $(( $(date +%s) - t0 )) s"; grep -E " (FAILED|ERROR) " $OUT/test.log | head -20
+  grep -E "^(=+ )?[0-9]+ (passed|failed)" $OUT/test.log | tail -2
   grep -A16 "slowest 15 durations" $OUT/test.log | tail -15
 fi
 if [ -z "${SKIP_SANITIZE:-}" ]; then
