@@ -316,19 +316,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const uint32_t states = base + kStages * Tr::kStageBytes;
   const uint32_t staging = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
   const uint32_t bars = staging + Tr::kConsumers * Tr::kBoxBytes;
-  auto full = [&](int s) { return bars + 8 * s; };
-  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+  const Ring<kStages> ring{bars};
+  auto full = [&](int s) { return ring.full(s); };
+  auto empty = [&](int s) { return ring.empty(s); };
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
 
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(full(s), 1);
-      mbar_init(empty(s), Tr::kConsumers);
-    }
-    fence_barrier_init();
-  }
-  __syncthreads();
+  ring.init(Tr::kConsumers);
 
   const int nblk = (si.len + 63) / 64;
   const SegRows rows = seg_rows(p.seg, si, h);
@@ -341,10 +335,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       tma_prefetch_desc(&tm_k);
       tma_prefetch_desc(&tm_v);
       const int b = (int)rows.batch;
-      for (int c = 0; c < nblk; ++c) {
-        const int s = c % kStages;
-        if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
-        mbar_expect_tx(full(s), (kPass1 ? 2 : 3) * Tr::kTileBytes);
+      ring.produce(nblk, (kPass1 ? 2 : 3) * Tr::kTileBytes, [&](int c, int s) {
         const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
@@ -352,7 +343,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
           tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, full(s), x * 64, tok, h, b);
         }
-      }
+      });
     }
     return;
   }

@@ -53,6 +53,38 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       : "memory");
 }
 
+// The TMA ring of a warp-specialised kernel: kStages stages, each with a `full` barrier (the
+// producer's one arrival with the stage's byte count) and an `empty` one (the consumers'
+// `releasers` arrivals free the stage). `bars` holds full[kStages], then empty[kStages].
+template <int kStages>
+struct Ring {
+  uint32_t bars;
+  __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
+  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kStages + s); }
+  // Thread 0 initialises the barriers; every thread of the CTA calls it (it synchronises).
+  __device__ __forceinline__ void init(int releasers) const {
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < kStages; ++s) {
+        mbar_init(full(s), 1);
+        mbar_init(empty(s), releasers);
+      }
+      fence_barrier_init();
+    }
+    __syncthreads();
+  }
+  // The producer thread: for each of nblk blocks in processing order, waits until its stage
+  // is free, announces `bytes` on the stage's full barrier and calls load(c, stage).
+  template <typename Load>
+  __device__ __forceinline__ void produce(int nblk, uint32_t bytes, Load&& load) const {
+    for (int c = 0; c < nblk; ++c) {
+      const int s = c % kStages;
+      if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
+      mbar_expect_tx(full(s), bytes);
+      load(c, s);
+    }
+  }
+};
+
 // ----------------------------------------------------------------------------------- TMA
 
 __device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {

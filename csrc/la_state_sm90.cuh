@@ -53,19 +53,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   // smem: [stage][K V][box] | full[], empty[] barriers
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t bars = base + kStages * Tr::kStageBytes;
-  auto full = [&](int s) { return bars + 8 * s; };
-  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+  const Ring<kStages> ring{bars};
+  auto full = [&](int s) { return ring.full(s); };
+  auto empty = [&](int s) { return ring.empty(s); };
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Fwd::kTileBytes; };
 
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(full(s), 1);
-      mbar_init(empty(s), 4 * Fwd::kConsumers);  // every consumer warp
-    }
-    fence_barrier_init();
-  }
-  __syncthreads();
+  ring.init(4 * Fwd::kConsumers);  // every consumer warp releases
 
   const int nblk = (si.len + 63) / 64;
   const SegRows rows = seg_rows(p.seg, si, h);
@@ -77,17 +71,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       tma_prefetch_desc(&tm_k);
       tma_prefetch_desc(&tm_v);
       const int b = (int)rows.batch;
-      for (int c = 0; c < nblk; ++c) {
-        const int s = c % kStages;
-        if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
-        mbar_expect_tx(full(s), Tr::kStageBytes);
+      ring.produce(nblk, Tr::kStageBytes, [&](int c, int s) {
         const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Fwd::kBoxes; ++x) {
           tma_load_4d(tile(s, 0) + x * Fwd::kBoxBytes, &tm_k, full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 1) + x * Fwd::kBoxBytes, &tm_v, full(s), x * 64, tok, h, b);
         }
-      }
+      });
     }
     return;
   }
