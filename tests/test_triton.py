@@ -350,7 +350,7 @@ def test_interpreter_without_numpy_names_the_install(interp, monkeypatch):
 # ------------------------------------------------------ compiled for a GPU, from the CPU
 
 _TRITON_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
-                 torch.int32: "*i32", torch.int64: "*i64"}
+                 torch.int32: "*i32", torch.int64: "*i64", torch.uint8: "*u8", torch.bool: "*i1"}
 
 
 def _compile_for_sm90(fn, args, kw):
@@ -377,12 +377,34 @@ def _compile_for_sm90(fn, args, kw):
                    target=GPUTarget("cuda", 90, 32), options=opts)
 
 
+def _workload(name):
+    """A call of the backend on small CPU float16 inputs that launches the kernels of `name`."""
+    q, k, v = utils.make_inputs(1, 2, 150, 64, 64, dtype=torch.float16)
+    slope = utils.rand_slope(2)
+    s0 = utils.rand_state(1, 2, 64, 64)
+    cu = torch.tensor([0, 0, 70, 71, 150], dtype=torch.int32)
+    if name == "dslope":
+        T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None, True)
+    elif name == "varlen":
+        s4 = utils.rand_state(4, 2, 64, 64)
+        T.fwd(q, k, v, slope, 1.0, s4, cu, True)
+        T.bwd(torch.randn_like(v), torch.randn_like(s4), q, k, v, None, 0.5, s4, cu, False)
+    elif name == "serving":
+        pool = torch.randn(6, 2, 64, 64)
+        slots = torch.tensor([4, -1, 0, 2], dtype=torch.int32)
+        T.pool_prefill(q, k, v, slope, 1.0, cu, pool, slots, torch.tensor([True, True, False, True]))
+        T.pool_decode(q[0, :, :4].transpose(0, 1).contiguous(), k[0, :, :4].transpose(0, 1).contiguous(),
+                      v[0, :, :4].transpose(0, 1).contiguous(), pool, slots, slope, 1.0)
+
+
 @pytest.mark.parametrize("seg_len", [None, 64])
-def test_dslope_kernels_compile_for_a_gpu(monkeypatch, seg, seg_len):
-    """Every kernel launch of a d slope backward (one segment, and several) compiles for
-    sm_90. The interpreter runs only the branches it takes, so a type error in a branch that
-    a launch never takes (a 16-bit placeholder loaded where float32 is carried) passes every
-    CPU test and fails on the GPU."""
+@pytest.mark.parametrize("workload", ["dslope", "varlen", "serving"])
+def test_kernels_compile_for_a_gpu(monkeypatch, seg, seg_len, workload):
+    """Every kernel launch of a call (d slope backward; packed sequences with states, no
+    decay; pooled prefill and decode), with one segment and several, compiles for sm_90. The
+    interpreter runs only the branches it takes, so a type error in a branch that a launch
+    never takes (a 16-bit placeholder loaded where float32 is carried) passes every CPU test
+    and fails on the GPU."""
     if TC.interpreter_problem() is not None:
         pytest.skip(TC.interpreter_problem())
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -391,11 +413,13 @@ def test_dslope_kernels_compile_for_a_gpu(monkeypatch, seg, seg_len):
     launches, launch = [], TC._launch
     monkeypatch.setattr(TC, "_launch", lambda k, grid, args, kw: (
         launches.append((k.fn, args, kw)), launch(k, grid, args, kw))[1])
-    q, k, v = utils.make_inputs(1, 2, 150, 64, 64, dtype=torch.float16)
-    slope = utils.rand_slope(2)
-    s0 = utils.rand_state(1, 2, 64, 64)
-    T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None, True)
+    _workload(workload)
     assert launches
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # triton.jit gives compiled kernels again
-    for fn, args, kw in {fn.__name__: (fn, a, kw) for fn, a, kw in launches}.values():
-        _compile_for_sm90(fn, args, kw)
+    compiled = set()
+    for fn, args, kw in launches:
+        key = (fn.__name__, tuple(sorted((n, v) for n, v in kw.items() if not isinstance(v, torch.Tensor))),
+               tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args))
+        if key not in compiled:
+            compiled.add(key)
+            _compile_for_sm90(fn, args, kw)
