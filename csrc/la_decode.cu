@@ -140,12 +140,8 @@ int decode_split(const DecodeParams& p) {
     cudaFuncAttributes a{};
     return cudaFuncGetAttributes(&a, la_decode_kernel<T>) == cudaSuccess && a.ptxVersion >= 90;
   }();
-  int dev = 0, major = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   int split = 1;
-  while (built && major >= 9 && split < kMaxSplit && (int64_t)p.B * p.H * split < sms &&
+  while (built && p.cc_major >= 9 && split < kMaxSplit && (int64_t)p.B * p.H * split < p.sms &&
          p.D >= 2 * split * kRows)
     split *= 2;
   return split;

@@ -329,6 +329,9 @@ Tensor decode_step(const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor&
   p.slope = ptr_or_null<float>(slope_c);
   p.scale = (float)scale;
   p.B = (int)B; p.H = (int)H; p.D = (int)D; p.E = (int)E;
+  const DeviceInfo& dev = device_info(q_.get_device());
+  p.sms = dev.sms;
+  p.cc_major = dev.cc_major;
   const auto dt = q.scalar_type();
   const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
   run_decode(p, dtype, stream);

@@ -192,6 +192,7 @@ struct DecodeParams {
   const float* slope;
   float scale;
   int B, H, D, E;
+  int sms, cc_major;  // the device's (la_plan.h device_info): whether a cluster splits D
 };
 void run_decode(const DecodeParams& p, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
 

@@ -15,11 +15,8 @@ constexpr int kMaxSegLen = 2048;
 constexpr int kMinSegLen = 128;
 constexpr int kMaxDevices = 64;
 
-struct DeviceInfo {
-  int sms = 0, smem_optin = 0, cc_major = 0, cc_minor = 0;
-};
+}  // namespace
 
-// Device attributes, queried once per device (never on every call).
 const DeviceInfo& device_info(int dev) {
   static std::once_flag once[kMaxDevices];
   static DeviceInfo info[kMaxDevices];
@@ -33,6 +30,8 @@ const DeviceInfo& device_info(int dev) {
   });
   return info[dev];
 }
+
+namespace {
 
 // Pass 2 runs one CTA per SM, so its time is (waves) x (blocks per segment); more segments
 // fill the machine but add pass 1 (K, V read once more) and the scan. Pass 1 of the mma.sync

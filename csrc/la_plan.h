@@ -12,6 +12,12 @@
 
 namespace la {
 
+struct DeviceInfo {
+  int sms = 0, smem_optin = 0, cc_major = 0, cc_minor = 0;
+};
+// Device attributes, queried once per device (never on every call).
+const DeviceInfo& device_info(int dev);
+
 struct Plan {
   SegParams seg{};
   at::Tensor seq_info, seg_seq, ws;
