@@ -56,27 +56,31 @@ CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int
   return map;
 }
 
+namespace {
+// A run-time switch: the variable set to "0" (or "1") turns off (on) what defaults to on
+// (off). Each caller reads it once.
+bool env_switch(const char* name, bool default_on) {
+  const char* e = std::getenv(name);
+  if (e == nullptr) return default_on;
+  return default_on ? std::strcmp(e, "0") != 0 : std::strcmp(e, "1") == 0;
+}
+}  // namespace
+
 // The build holds sm_90a code and the driver has the TMA entry point; the kernels then run on
 // devices of compute capability 9.0 (la_plan.cpp: the forward, the dq sweep without d slope
 // terms and the dk/dv sweep) unless LIGHTNING_ATTENTION_SM90=0 (read once, for comparisons
 // with the mma.sync kernels).
 bool sm90_available() {
-  static const bool ok = [] {
-    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90");
-    const bool off = e != nullptr && std::strcmp(e, "0") == 0;
-    return !off && std::string(LA_CUDA_ARCHS).find("9.0a") != std::string::npos &&
-           encode_tiled() != nullptr;
-  }();
+  static const bool ok = env_switch("LIGHTNING_ATTENTION_SM90", true) &&
+                         std::string(LA_CUDA_ARCHS).find("9.0a") != std::string::npos &&
+                         encode_tiled() != nullptr;
   return ok;
 }
 
 // The fused dk/dv kernel (la_bwd_sm90.cuh) rather than the two reversed passes, unless
 // LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 (read once, for comparisons).
 bool sm90_fused_bwd() {
-  static const bool on = [] {
-    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_FUSED_BWD");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FUSED_BWD", true);
   return on;
 }
 
@@ -84,10 +88,7 @@ bool sm90_fused_bwd() {
 // instead of la_fwd_sm90_kernel<kPass1>, while it is new: only with
 // LIGHTNING_ATTENTION_SM90_STATE=1 (read once).
 bool sm90_state_pass() {
-  static const bool on = [] {
-    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_STATE");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_STATE", false);
   return on;
 }
 
