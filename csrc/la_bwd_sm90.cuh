@@ -74,8 +74,6 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
   const uint32_t staging = copies + 2 * Tr::kCopyBytes;
   const uint32_t bars = staging + Tr::kConsumers * 2 * Tr::kBoxBytes;
   const Ring<kStages> ring{bars};
-  auto full = [&](int s) { return ring.full(s); };
-  auto empty = [&](int s) { return ring.empty(s); };
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
 
   const int tid = threadIdx.x;
@@ -98,10 +96,10 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
           const int off = x * Tr::kBoxBytes;
-          tma_load_4d(tile(s, kQ) + off, &tm_q, full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kK) + off, &tm_k, full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kV) + off, &tm_v, full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kDO) + off, &tm_do, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kQ) + off, &tm_q, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kK) + off, &tm_k, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kV) + off, &tm_v, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kDO) + off, &tm_do, ring.full(s), x * 64, tok, h, b);
         }
       });
     }
@@ -145,7 +143,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
   // reads all of Q (K Qᵀ), so all of them wait for the zeros.
   float p_acc[32];
   if (nblk > 0) {
-    mbar_wait(full(0), 0);
+    mbar_wait(ring.full(0), 0);
     const int n = si.len - (nblk - 1) * 64;
     if (n < 64) {
       zero_rows(tile(0, kQ) + w * Tr::kBoxBytes, n, t);
@@ -233,7 +231,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
-      mbar_wait(full(s1), ((c + 1) / kStages) & 1);
+      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
       issue_qk<T, HD>(p_acc, tile(s1, kK), tile(s1, kQ));
       wgmma_commit();
@@ -263,7 +261,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
         tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
         bulk_commit();
       }
-      mbar_arrive(empty(s));
+      mbar_arrive(ring.empty(s));
     }
     // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
     // must not cross the loop's back edge (the compiler would copy it there and serialise

@@ -317,8 +317,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const uint32_t staging = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
   const uint32_t bars = staging + Tr::kConsumers * Tr::kBoxBytes;
   const Ring<kStages> ring{bars};
-  auto full = [&](int s) { return ring.full(s); };
-  auto empty = [&](int s) { return ring.empty(s); };
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
 
   const int tid = threadIdx.x;
@@ -339,9 +337,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
-          if (!kPass1) tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, full(s), x * 64, tok, h, b);
+          if (!kPass1) tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
         }
       });
     }
@@ -389,7 +387,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   // cores have work while it stores outputs and the state copy.
   float p_acc[32];
   if (!kPass1 && nblk > 0) {
-    mbar_wait(full(0), 0);
+    mbar_wait(ring.full(0), 0);
     wgmma_fence();
     issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
     wgmma_commit();
@@ -399,7 +397,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     const int blk = kReverse ? nblk - 1 - c : c;  // the block's place in the segment
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
-    if (kPass1) mbar_wait(full(s), (c / kStages) & 1);  // pass 2 waited when it issued P(c)
+    if (kPass1) mbar_wait(ring.full(s), (c / kStages) & 1);  // pass 2 waited when it issued P(c)
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
       // zero them in V, the one operand whose masked rows would still meet a 0 · x
@@ -453,7 +451,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     const bool next = !kPass1 && c + 1 < nblk;
     if (next) {  // P(c + 1) runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
-      mbar_wait(full(s1), ((c + 1) / kStages) & 1);
+      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
       issue_qk<T, HD>(p_acc, tile(s1, 0), tile(s1, 1));
       wgmma_commit();
@@ -484,7 +482,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + blk * 64, h, (int)rows.batch);
         bulk_commit();
       }
-      mbar_arrive(empty(s));
+      mbar_arrive(ring.empty(s));
     }
     // P(c + 1) completes inside the iteration: an accumulator still being written must not
     // cross the loop's back edge (the compiler would copy it there and serialise every wgmma)

@@ -54,8 +54,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t bars = base + kStages * Tr::kStageBytes;
   const Ring<kStages> ring{bars};
-  auto full = [&](int s) { return ring.full(s); };
-  auto empty = [&](int s) { return ring.empty(s); };
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Fwd::kTileBytes; };
 
   const int tid = threadIdx.x;
@@ -75,8 +73,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Fwd::kBoxes; ++x) {
-          tma_load_4d(tile(s, 0) + x * Fwd::kBoxBytes, &tm_k, full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, 1) + x * Fwd::kBoxBytes, &tm_v, full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 0) + x * Fwd::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 1) + x * Fwd::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
         }
       });
     }
@@ -106,7 +104,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 
   // this warp is done reading stage c % kStages: its ldmatrix ran before its wgmma were issued
   auto release = [&](int c) {
-    if (lane == 0) mbar_arrive(empty(c % kStages));
+    if (lane == 0) mbar_arrive(ring.empty(c % kStages));
   };
   // Blocks c .. c + G - 1 in processing order: G == kGroup full blocks, or G == 1 block of
   // any length (a partial one is the segment's last block). Nothing is in flight on return.
@@ -127,7 +125,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     for (int b = 0; b < G; ++b) {
       const int s = (c + b) % kStages;
       const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
-      mbar_wait(full(s), ((c + b) / kStages) & 1);
+      mbar_wait(ring.full(s), ((c + b) / kStages) & 1);
       if (n < 64) {
         // rows past the sequence's end may hold the next packed sequence (finite or not):
         // zero them in V, the one operand whose masked rows would still meet a 0 · x
