@@ -94,15 +94,7 @@ __device__ __forceinline__ void bwd_block_out(T* out, int64_t rs, uint32_t uX, u
   }
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    if (kk >= rg) {
-#pragma unroll
-      for (int np = 0; np < kONT / 2; ++np) {
-        uint32_t bb[4];
-        ldsm_x4_t(bb, addr_bkn(uZ, kStride, oc0 + np * 16, kk * 16, lane));
-        mma16816<T>(acc[2 * np], pa[kk], bb[0], bb[1]);
-        mma16816<T>(acc[2 * np + 1], pa[kk], bb[2], bb[3]);
-      }
-    }
+    if (kk >= rg) mma_a_bkn<T>(acc, pa[kk], uZ, kStride, oc0, kk * 16, lane);
   }
 #pragma unroll
   for (int nt = 0; nt < kONT; ++nt) {

@@ -124,6 +124,20 @@ __device__ __forceinline__ uint32_t addr_bkn(uint32_t base, int stride, int n0, 
   return base + (r * stride + c) * 2;
 }
 
+// acc[nt] += a · B over the warp's kNT n-tiles [n0, n0 + 8·kNT), k rows [k0, k0 + 16) of a
+// row-major [k][n] tile B (ldmatrix.trans, two n-tiles per load).
+template <typename T, int kNT>
+__device__ __forceinline__ void mma_a_bkn(float (&acc)[kNT][4], const uint32_t (&a)[4], uint32_t uB,
+                                          int stride, int n0, int k0, int lane) {
+#pragma unroll
+  for (int np = 0; np < kNT / 2; ++np) {
+    uint32_t b[4];
+    ldsm_x4_t(b, addr_bkn(uB, stride, n0 + np * 16, k0, lane));
+    mma16816<T>(acc[2 * np], a, b[0], b[1]);
+    mma16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+  }
+}
+
 // An int 0 the compiler cannot see through. Values derived from it inside a loop are
 // recomputed in each iteration instead of being hoisted out of the loop, where they would
 // hold registers (or be spilled) for the whole loop.

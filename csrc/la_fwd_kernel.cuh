@@ -274,13 +274,7 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
         for (int ks = 0; ks < HD / 16; ++ks) {
           uint32_t a[4];
           ldsm_x4(a, addr_a(uQ, kStride, rg * 16, ks * 16, lane));
-#pragma unroll
-          for (int np = 0; np < Tr::kONT / 2; ++np) {
-            uint32_t bb[4];
-            ldsm_x4_t(bb, addr_bkn(uX, kStride, oc0 + np * 16, ks * 16, lane));
-            mma16816<T>(o_acc[2 * np], a, bb[0], bb[1]);
-            mma16816<T>(o_acc[2 * np + 1], a, bb[2], bb[3]);
-          }
+          mma_a_bkn<T>(o_acc, a, uX, kStride, oc0, ks * 16, lane);
           if (with_k) {
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
@@ -343,13 +337,7 @@ __global__ void __launch_bounds__(256, kPass1 && !kSlope ? 2 : 1) la_fwd_kernel(
           } else {
             mask_decay_pack<T, false>(a, p_acc + 2 * kk, kk, true, r0, r1, tq, nl2, 1.f);
           }
-#pragma unroll
-          for (int np = 0; np < Tr::kONT / 2; ++np) {
-            uint32_t bb[4];
-            ldsm_x4_t(bb, addr_bkn(uV, kStride, oc0 + np * 16, kk * 16, lane));
-            mma16816<T>(o_acc[2 * np], a, bb[0], bb[1]);
-            mma16816<T>(o_acc[2 * np + 1], a, bb[2], bb[3]);
-          }
+          mma_a_bkn<T>(o_acc, a, uV, kStride, oc0, kk * 16, lane);
         }
       }
       const float c = p.scale;
