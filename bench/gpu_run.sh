@@ -34,11 +34,11 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   # tests/conftest.py); the slowest tests are listed in the log.
   t0=$(date +%s)
   # -v: one line per finished test, so a run cut by the timeout still names its failures
-  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -n 16 --durations=15 \
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -n ${WORKERS:-16} --durations=${DURATIONS:-15} \
     ${FAST:+-m "not slow"} tests > $OUT/test.log 2>&1
   echo "pytest rc=$? in $(( $(date +%s) - t0 )) s"; grep -E " (FAILED|ERROR) " $OUT/test.log | head -20
   grep -E "^(=+ )?[0-9]+ (passed|failed)" $OUT/test.log | tail -2
-  grep -A16 "slowest 15 durations" $OUT/test.log | tail -15
+  grep -A16 "slowest.*durations" $OUT/test.log | tail -15
 fi
 if [ -z "${SKIP_SANITIZE:-}" ]; then
   timeout 60 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$? $(tail -1 $OUT/memcheck.log)"
