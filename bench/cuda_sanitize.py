@@ -4,8 +4,7 @@
     compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
-LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both. With
-LIGHTNING_ATTENTION_SM90_STATE=1 pass 1 is its own kernel (la_state_sm90.cuh); run it too.
+LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
 """
 import torch
 

@@ -1,8 +1,7 @@
 // Forward kernel of Lightning Attention-2 for Hopper (sm_90a): TMA loads, wgmma, warp
-// specialisation. One CTA per (sequence, head, segment), the passes of the mma.sync kernel:
-// pass 1 (kPass1: the segment's local state from zero, K and V only) and pass 2 (outputs and
-// final state from the segment's incoming state). With LIGHTNING_ATTENTION_SM90_STATE=1 pass 1
-// is its own kernel instead (la_state_sm90.cuh).
+// specialisation. One CTA per (sequence, head, segment): pass 2 of the segment plan (outputs
+// and final state from the segment's incoming state); pass 1 (each segment's local state from
+// zero, K and V only) is its own kernel, la_state_sm90.cuh.
 //
 // kReverse runs the same product in reversed time: the dk/dv sweep of the backward, one pass
 // per gradient. With (Q, K, V) -> (K, Q, dO) it gives dV, with (V, dO, Q) dK, the state being
@@ -288,7 +287,7 @@ __device__ __forceinline__ void store_rows(T* g, int64_t rs, const float (&a)[32
 
 }  // namespace sm90
 
-template <typename T, int HD, bool kPass1, bool kReverse>
+template <typename T, int HD, bool kReverse>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
                                   Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -305,10 +304,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
   // segments in processing order: the first takes the incoming state, the last gives the
-  // outgoing one, and nobody reads the last one's local state (pass 1)
+  // outgoing one
   const bool first_seg = kReverse ? si.seg == si.nseg - 1 : si.seg == 0;
   const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
-  if (kPass1 && last_seg) return;
 
   // smem: [stage][Q K V][box] | [consumer][2 buffers] state copies | [consumer] output box |
   // full[], empty[] barriers
@@ -333,11 +331,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       tma_prefetch_desc(&tm_k);
       tma_prefetch_desc(&tm_v);
       const int b = (int)rows.batch;
-      ring.produce(nblk, (kPass1 ? 2 : 3) * Tr::kTileBytes, [&](int c, int s) {
+      ring.produce(nblk, 3 * Tr::kTileBytes, [&](int c, int s) {
         const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
-          if (!kPass1) tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, ring.full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
         }
@@ -360,16 +358,16 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   BlockDecay<kReverse> dec;
   dec.init(nl2, p.scale, r0, tq);
 
-  // incoming state of the segment: pass 1 starts from 0; pass 2 from the scan's state
-  // (segments after the first, and the first too with slots: the scan copied the pool row,
-  // which this sequence's last segment overwrites), the initial state, or 0
+  // incoming state of the segment: the scan's state (segments after the first, and the first
+  // too with slots: the scan copied the pool row, which this sequence's last segment
+  // overwrites), the initial state, or 0
   float s_acc[Tr::kBoxes][32];
   {
     const float* src = nullptr;
     int64_t sd = HD, se = 1;
-    if (!kPass1 && (!first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr))) {
+    if (!first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr)) {
       src = p.ws + ((int64_t)g * p.seg.H + h) * HD * HD;
-    } else if (!kPass1 && p.state_in != nullptr) {
+    } else if (p.state_in != nullptr) {
       const int64_t row = state_in_row(p.state_rows, si.seq);
       src = row >= 0 ? p.state_in + (row * p.seg.H + h) * HD * HD : nullptr;
       sd = p.state_in_sd;
@@ -377,16 +375,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
     load_state_slice<Tr::kBoxes>(s_acc, src, sd, se, w, warp, lane);
   }
-  if (!kPass1) {
-    state_copy<T>(copy0, s_acc, warp, lane);
-    fence_async_shared();
-    named_barrier(bar_id, 128);
-  }
+  state_copy<T>(copy0, s_acc, warp, lane);
+  fence_async_shared();
+  named_barrier(bar_id, 128);
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy.
   float p_acc[32];
-  if (!kPass1 && nblk > 0) {
+  if (nblk > 0) {
     mbar_wait(ring.full(0), 0);
     wgmma_fence();
     issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
@@ -397,7 +393,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     const int blk = kReverse ? nblk - 1 - c : c;  // the block's place in the segment
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
-    if (kPass1) mbar_wait(ring.full(s), (c / kStages) & 1);  // pass 2 waited when it issued P(c)
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
       // zero them in V, the one operand whose masked rows would still meet a 0 · x
@@ -407,27 +402,25 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
 
     float o_acc[32];
-    if constexpr (!kPass1) {
-      // O = Q S_w from the copy of the state entering the block
-      wgmma_fence();
-      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_regs(p_acc);
-      uint32_t pa[4][4];
-      masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
-      wgmma_wait<0>();
-      fence_regs(o_acc);
-      const float row0 = n == 64 ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, r0, n);
-      const float row1 = n == 64 ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, r1, n);
+    // O = Q S_w from the copy of the state entering the block
+    wgmma_fence();
+    issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(p_acc);
+    uint32_t pa[4][4];
+    masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
+    wgmma_wait<0>();
+    fence_regs(o_acc);
+    const float row0 = n == 64 ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, r0, n);
+    const float row1 = n == 64 ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, r1, n);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? row1 : row0;
-      // O += P V_w
-      wgmma_fence();
+    for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? row1 : row0;
+    // O += P V_w
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
-      wgmma_commit();
-    }
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
+    wgmma_commit();
 
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n
     float wk[4][4], total;
@@ -448,7 +441,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
         wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
     wgmma_commit();
 
-    const bool next = !kPass1 && c + 1 < nblk;
+    const bool next = c + 1 < nblk;
     if (next) {  // P(c + 1) runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
@@ -461,24 +454,22 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-    if constexpr (!kPass1) {
-      fence_regs(o_acc);
-      // outputs (scale already applied): a full block through the staging box and one TMA
-      // store; a partial one (its rows past n may be the next sequence's) row by row
-      if (n == 64) {
-        if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
-        named_barrier(bar_id, 128);
-        tile_to_box<T>(out_box, o_acc, warp, lane);
-      } else {
-        store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
-                      p.o_rs, o_acc, r0, n);
-      }
-      if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
-      fence_async_shared();
+    fence_regs(o_acc);
+    // outputs (scale already applied): a full block through the staging box and one TMA
+    // store; a partial one (its rows past n may be the next sequence's) row by row
+    if (n == 64) {
+      if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
+      named_barrier(bar_id, 128);
+      tile_to_box<T>(out_box, o_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
+                    p.o_rs, o_acc, r0, n);
     }
+    if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+    fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) {
-      if (!kPass1 && n == 64) {
+      if (n == 64) {
         tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + blk * 64, h, (int)rows.batch);
         bulk_commit();
       }
@@ -489,13 +480,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     wgmma_wait<0>();
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-  if (!kPass1 && t == 0) bulk_wait_all<false>();  // the output stores are done with smem
+  if (t == 0) bulk_wait_all<false>();  // the output stores are done with smem
 
-  const int64_t out_row = !kPass1 && last_seg && p.state_out != nullptr
-                              ? state_out_row(p.state_rows, si.seq) : -1;
-  float* dst = kPass1 ? p.ws + ((int64_t)g * p.seg.H + h) * HD * HD
-                      : (out_row >= 0 ? p.state_out + (out_row * p.seg.H + h) * HD * HD : nullptr);
-  if (dst != nullptr) store_state_slice<Tr::kBoxes>(dst, s_acc, w, warp, lane);
+  const int64_t out_row = last_seg && p.state_out != nullptr ? state_out_row(p.state_rows, si.seq) : -1;
+  if (out_row >= 0)
+    store_state_slice<Tr::kBoxes>(p.state_out + (out_row * p.seg.H + h) * HD * HD, s_acc, w, warp, lane);
 #endif
 }
 
@@ -510,15 +499,14 @@ CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int
 
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream) {
-  if (pass1 && sm90_state_pass()) return run_state_sm90<T, HD>(p, reverse, stream);
+  if (pass1) return run_state_sm90<T, HD>(p, reverse, stream);
   using Tr = Sm90FwdTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.q_rs, p.q_hs, p.q_bs);
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
-  const CUtensorMap to = pass1 ? tv : make_tile_map(p.o, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.o_rs, p.o_hs, p.o_bs);
-  auto kernel = reverse ? (pass1 ? la_fwd_sm90_kernel<T, HD, true, true> : la_fwd_sm90_kernel<T, HD, false, true>)
-                        : (pass1 ? la_fwd_sm90_kernel<T, HD, true, false> : la_fwd_sm90_kernel<T, HD, false, false>);
+  const CUtensorMap to = make_tile_map(p.o, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.o_rs, p.o_hs, p.o_bs);
+  auto kernel = reverse ? la_fwd_sm90_kernel<T, HD, true> : la_fwd_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, to, p);
 }

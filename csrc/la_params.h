@@ -161,9 +161,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether pass 1 of run_fwd_sm90 (forward and reversed) is its own kernel, la_state_sm90.cuh
-// (LIGHTNING_ATTENTION_SM90_STATE=1, la_sm90_host.cu).
-bool sm90_state_pass();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -84,12 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// Pass 1 of the forward and of the reversed sweeps by its own kernel (la_state_sm90.cuh)
-// instead of la_fwd_sm90_kernel<kPass1>, while it is new: only with
-// LIGHTNING_ATTENTION_SM90_STATE=1 (read once).
-bool sm90_state_pass() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_STATE", false);
-  return on;
-}
-
 }  // namespace la
