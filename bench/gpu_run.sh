@@ -33,8 +33,9 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   # The whole suite, 16 workers sharing the GPU (each test allocates at most 8 GiB:
   # tests/conftest.py); the slowest tests are listed in the log.
   t0=$(date +%s)
-  # -v: one line per finished test, so a run cut by the timeout still names its failures
-  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -n ${WORKERS:-16} --durations=${DURATIONS:-15} \
+  # -v: one line per finished test, so a run cut by the timeout still names its failures;
+  # SIGINT on timeout: pytest stops and still prints the durations
+  timeout -s INT -k 30 ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -n ${WORKERS:-16} --durations=${DURATIONS:-15} \
     ${FAST:+-m "not slow"} tests > $OUT/test.log 2>&1
   echo "pytest rc=$? in $(( $(date +%s) - t0 )) s"; grep -E " (FAILED|ERROR) " $OUT/test.log | head -20
   grep -E "^(=+ )?[0-9]+ (passed|failed)" $OUT/test.log | tail -2
