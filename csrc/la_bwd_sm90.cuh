@@ -17,6 +17,10 @@
 // column of Hᵀ is a row of H), so the consumers write their slices of H into one 16-bit copy
 // (double-buffered) and meet at a barrier per block. The copy is read as an MN-major operand
 // (K H, its rows d) and as a K-major one (V Hᵀ, rows d with E contiguous): no transposed copy.
+// With kByGradient (D = 128; run_bwd_sm90 picks it under LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1)
+// the consumers split the outputs by gradient instead: WG 1 computes dV on all columns of E,
+// WG 2 dK on all columns of D, so each of the score products K Qᵀ and V dOᵀ is computed once
+// per block rather than by both consumers; H stays split by columns of E as above.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -39,7 +43,7 @@ struct Sm90BwdTraits {
   static constexpr int kSliceBytes = HD * 64 * 2;      // a consumer's (D, 64) slice of the H copy
   static constexpr int kCopyBytes = kConsumers * kSliceBytes;
   static constexpr int kBarrierBytes = 2 * kStages * 8;
-  // stages | 2 copies of H | per consumer the dV and dK output boxes | barriers; 1 KiB of
+  // stages | 2 copies of H | per consumer two output boxes | barriers; 1 KiB of
   // slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
   static constexpr int kSmem = kStages * kStageBytes + 2 * kCopyBytes + kConsumers * 2 * kBoxBytes +
                                kBarrierBytes + 1024;
@@ -65,7 +69,8 @@ struct BwdOperands {
 // consumer slice of the copy, for dK the copy's rows [64c, 64c + 64), its slices (the k steps)
 // kSliceBytes apart.
 template <typename T, int HD, int G>
-__device__ __forceinline__ void issue_state_product(float (&acc)[32], uint32_t uX, uint32_t hc, int c) {
+__device__ __forceinline__ void issue_state_product(float (&acc)[32], uint32_t uX, uint32_t hc,
+                                                    int c) {
   constexpr int kSliceBytes = Sm90BwdTraits<T, HD>::kSliceBytes;
   if constexpr (G == kGradDV)
     issue_qs<T, HD>(acc, uX, hc + c * kSliceBytes);
@@ -90,7 +95,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
   using Tr = Sm90BwdTraits<T, HD>;
-  static_assert(!kByGradient || Tr::kConsumers == 2, "one consumer computes both gradients");
+  static_assert(!kByGradient || Tr::kConsumers == 2, "a consumer per gradient: D = 128 only");
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -139,7 +144,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 
   // -------------------------------------------------------------------------- consumers
   regs_alloc<Tr::kConsumerRegs>();
-  const int w = wg - 1;                       // this consumer's slice of H: columns [64w, 64w + 64) of E
+  const int w = wg - 1;                       // its slice of H: columns [64w, 64w + 64) of E
   const int t = tid - 128 * wg;               // thread in the warpgroup
   const int warp = t >> 5, lane = t & 31;
   const int gq = lane >> 2, tq = lane & 3;
@@ -166,21 +171,22 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
   named_barrier(all_bar, kAll);
 
   // The consumer's two jobs j = 0, 1 (compile-time gradients G0, G1, run-time column blocks
-  // c0, c1), each through its output box: (dV, dK) on the columns [64w, 64w + 64), or with
+  // col0, col1), each through its output box: (dV, dK) on the columns [64w, 64w + 64), or with
   // kByGradient one gradient on the columns [0, 64) and [64, 128), its score shared by both.
   auto consume = [&](auto grad0, auto grad1) {
     constexpr int G0 = decltype(grad0)::value, G1 = decltype(grad1)::value;
     constexpr bool kOneScore = G0 == G1;
     using Op0 = BwdOperands<G0>;
     using Op1 = BwdOperands<G1>;
-    const int c0 = kOneScore ? 0 : w, c1 = kOneScore ? 1 : w;
+    const int col0 = kOneScore ? 0 : w, col1 = kOneScore ? 1 : w;
     const uint32_t box0 = staging + w * 2 * Tr::kBoxBytes, box1 = box0 + Tr::kBoxBytes;
     // rows of a partial block go out one by one (rows past n may be the next sequence's)
-    auto out_rows = [&](auto grad, int blk, int c, const float(&acc)[32], int n) {
+    auto out_rows = [&](auto grad, int blk, int col, const float(&acc)[32], int n) {
       constexpr int G = decltype(grad)::value;
-      T* o = G == kGradDV ? rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs) : rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs);
+      T* o = G == kGradDV ? rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs)
+                          : rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs);
       const int64_t rs = G == kGradDV ? p.dv_rs : p.dk_rs;
-      store_rows<T>(o + (int64_t)blk * 64 * rs + 64 * c + 2 * tq, rs, acc, r0, n);
+      store_rows<T>(o + (int64_t)blk * 64 * rs + 64 * col + 2 * tq, rs, acc, r0, n);
     };
 
     // Per block c the warpgroup issues job 0's score of block c + 1 before it finishes block
@@ -212,11 +218,11 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
       const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
 
-      // job 0: acc0 = diag(row) X0 H[:, c0] + (X0 Y0ᵀ ⊙ Mᵀ) Z0[:, c0]
+      // job 0: acc0 = diag(row) X0 H[:, col0] + (X0 Y0ᵀ ⊙ Mᵀ) Z0[:, col0]
       float acc0[32], acc1[32];
       uint32_t pa[4][4];
       wgmma_fence();
-      issue_state_product<T, HD, G0>(acc0, tile(s, Op0::kX), hc, c0);
+      issue_state_product<T, HD, G0>(acc0, tile(s, Op0::kX), hc, col0);
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(p_acc);
@@ -224,16 +230,16 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
 #pragma unroll
       for (int i = 0; i < 32; ++i) acc0[i] *= (i & 2) ? row1 : row0;
-      const uint32_t uZ0 = tile(s, Op0::kZ) + c0 * Tr::kBoxBytes;
+      const uint32_t uZ0 = tile(s, Op0::kZ) + col0 * Tr::kBoxBytes;
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(acc0, pa[kk], desc_sw128(uZ0 + kk * 2048));
       wgmma_commit();
-      // job 1: acc1 = diag(row) X1 H[:, c1] + (X1 Y1ᵀ ⊙ Mᵀ) Z1[:, c1], its score (unless it is
-      // job 0's) issued with its state product
+      // job 1: acc1 = diag(row) X1 H[:, col1] + (X1 Y1ᵀ ⊙ Mᵀ) Z1[:, col1], its score (unless
+      // it is job 0's) issued with its state product
       wgmma_fence();
       if constexpr (!kOneScore) issue_qk<T, HD>(p_acc, tile(s, Op1::kX), tile(s, Op1::kY));
-      issue_state_product<T, HD, G1>(acc1, tile(s, Op1::kX), hc, c1);
+      issue_state_product<T, HD, G1>(acc1, tile(s, Op1::kX), hc, col1);
       wgmma_commit();
 
       // job 0's output while the tensor cores run job 1's products: a full block through its
@@ -246,7 +252,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
         named_barrier(own_bar, 128);
         tile_to_box<T>(box0, acc0, warp, lane);
       } else {
-        out_rows(grad0, blk, c0, acc0, n);
+        out_rows(grad0, blk, col0, acc0, n);
       }
 
       wgmma_wait<0>();
@@ -268,7 +274,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       weighted_keys_t<T, Tr::kBoxes>(qa, tile(s, kTileQ), wk, warp, lane, n);
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
-      const uint32_t uZ1 = tile(s, Op1::kZ) + c1 * Tr::kBoxBytes;
+      const uint32_t uZ1 = tile(s, Op1::kZ) + col1 * Tr::kBoxBytes;
       const uint32_t uDOw = tile(s, kTileDO) + w * Tr::kBoxBytes;
       wgmma_fence();
 #pragma unroll
@@ -297,7 +303,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       if (n == 64)
         tile_to_box<T>(box1, acc1, warp, lane);
       else
-        out_rows(grad1, blk, c1, acc1, n);
+        out_rows(grad1, blk, col1, acc1, n);
       if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
       fence_async_shared();
       // every consumer is done with stage s and with copy c & 1 (written again after the next
@@ -306,8 +312,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
       if (t == 0) {
         if (n == 64) {
           const int tok = (int)rows.tok0 + blk * 64;
-          tma_store_4d(G0 == kGradDV ? &tm_dv : &tm_dk, box0, 64 * c0, tok, h, (int)rows.batch);
-          tma_store_4d(G1 == kGradDV ? &tm_dv : &tm_dk, box1, 64 * c1, tok, h, (int)rows.batch);
+          tma_store_4d(G0 == kGradDV ? &tm_dv : &tm_dk, box0, 64 * col0, tok, h, (int)rows.batch);
+          tma_store_4d(G1 == kGradDV ? &tm_dv : &tm_dk, box1, 64 * col1, tok, h, (int)rows.batch);
           bulk_commit();
         }
         mbar_arrive(ring.empty(s));
