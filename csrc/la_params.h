@@ -161,6 +161,9 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
+// Whether the fused dk/dv sweep at D = 128 splits its consumers by gradient (each score
+// product once per block) rather than by columns: LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1.
+bool sm90_bwd_by_gradient();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

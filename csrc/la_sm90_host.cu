@@ -84,4 +84,12 @@ bool sm90_fused_bwd() {
   return on;
 }
 
+// The fused dk/dv kernel with one consumer per gradient (each score product computed once per
+// block) when LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1 (read once; off until the GPU has
+// checked it).
+bool sm90_bwd_by_gradient() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_SHARED_P", false);
+  return on;
+}
+
 }  // namespace la
