@@ -405,12 +405,14 @@ def test_cuda_decode_many_rows(cuda_pool, B):
 
 @utils.gpu
 @cuda_built
-@pytest.mark.parametrize("B", [3, 80])
-@pytest.mark.parametrize("d,e", [(40, 52), (200, 132), (256, 256)])
+@pytest.mark.parametrize("B", [3, 300])
+@pytest.mark.parametrize("d,e", [(40, 52), (24, 48), (200, 132), (256, 256)])
 def test_cuda_pool_decode_op_odd_shapes(d, e, B):
     """The C++ op takes any D, E <= 256 with E % 4 == 0 (the state streams as float4 rows):
-    rows that do not fill a warp, D split over a cluster of CTAs (few rows: B = 3) and one
-    CTA walking D in several passes (B·H = 160 CTAs fill an H200's SMs)."""
+    rows that do not fill a warp, D (or with LIGHTNING_ATTENTION_DECODE_V3=1, E: 48 columns
+    in slices of 24) split over several CTAs for few rows (B = 3), and one CTA walking D in
+    several passes; B·H = 600 items are more than an H200 holds at once, so the persistent
+    kernel of LIGHTNING_ATTENTION_DECODE_V3=1 walks several per CTA."""
     num_slots = 2 * B + 3
     q, k, v = (torch.randn(B, H, x, device="cuda") for x in (d, d, e))
     slope = utils.rand_slope(H, "cuda")
