@@ -195,5 +195,10 @@ struct DecodeParams {
   int sms, cc_major;  // the device's (la_plan.h device_info): whether a cluster splits D
 };
 void run_decode(const DecodeParams& p, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
+// Whether run_decode takes the persistent streaming kernel (one CTA walks many (b, h), the
+// next one's state loads in flight behind this one's stores; E split at small B·H) rather
+// than one CTA or cluster per (b, h): LIGHTNING_ATTENTION_DECODE_V3=1 (la_sm90_host.cu, read
+// once).
+bool decode_v3();
 
 }  // namespace la

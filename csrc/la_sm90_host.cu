@@ -1,5 +1,6 @@
 // Host side of the sm_90a kernels: TMA descriptors (through the driver's entry point, so the
-// extension needs no link against libcuda) and the rule for when the Hopper kernels run.
+// extension needs no link against libcuda), the rule for when the Hopper kernels run, and the
+// extension's run-time switches (one reader).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -89,6 +90,13 @@ bool sm90_fused_bwd() {
 // checked it).
 bool sm90_bwd_by_gradient() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_SHARED_P", false);
+  return on;
+}
+
+// The persistent decode kernel (la_decode.cu) when LIGHTNING_ATTENTION_DECODE_V3=1 (read
+// once; off until measured on the GPU). Its reader sits here beside the other switches.
+bool decode_v3() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_DECODE_V3", false);
   return on;
 }
 
