@@ -94,7 +94,8 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
   // build has it, except for the dq sweep's d slope terms; the mma.sync kernel otherwise.
   const bool sm90 = pl.sm90 && p.terms == nullptr;
-  TORCH_CHECK(sm90 || pl.seg.parts == 1, "lightning_attention_C: the mma.sync pass 1 takes whole segments");
+  TORCH_CHECK(sm90 || pl.seg.parts == 1,
+              "lightning_attention_C: the mma.sync pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;

@@ -183,8 +183,9 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // (ws_m): pass 2 then reads every incoming state of a sequence of several segments from ws,
 // never the pool row that the sequence's last segment overwrites meanwhile.
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                    const float* state_in, int64_t state_in_sd, int64_t state_in_se, const StateRows& rows,
-                    const float* slope, int D, int E, bool reverse, cudaStream_t stream);
+                    const float* state_in, int64_t state_in_sd, int64_t state_in_se,
+                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream);
 
 // One decode step (la_decode.cu): for each row b of q, k (B, H, D) and v (B, H, E), the state
 // S = state[rows(b), h] (D×E, contiguous) becomes λ S + kᵀ v in place and o[b, h] =

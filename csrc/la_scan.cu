@@ -164,8 +164,9 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
 }
 
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                    const float* state_in, int64_t state_in_sd, int64_t state_in_se, const StateRows& rows,
-                    const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
+                    const float* state_in, int64_t state_in_sd, int64_t state_in_se,
+                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E + 255) / 256);
   if (ws_m != nullptr)
     la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, state_in_sd,
