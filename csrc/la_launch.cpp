@@ -142,7 +142,8 @@ void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int6
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
-    TORCH_CHECK(pl.seg.parts == 1, "lightning_attention_C: the mma.sync pass 1 takes whole segments");
+    TORCH_CHECK(pl.seg.parts == 1,
+                "lightning_attention_C: the mma.sync pass 1 takes whole segments");
     auto pass = [&](bool pass1) { run_bwd<T, kHD>(p, pass1, stream); };
     segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, StateRows{}, p.slope, D, E,
                    /*reverse=*/true, stream);

@@ -145,7 +145,8 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   if (pl.multi && pl.sm90 && !moments && sm90_pass1_split()) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
-    const int64_t segs = cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
+    const int64_t segs =
+        cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
     const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
     // a local state written and read (8·D·E bytes) against a block's K, V (128·(D + E) bytes)
     const double state_blocks = (double)(D * E) / (16.0 * (D + E));
@@ -157,8 +158,9 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   const auto f32 = q.options().dtype(at::kFloat);
   if (pl.multi) {
     pl.ws = at::empty({pl.seg.num_segs, H, D, E}, f32);
-    pl.ws_local = pl.seg.parts > 1 ? at::empty({(int64_t)pl.seg.num_segs * pl.seg.parts, H, D, E}, f32)
-                                   : pl.ws;
+    pl.ws_local = pl.seg.parts > 1
+                      ? at::empty({(int64_t)pl.seg.num_segs * pl.seg.parts, H, D, E}, f32)
+                      : pl.ws;
   }
   if (pl.multi && moments) pl.ws_m = at::empty_like(pl.ws);
   return pl;

@@ -177,8 +177,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-  store_state_slice<kTiles>(p.ws_local + ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD, s_acc, w, warp,
-                            lane);
+  float* local = p.ws_local + ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
+  store_state_slice<kTiles>(local, s_acc, w, warp, lane);
 #endif
 }
 
