@@ -6,6 +6,7 @@
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
 LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; the decode
 step its persistent kernel with LIGHTNING_ATTENTION_DECODE_V3=1; run each way.
+With LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1 the segments of 7 blocks take pass 1 in two parts.
 """
 import torch
 
@@ -22,9 +23,9 @@ for D in (64, 128):
         s0 = torch.randn(B, H, D, D, device="cuda")
         cu = torch.tensor([0, 7, 7, 200, 700], dtype=torch.int32, device="cuda")
         s1 = torch.randn(4, H, D, D, device="cuda")
-        # one segment per sequence; pass 1 + scan + pass 2 with segments of 2 and 5 blocks;
+        # one segment per sequence; pass 1 + scan + pass 2 with segments of 2, 5 and 7 blocks;
         # without and with d slope
-        for seg_len in (None, 128, 320):
+        for seg_len in (None, 128, 320, 448):
             for dslope in (False, True):
                 o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len)
                 C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, dslope,

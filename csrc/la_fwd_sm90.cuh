@@ -488,7 +488,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #endif
 }
 
-// Pass 1 by la_state_sm90.cuh: each segment's local state into p.ws.
+// Pass 1 by la_state_sm90.cuh: the local state of each segment (or part of it) into p.ws_local.
 template <typename T, int HD>
 void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 

@@ -53,6 +53,7 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   p.state_in = state_in; p.state_in_sd = sd; p.state_in_se = se;
   p.state_out = state_out;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
+  p.ws_local = pl.multi ? pl.ws_local.data_ptr<float>() : nullptr;
   if (terms != nullptr) {
     p.rq = rq->data_ptr();
     p.rq_bs = rq->stride(0); p.rq_hs = rq->stride(1); p.rq_rs = rq->stride(2);
@@ -67,10 +68,10 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 namespace {
 
-// The passes of one sweep: when the plan has several segments per sequence, pass 1 (each
-// segment's local state, and moment with ws_m) and the scan (incoming states, in sequence
-// order or reversed, the first one being `state_in` with element strides (sd, se) at the rows
-// `rows` names); then pass 2.
+// The passes of one sweep: when the plan has several segments per sequence, pass 1 (the
+// local state of each segment, or of each part of it, and moment with ws_m) and the scan
+// (incoming states, in sequence order or reversed, the first one being `state_in` with element
+// strides (sd, se) at the rows `rows` names); then pass 2.
 template <typename Pass>
 void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
                     int64_t se, const StateRows& rows, const float* slope, int64_t D, int64_t E,
@@ -78,8 +79,8 @@ void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state
   if (pl.multi) {
     pass(/*pass1=*/true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    run_state_scan(pl.seg, pl.ws.data_ptr<float>(), ws_m, state_in, sd, se, rows, slope, (int)D,
-                   (int)E, reverse, stream);
+    run_state_scan(pl.seg, pl.ws_local.data_ptr<float>(), pl.ws.data_ptr<float>(), ws_m, state_in,
+                   sd, se, rows, slope, (int)D, (int)E, reverse, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   pass(/*pass1=*/false);
@@ -93,6 +94,8 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
   // build has it, except for the dq sweep's d slope terms; the mma.sync kernel otherwise.
   const bool sm90 = pl.sm90 && p.terms == nullptr;
+  TORCH_CHECK(sm90 || pl.seg.parts == 1,
+              "lightning_attention_C: the mma.sync pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
@@ -139,6 +142,8 @@ void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int6
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
+    TORCH_CHECK(pl.seg.parts == 1,
+                "lightning_attention_C: the mma.sync pass 1 takes whole segments");
     auto pass = [&](bool pass1) { run_bwd<T, kHD>(p, pass1, stream); };
     segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, StateRows{}, p.slope, D, E,
                    /*reverse=*/true, stream);

@@ -16,6 +16,9 @@ struct SegParams {
   int seg_len;          // tokens per segment
   int segs_per_seq;     // without cu_seqlens: ceil(N / seg_len) (>= 1)
   int num_segs;         // grid.x: B * segs_per_seq, or an upper bound with cu_seqlens
+  int parts;            // pass 1 (sm_90a) cuts each segment into parts of part_len tokens
+  int part_len;         // (a multiple of 64; the last parts of a short segment may be empty),
+                        // one CTA each; 1 part: the segment itself
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
 };
@@ -48,6 +51,8 @@ struct FwdParams {
   StateRows state_rows;      // rows of state_in and state_out; they may be one pool, updated
                              // in place
   float* ws;                 // per (segment, head) D×E states: local, then incoming
+  float* ws_local;           // per (segment part, head) local states of pass 1 (sm_90a); ws
+                             // itself with one part per segment
   // d slope terms (dq sweep only, on (do, v, k)): terms[b, h, t] = τ_t, the per-token terms
   // of d log λ in the direct form (docs/DSLOPE.md), from the real q (rq) and k (the kernel's
   // v), the final state's gradient dstate_f (read through the strides of state_in), and the
@@ -164,21 +169,26 @@ bool sm90_fused_bwd();
 // Whether the fused dk/dv sweep at D = 128 splits its consumers by gradient (each score
 // product once per block) rather than by columns: LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1.
 bool sm90_bwd_by_gradient();
+// Whether the plan cuts segments into parts for the sm_90a pass 1
+// (LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1, la_sm90_host.cu).
+bool sm90_pass1_split();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
                      int* seq_info, int* seg_seq, cudaStream_t stream);
-// Turns ws[segment] from local states into incoming states, in sequence order (forward:
+// Turns the local states of the segments' parts (ws_local[segment · parts + part], ws itself
+// with one part) into the segments' incoming states ws[segment], in sequence order (forward:
 // the first segment's incoming state is state_in or 0) or reverse order (backward: the last
 // segment's is state_in), state_in's rows as `rows` says. Each D×E matrix is `DE` floats.
-// With ws_m (forward only), the moments ws_m[segment] likewise, carried beside the states
-// (the first one is state_in too). With slots (a pool, which pass 2 updates in place) the
-// scan also writes that first incoming state (and moment) into ws (ws_m): pass 2 then reads
-// every incoming state of a sequence of several segments from ws, never the pool row that
-// the sequence's last segment overwrites meanwhile.
-void run_state_scan(const SegParams& p, float* ws, float* ws_m, const float* state_in,
-                    int64_t state_in_sd, int64_t state_in_se, const StateRows& rows,
-                    const float* slope, int D, int E, bool reverse, cudaStream_t stream);
+// With ws_m (forward only, one part per segment), the moments ws_m[segment] likewise,
+// carried beside the states (the first one is state_in too). With slots (a pool, which pass 2
+// updates in place) the scan also writes that first incoming state (and moment) into ws
+// (ws_m): pass 2 then reads every incoming state of a sequence of several segments from ws,
+// never the pool row that the sequence's last segment overwrites meanwhile.
+void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
+                    const float* state_in, int64_t state_in_sd, int64_t state_in_se,
+                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream);
 
 // One decode step (la_decode.cu): for each row b of q, k (B, H, D) and v (B, H, E), the state
 // S = state[rows(b), h] (D×E, contiguous) becomes λ S + kᵀ v in place and o[b, h] =

@@ -14,6 +14,8 @@ namespace {
 constexpr int kMaxSegLen = 2048;
 constexpr int kMinSegLen = 128;
 constexpr int kMaxDevices = 64;
+constexpr int kMinPartBlocks = 4;  // a pass-1 part holds at least one group of full blocks
+                                   // (la_state_sm90.cuh kGroup)
 
 }  // namespace
 
@@ -66,6 +68,30 @@ int pick_seg_len(int64_t rows, int64_t N, int sms, bool fast_pass1) {
   return (int)std::min<int64_t>(best, int64_t(1) << 30);
 }
 
+// Pass 1 of the sm_90a kernel on `segs` segments of `blocks` 64-token blocks, each cut into
+// parts (one CTA each): the modelled time is the waves of CTAs (`slots` at once) times the
+// blocks of a part, plus each part's local state (written by pass 1, read by the scan:
+// `state_blocks` blocks' worth of K, V bytes) spread over the slots. Parts are powers of two
+// of at least kMinPartBlocks blocks; ties keep fewer parts (fewer states).
+// W on an H200 (16K segments): N = 64K, 96 segments -> 4 parts of 4K (384 CTAs, 3 waves);
+// N = 32K, 64 segments -> 2 parts of 8K (128 CTAs).
+int pick_parts(int64_t segs, int64_t blocks, int64_t slots, double state_blocks) {
+  auto cost = [&](int64_t parts) {
+    const int64_t part_blocks = (blocks + parts - 1) / parts, ctas = segs * parts;
+    return (double)((ctas + slots - 1) / slots) * part_blocks + state_blocks * ctas / slots;
+  };
+  int64_t best = 1;
+  double best_cost = cost(1);
+  for (int64_t parts = 2; (blocks + parts - 1) / parts >= kMinPartBlocks; parts *= 2) {
+    const double c = cost(parts);
+    if (c < best_cost * 0.98) {
+      best = parts;
+      best_cost = c;
+    }
+  }
+  return (int)best;
+}
+
 }  // namespace
 
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
@@ -112,7 +138,30 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     pl.seg.seq_info = pl.seq_info.data_ptr<int>();
     pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
   }
-  if (pl.multi) pl.ws = at::empty({pl.seg.num_segs, H, D, E}, q.options().dtype(at::kFloat));
+  // Pass 1 in parts: only the sm_90a one (the mma.sync pass 1, which a plan with moments
+  // runs in the dq sweep, takes whole segments).
+  pl.seg.parts = 1;
+  pl.seg.part_len = L;
+  if (pl.multi && pl.sm90 && !moments && sm90_pass1_split()) {
+    const int64_t blocks = (L + 63) / 64;
+    // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
+    const int64_t segs =
+        cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
+    const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
+    // a local state written and read (8·D·E bytes) against a block's K, V (128·(D + E) bytes)
+    const double state_blocks = (double)(D * E) / (16.0 * (D + E));
+    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm, state_blocks);
+    const int64_t part_blocks = (blocks + parts - 1) / parts;
+    pl.seg.part_len = (int)(part_blocks * 64);
+    pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);
+  }
+  const auto f32 = q.options().dtype(at::kFloat);
+  if (pl.multi) {
+    pl.ws = at::empty({pl.seg.num_segs, H, D, E}, f32);
+    pl.ws_local = pl.seg.parts > 1
+                      ? at::empty({(int64_t)pl.seg.num_segs * pl.seg.parts, H, D, E}, f32)
+                      : pl.ws;
+  }
   if (pl.multi && moments) pl.ws_m = at::empty_like(pl.ws);
   return pl;
 }

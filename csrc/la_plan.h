@@ -21,6 +21,8 @@ const DeviceInfo& device_info(int dev);
 struct Plan {
   SegParams seg{};
   at::Tensor seq_info, seg_seq, ws;
+  at::Tensor ws_local;  // with several segments: pass 1's local states per (segment part,
+                        // head) when seg.parts > 1, else ws itself
   at::Tensor ws_m;     // with moments and several segments: per-segment moments, like ws
   bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
   int fwd_stages = 2;  // cp.async pipeline depth of the forward's pass 2 (2 or 3)

@@ -62,20 +62,26 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
                                                 reinterpret_cast<int4*>(seq_info), seg_seq);
 }
 
-// grid (num_seqs, H, ceil(D·E / 256)); one thread per state element walks the segments of
-// its sequence in order (forward) or in reverse (backward), in place:
-//   forward:  ws[s] = λ^{len_{s-1}} ws_in[s-1] + local_{s-1},  in_0 = state_in (read by pass 2)
-//   backward: ws[s] = λ^{len_{s+1}} ws_in[s+1] + local_{s+1},  in_last = state_in
-// kMoment (forward only): the moments beside the states, with the states' old value,
+// grid (num_seqs, H, ceil(D·E / 256)); one thread per state element walks the parts of its
+// sequence's segments in order (forward) or in reverse (backward). Part j of segment s holds
+// the tokens [s·seg_len + j·part_len, + part_len) of the sequence, clipped to the segment
+// (maybe empty); its local state is ws_local[s·parts + j], ws[s] itself with one part. With
+// carry_0 = state_in:
+//   forward:  carry = λ^{len} carry + local over the parts of segments 0 .. nseg-2 in order;
+//             after the last part of segment s, ws[s + 1] = carry (segment s + 1's incoming)
+//   backward: the parts of segments nseg-1 .. 1 in reverse; after the first part of segment s,
+//             ws[s - 1] = carry
+// kMoment (forward, one part per segment): the moments beside the states, with the states'
+// old value,
 //   ws_m[s] = λ^{len_{s-1}} (ws_m_in[s-1] + len_{s-1} · ws_in[s-1]) + local moment_{s-1},
 //   in_0 = state_in (la_fwd_kernel.cuh, d slope).
-// With slots, in_0 (backward: in_last) also goes to ws, and the moment's to ws_m
-// (run_state_scan says why).
-// A fixed order of additions: deterministic.
+// With slots, carry_0 (backward: for the last segment) also goes to ws, and the moment's to
+// ws_m (run_state_scan says why). With one part ws_local is ws: every store targets a
+// segment whose local state was loaded already. A fixed order of additions: deterministic.
 template <bool kMoment>
-__global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
-                                     float* __restrict__ ws_m, const float* __restrict__ state_in,
-                                     int64_t sd, int64_t se, const StateRows rows,
+__global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, float* ws,
+                                     float* ws_m, const float* __restrict__ state_in, int64_t sd,
+                                     int64_t se, const StateRows rows,
                                      const float* __restrict__ slope, int D, int E, bool reverse) {
   const int seq = blockIdx.x, h = blockIdx.y;
   const int idx = blockIdx.z * 256 + threadIdx.x;
@@ -96,70 +102,60 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
   const float nl2 = slope ? -slope[h] * 1.4426950408889634f : 0.f;
   const int64_t DE = (int64_t)D * E;
   const int64_t H = p.H;
+  const int parts = p.parts;
   auto off = [&](int s) { return ((int64_t)(first + s) * H + h) * DE + idx; };
-  auto seg_len = [&](int s) { return min(p.seg_len, seqlen - s * p.seg_len); };
+  auto loc_off = [&](int f) { return ((int64_t)first * parts + f) * H * DE + h * DE + idx; };
+  // tokens of part f (= s·parts + j)
+  auto len_of = [&](int f) {
+    const int s = f / parts, j = f - s * parts;
+    const int seg = min(p.seg_len, seqlen - s * p.seg_len);
+    return max(0, min(p.part_len, seg - j * p.part_len));
+  };
   const int64_t row = state_in ? state_in_row(rows, seq) : -1;
   float carry = row >= 0 ? state_in[(row * H + h) * DE + d * sd + e * se] : 0.f;
   float carry_m = carry;
-  // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in
-  // flight; every store targets an index whose local state was loaded already.
+  // parts in processing order: f = part(i); every part but those of the last segment in
+  // processing order has a local state
+  const int cnt = (nseg - 1) * parts;
+  auto part = [&](int i) { return reverse ? nseg * parts - 1 - i : i; };
+  // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in flight.
   constexpr int kC = 8;
   float nxt[kC], nxt_m[kC];
-  if (!reverse) {
-    // local states 0 .. nseg-2 -> incoming states 1 .. nseg-1
-    const int cnt = nseg - 1;
+#pragma unroll
+  for (int j = 0; j < kC; ++j) {
+    nxt[j] = j < cnt ? ws_local[loc_off(part(j))] : 0.f;
+    if (kMoment) nxt_m[j] = j < cnt ? ws_m[loc_off(part(j))] : 0.f;
+  }
+  if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
+    ws[off(reverse ? nseg - 1 : 0)] = carry;
+    if (kMoment) ws_m[off(0)] = carry_m;
+  }
+  for (int base = 0; base < cnt; base += kC) {
+    float loc[kC], loc_m[kC];
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
-      nxt[j] = j < cnt ? ws[off(j)] : 0.f;
-      if (kMoment) nxt_m[j] = j < cnt ? ws_m[off(j)] : 0.f;
+      loc[j] = nxt[j];
+      if (kMoment) loc_m[j] = nxt_m[j];
     }
-    if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
-      ws[off(0)] = carry;
-      if (kMoment) ws_m[off(0)] = carry_m;
+#pragma unroll
+    for (int j = 0; j < kC; ++j) {
+      const int i = base + kC + j;
+      nxt[j] = i < cnt ? ws_local[loc_off(part(i))] : 0.f;
+      if (kMoment) nxt_m[j] = i < cnt ? ws_m[loc_off(part(i))] : 0.f;
     }
-    for (int base = 0; base < cnt; base += kC) {
-      float loc[kC], loc_m[kC];
 #pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        loc[j] = nxt[j];
-        if (kMoment) loc_m[j] = nxt_m[j];
-      }
-#pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        nxt[j] = base + kC + j < cnt ? ws[off(base + kC + j)] : 0.f;
-        if (kMoment) nxt_m[j] = base + kC + j < cnt ? ws_m[off(base + kC + j)] : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        const int s = base + j;
-        if (s < cnt) {
-          const float dl = exp2f(nl2 * (float)seg_len(s));
-          if (kMoment) {
-            carry_m = dl * (carry_m + (float)seg_len(s) * carry) + loc_m[j];
-            ws_m[off(s + 1)] = carry_m;
-          }
-          carry = dl * carry + loc[j];
+    for (int j = 0; j < kC; ++j) {
+      const int f = part(base + j);
+      if (base + j < cnt) {
+        const float len = (float)len_of(f);
+        const float dl = exp2f(nl2 * len);
+        if (kMoment) carry_m = dl * (carry_m + len * carry) + loc_m[j];
+        carry = dl * carry + loc[j];
+        const int s = f / parts;
+        if (!reverse && f - s * parts == parts - 1) {
+          if (kMoment) ws_m[off(s + 1)] = carry_m;
           ws[off(s + 1)] = carry;
-        }
-      }
-    }
-  } else {
-    // local states nseg-1 .. 1 -> incoming states nseg-2 .. 0
-    const int top = nseg - 1, cnt = nseg - 1;
-#pragma unroll
-    for (int j = 0; j < kC; ++j) nxt[j] = j < cnt ? ws[off(top - j)] : 0.f;
-    if (rows.slots != nullptr) ws[off(top)] = carry;
-    for (int base = 0; base < cnt; base += kC) {
-      float loc[kC];
-#pragma unroll
-      for (int j = 0; j < kC; ++j) loc[j] = nxt[j];
-#pragma unroll
-      for (int j = 0; j < kC; ++j) nxt[j] = base + kC + j < cnt ? ws[off(top - base - kC - j)] : 0.f;
-#pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        const int s = top - base - j;  // local state of segment s
-        if (base + j < cnt) {
-          carry = exp2f(nl2 * (float)seg_len(s)) * carry + loc[j];
+        } else if (reverse && f - s * parts == 0) {
           ws[off(s - 1)] = carry;
         }
       }
@@ -167,15 +163,16 @@ __global__ void la_state_scan_kernel(const SegParams p, float* __restrict__ ws,
   }
 }
 
-void run_state_scan(const SegParams& p, float* ws, float* ws_m, const float* state_in,
-                    int64_t state_in_sd, int64_t state_in_se, const StateRows& rows,
-                    const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
+void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
+                    const float* state_in, int64_t state_in_sd, int64_t state_in_se,
+                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E + 255) / 256);
   if (ws_m != nullptr)
-    la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws, ws_m, state_in, state_in_sd,
+    la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, state_in_sd,
                                                          state_in_se, rows, slope, D, E, reverse);
   else
-    la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws, ws_m, state_in, state_in_sd,
+    la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, state_in_sd,
                                                           state_in_se, rows, slope, D, E, reverse);
 }
 

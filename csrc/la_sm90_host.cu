@@ -100,4 +100,11 @@ bool decode_v3() {
   return on;
 }
 
+// Segments cut into parts for the sm_90a pass 1 (la_plan.cpp), with
+// LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1 (read once; off until verified on the GPU).
+bool sm90_pass1_split() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_PASS1_SPLIT", false);
+  return on;
+}
+
 }  // namespace la

@@ -1,5 +1,6 @@
-// Pass 1 of the sm_90a forward kernel (la_fwd_sm90.cuh) and of its reversed sweep: each
-// segment's local state from zero, K and V only,
+// Pass 1 of the sm_90a forward kernel (la_fwd_sm90.cuh) and of its reversed sweep: the local
+// state from zero of each segment, or of each part of it (SegParams::parts, so that pass 1
+// fills the machine when pass 2's segments do not), K and V only,
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
 // (reversed: key weights scale·λ^{j+1}), the same warpgroups and state slices as pass 2.
 //
@@ -44,11 +45,15 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   constexpr int kStages = Tr::kStages, kTiles = HD / 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const int g = blockIdx.x, h = blockIdx.y;
-  const SegInfo si = get_seg(p.seg, g);
+  const int h = blockIdx.y;
+  const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
+  SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
   // nobody reads the local state of the last segment in processing order
   if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
+  // the part's tokens (none past the segment's end: its local state is 0)
+  si.start += part * p.seg.part_len;
+  si.len = max(0, min(p.seg.part_len, si.len - part * p.seg.part_len));
 
   // smem: [stage][K V][box] | full[], empty[] barriers
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -172,7 +177,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-  store_state_slice<kTiles>(p.ws + ((int64_t)g * p.seg.H + h) * HD * HD, s_acc, w, warp, lane);
+  float* local = p.ws_local + ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
+  store_state_slice<kTiles>(local, s_acc, w, warp, lane);
 #endif
 }
 
@@ -184,7 +190,8 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
   auto kernel = reverse ? la_state_sm90_kernel<T, HD, true> : la_state_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<dim3(p.seg.num_segs, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem, stream>>>(tk, tv, p);
+  kernel<<<dim3(p.seg.num_segs * p.seg.parts, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem,
+           stream>>>(tk, tv, p);
 }
 
 }  // namespace la

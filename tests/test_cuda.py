@@ -104,7 +104,8 @@ def test_long_segments(D, seg, varlen, seg_len):
     """Segments of 7 and 8 blocks, so that pass 1 (forward and reversed) takes groups of
     full blocks (la_state_sm90.cuh: 4 per iteration), single blocks after a group, and in
     reversed time a partial block before the groups; the fixed-slope backward, packed
-    sequences with an empty one."""
+    sequences with an empty one. With LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1 pass 1 runs in
+    parts of 4 blocks (the last part of a short segment empty)."""
     seg_len(seg)
     cu = [0, 100, 100, 1300, 1301, 2000] if varlen else None
     check_cuda(B=1 if varlen else 2, H=2, N=2000 if varlen else 1000, D=D, slope_grad=False,

@@ -292,7 +292,8 @@ def cuda_pool(monkeypatch):
     """The CUDA pool kernels serve serving.prefill/decode, whatever
     LIGHTNING_ATTENTION_CUDA_SERVING says; calling the fixture's value with n forces the
     prefill's segment length (64: several segments per sequence, pass 1 and the scan;
-    2^20: one)."""
+    448: segments of 7 blocks, pass 1 in two parts with LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1
+    on sm_90a; 2^20: one)."""
     def install(seg_len=None):
         pool = dict(cuda_backend.POOL)
         if seg_len is not None:
@@ -318,7 +319,8 @@ CUDA_CU = [0, 0, 1, 700, 701, 2000, 2000]
 
 @utils.gpu
 @cuda_built
-@pytest.mark.parametrize("seg_len", [64, 2 ** 20, None], ids=["segments", "one-segment", "planned"])
+@pytest.mark.parametrize("seg_len", [64, 448, 2 ** 20, None],
+                         ids=["segments", "long-segments", "one-segment", "planned"])
 @pytest.mark.parametrize("hd", CUDA_HEAD_DIMS)
 @pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
 @pytest.mark.parametrize("has_state", [None, [True] * 6, [True, False, True, True, False, True]],
@@ -340,7 +342,7 @@ def test_cuda_prefill_layouts_and_int64_slots(cuda_pool):
 
 @utils.gpu
 @cuda_built
-@pytest.mark.parametrize("seg_len", [64, 2 ** 20], ids=["segments", "one-segment"])
+@pytest.mark.parametrize("seg_len", [64, 448, 2 ** 20], ids=["segments", "long-segments", "one-segment"])
 def test_cuda_prefill_equals_the_plain_varlen_call(cuda_pool, seg_len):
     """The pooled call is the varlen call with the addressed rows as initial states (zero
     where has_state is False) and its final states written back: bitwise, same kernels."""
