@@ -19,12 +19,7 @@ minimax  transformers' MiniMaxLightningAttention layer (H = 64, D = 128, N = 409
 generate greedy generation tokens/s of the small random MiniMax model of
          examples/minimax_generate.py, with and without the patch (needs transformers).
 Median ms (triton's do_bench on a GPU). Prints a table and writes JSON (--json). The CUDA
-pool kernels serve auto dispatch unless LIGHTNING_ATTENTION_CUDA_SERVING=0 (JSON: cuda_serving);
-their decode step is the persistent kernel with LIGHTNING_ATTENTION_DECODE_V3=1 (JSON:
-decode_v3; compare two runs, the switch is read once per process):
-
-    LIGHTNING_ATTENTION_DECODE_V3=1 python bench/bench_serving.py --only decode graph \
-        --batch 1 128 --json v3.json
+pool kernels serve auto dispatch unless LIGHTNING_ATTENTION_CUDA_SERVING=0 (JSON: cuda_serving).
 """
 import argparse
 import copy
@@ -229,9 +224,7 @@ def main(argv=None):
             rows.append(row)
     with open(args.json, "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                   "cuda_serving": cuda_backend.SERVING,
-                   "decode_v3": os.environ.get("LIGHTNING_ATTENTION_DECODE_V3") == "1",
-                   "rows": rows}, f, indent=1)
+                   "cuda_serving": cuda_backend.SERVING, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,6 @@
 // column of Hᵀ is a row of H), so the consumers write their slices of H into one 16-bit copy
 // (double-buffered) and meet at a barrier per block. The copy is read as an MN-major operand
 // (K H, its rows d) and as a K-major one (V Hᵀ, rows d with E contiguous): no transposed copy.
-// With kByGradient (D = 128; run_bwd_sm90 picks it under LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1)
-// the consumers split the outputs by gradient instead: WG 1 computes dV on all columns of E,
-// WG 2 dK on all columns of D, so each of the score products K Qᵀ and V dOᵀ is computed once
-// per block rather than by both consumers; H stays split by columns of E as above.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -43,7 +39,7 @@ struct Sm90BwdTraits {
   static constexpr int kSliceBytes = HD * 64 * 2;      // a consumer's (D, 64) slice of the H copy
   static constexpr int kCopyBytes = kConsumers * kSliceBytes;
   static constexpr int kBarrierBytes = 2 * kStages * 8;
-  // stages | 2 copies of H | per consumer two output boxes | barriers; 1 KiB of
+  // stages | 2 copies of H | per consumer the dV and dK output boxes | barriers; 1 KiB of
   // slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
   static constexpr int kSmem = kStages * kStageBytes + 2 * kCopyBytes + kConsumers * 2 * kBoxBytes +
                                kBarrierBytes + 1024;
@@ -51,39 +47,7 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-namespace sm90 {
-
-// The gradients of the sweep and the tiles of a stage. Gradient G is the reversed-time product
-// with (X, Y, Z) = (K, Q, dO) for dV and (V, dO, Q) for dK: score X Yᵀ, state product X H (dV,
-// the H copy as an MN-major operand) or X Hᵀ (dK, the copy as a K-major one), then P Z.
-enum BwdTile { kTileQ, kTileK, kTileV, kTileDO };
-enum BwdGrad { kGradDV, kGradDK };
-template <int G>
-struct BwdOperands {
-  static constexpr int kX = G == kGradDV ? kTileK : kTileV;
-  static constexpr int kY = G == kGradDV ? kTileQ : kTileDO;
-  static constexpr int kZ = G == kGradDV ? kTileDO : kTileQ;
-};
-
-// acc = X · (columns [64c, 64c + 64) of H, or of Hᵀ for dK), from the H copy at `hc`: for dV a
-// consumer slice of the copy, for dK the copy's rows [64c, 64c + 64), its slices (the k steps)
-// kSliceBytes apart.
-template <typename T, int HD, int G>
-__device__ __forceinline__ void issue_state_product(float (&acc)[32], uint32_t uX, uint32_t hc,
-                                                    int c) {
-  constexpr int kSliceBytes = Sm90BwdTraits<T, HD>::kSliceBytes;
-  if constexpr (G == kGradDV)
-    issue_qs<T, HD>(acc, uX, hc + c * kSliceBytes);
-  else
-    issue_qk<T, HD, kSliceBytes>(acc, uX, hc + c * Sm90BwdTraits<T, HD>::kBoxBytes);
-}
-
-}  // namespace sm90
-
-// kByGradient (D = 128 only): WG 1 computes all of dV and WG 2 all of dK, each on both column
-// halves, so that each score product is computed once per block; else WG 1 + w computes dV
-// and dK on the columns [64w, 64w + 64), both score products in each consumer.
-template <typename T, int HD, bool kByGradient>
+template <typename T, int HD>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                                   Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -95,8 +59,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
   using Tr = Sm90BwdTraits<T, HD>;
-  static_assert(!kByGradient || Tr::kConsumers == 2, "a consumer per gradient: D = 128 only");
   constexpr int kStages = Tr::kStages;
+  enum { kQ, kK, kV, kDO };  // tiles of a stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
   const int g = blockIdx.x, h = blockIdx.y;
@@ -132,10 +96,10 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
           const int off = x * Tr::kBoxBytes;
-          tma_load_4d(tile(s, kTileQ) + off, &tm_q, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kTileK) + off, &tm_k, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kTileV) + off, &tm_v, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kTileDO) + off, &tm_do, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kQ) + off, &tm_q, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kK) + off, &tm_k, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kV) + off, &tm_v, ring.full(s), x * 64, tok, h, b);
+          tma_load_4d(tile(s, kDO) + off, &tm_do, ring.full(s), x * 64, tok, h, b);
         }
       });
     }
@@ -144,7 +108,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 
   // -------------------------------------------------------------------------- consumers
   regs_alloc<Tr::kConsumerRegs>();
-  const int w = wg - 1;                       // its slice of H: columns [64w, 64w + 64) of E
+  const int w = wg - 1;                       // columns [64w, 64w + 64) of E (H, dV), of D (dK)
   const int t = tid - 128 * wg;               // thread in the warpgroup
   const int warp = t >> 5, lane = t & 31;
   const int gq = lane >> 2, tq = lane & 3;
@@ -152,6 +116,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
   const int all_bar = 1 + Tr::kConsumers;     // every consumer's
   constexpr int kAll = 128 * Tr::kConsumers;
   const uint32_t slice = w * Tr::kSliceBytes;  // this consumer's columns of E in an H copy
+  const uint32_t dv_box = staging + w * 2 * Tr::kBoxBytes, dk_box = dv_box + Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
   BlockDecay<true> dec;
@@ -170,171 +135,140 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
   fence_async_shared();
   named_barrier(all_bar, kAll);
 
-  // The consumer's two jobs j = 0, 1 (compile-time gradients G0, G1, run-time column blocks
-  // col0, col1), each through its output box: (dV, dK) on the columns [64w, 64w + 64), or with
-  // kByGradient one gradient on the columns [0, 64) and [64, 128), its score shared by both.
-  auto consume = [&](auto grad0, auto grad1) {
-    constexpr int G0 = decltype(grad0)::value, G1 = decltype(grad1)::value;
-    constexpr bool kOneScore = G0 == G1;
-    using Op0 = BwdOperands<G0>;
-    using Op1 = BwdOperands<G1>;
-    const int col0 = kOneScore ? 0 : w, col1 = kOneScore ? 1 : w;
-    const uint32_t box0 = staging + w * 2 * Tr::kBoxBytes, box1 = box0 + Tr::kBoxBytes;
-    // rows of a partial block go out one by one (rows past n may be the next sequence's)
-    auto out_rows = [&](auto grad, int blk, int col, const float(&acc)[32], int n) {
-      constexpr int G = decltype(grad)::value;
-      T* o = G == kGradDV ? rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs)
-                          : rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs);
-      const int64_t rs = G == kGradDV ? p.dv_rs : p.dk_rs;
-      store_rows<T>(o + (int64_t)blk * 64 * rs + 64 * col + 2 * tq, rs, acc, r0, n);
-    };
-
-    // Per block c the warpgroup issues job 0's score of block c + 1 before it finishes block
-    // c, so that the tensor cores have work while it stores job 1's output and the state copy.
-    // The first block processed is the segment's last, the only one that may be partial: dO
-    // and Q are the operands whose rows past n (maybe the next packed sequence's) would still
-    // meet a 0 · x (in the RS products and the state update), so they are zeroed there first;
-    // every consumer reads all of Q and dO (its scores, its P Z), so all of them wait for the
-    // zeros.
-    float p_acc[32];
-    if (nblk > 0) {
-      mbar_wait(ring.full(0), 0);
-      const int n = si.len - (nblk - 1) * 64;
-      if (n < 64) {
-        zero_rows(tile(0, kTileQ) + w * Tr::kBoxBytes, n, t);
-        zero_rows(tile(0, kTileDO) + w * Tr::kBoxBytes, n, t);
-        fence_async_shared();
-        named_barrier(all_bar, kAll);
-      }
-      wgmma_fence();
-      issue_qk<T, HD>(p_acc, tile(0, Op0::kX), tile(0, Op0::kY));
-      wgmma_commit();
-    }
-    for (int c = 0; c < nblk; ++c) {
-      const int s = c % kStages;     // waited for when job 0's score of the block was issued
-      const int blk = nblk - 1 - c;  // the block's place in the segment
-      const int n = min(64, si.len - blk * 64);
-      const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
-      const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
-      const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
-
-      // job 0: acc0 = diag(row) X0 H[:, col0] + (X0 Y0ᵀ ⊙ Mᵀ) Z0[:, col0]
-      float acc0[32], acc1[32];
-      uint32_t pa[4][4];
-      wgmma_fence();
-      issue_state_product<T, HD, G0>(acc0, tile(s, Op0::kX), hc, col0);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(p_acc);
-      fence_regs(acc0);
-      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) acc0[i] *= (i & 2) ? row1 : row0;
-      const uint32_t uZ0 = tile(s, Op0::kZ) + col0 * Tr::kBoxBytes;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(acc0, pa[kk], desc_sw128(uZ0 + kk * 2048));
-      wgmma_commit();
-      // job 1: acc1 = diag(row) X1 H[:, col1] + (X1 Y1ᵀ ⊙ Mᵀ) Z1[:, col1], its score (unless
-      // it is job 0's) issued with its state product
-      wgmma_fence();
-      if constexpr (!kOneScore) issue_qk<T, HD>(p_acc, tile(s, Op1::kX), tile(s, Op1::kY));
-      issue_state_product<T, HD, G1>(acc1, tile(s, Op1::kX), hc, col1);
-      wgmma_commit();
-
-      // job 0's output while the tensor cores run job 1's products: a full block through its
-      // staging box (free once this warpgroup's stores of the previous block have read it) and
-      // one TMA store at the end of the block, a partial one row by row
-      wgmma_wait<1>();
-      fence_regs(acc0);
-      if (n == 64) {
-        if (t == 0) bulk_wait_all<true>();
-        named_barrier(own_bar, 128);
-        tile_to_box<T>(box0, acc0, warp, lane);
-      } else {
-        out_rows(grad0, blk, col0, acc0, n);
-      }
-
-      wgmma_wait<0>();
-      fence_regs(acc1);
-      if constexpr (!kOneScore) {
-        fence_regs(p_acc);
-        masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-      }
-#pragma unroll
-      for (int i = 0; i < 32; ++i) acc1[i] *= (i & 2) ? row1 : row0;
-      // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
-      float wk[4][4], total;
-      dec.keys(wk, total, nl2, p.scale, tq, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
-      uint32_t qa[Tr::kBoxes][4][4];
-      weighted_keys_t<T, Tr::kBoxes>(qa, tile(s, kTileQ), wk, warp, lane, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
-      const uint32_t uZ1 = tile(s, Op1::kZ) + col1 * Tr::kBoxBytes;
-      const uint32_t uDOw = tile(s, kTileDO) + w * Tr::kBoxBytes;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(acc1, pa[kk], desc_sw128(uZ1 + kk * 2048));
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
-      wgmma_commit();
-      const bool next = c + 1 < nblk;
-      if (next) {  // job 0's score of block c + 1 runs under this block's epilogue
-        const int s1 = (c + 1) % kStages;
-        mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
-        wgmma_fence();
-        issue_qk<T, HD>(p_acc, tile(s1, Op0::kX), tile(s1, Op0::kY));
-        wgmma_commit();
-        wgmma_wait<1>();
-      } else {
-        wgmma_wait<0>();
-      }
-      fence_regs(acc1);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
-
-      if (n == 64)
-        tile_to_box<T>(box1, acc1, warp, lane);
-      else
-        out_rows(grad1, blk, col1, acc1, n);
-      if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
+  // Per block c the warpgroup issues K Qᵀ of block c + 1 before it finishes block c, so that
+  // the tensor cores have work while it stores dK and the state copy. The first block
+  // processed is the segment's last, the only one that may be partial: dO and Q are the
+  // operands whose rows past n (maybe the next packed sequence's) would still meet a 0 · x (in
+  // the RS products and the state update), so they are zeroed there first; every consumer
+  // reads all of Q (K Qᵀ), so all of them wait for the zeros.
+  float p_acc[32];
+  if (nblk > 0) {
+    mbar_wait(ring.full(0), 0);
+    const int n = si.len - (nblk - 1) * 64;
+    if (n < 64) {
+      zero_rows(tile(0, kQ) + w * Tr::kBoxBytes, n, t);
+      zero_rows(tile(0, kDO) + w * Tr::kBoxBytes, n, t);
       fence_async_shared();
-      // every consumer is done with stage s and with copy c & 1 (written again after the next
-      // block), and copy (c + 1) & 1 is whole
       named_barrier(all_bar, kAll);
-      if (t == 0) {
-        if (n == 64) {
-          const int tok = (int)rows.tok0 + blk * 64;
-          tma_store_4d(G0 == kGradDV ? &tm_dv : &tm_dk, box0, 64 * col0, tok, h, (int)rows.batch);
-          tma_store_4d(G1 == kGradDV ? &tm_dv : &tm_dk, box1, 64 * col1, tok, h, (int)rows.batch);
-          bulk_commit();
-        }
-        mbar_arrive(ring.empty(s));
-      }
-      // job 0's score of block c + 1 completes inside the iteration: an accumulator still
-      // being written must not cross the loop's back edge (the compiler would copy it there
-      // and serialise every wgmma)
+    }
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, tile(0, kK), tile(0, kQ));
+    wgmma_commit();
+  }
+  for (int c = 0; c < nblk; ++c) {
+    const int s = c % kStages;     // waited for when K Qᵀ of the block was issued
+    const int blk = nblk - 1 - c;  // the block's place in the segment
+    const int n = min(64, si.len - blk * 64);
+    const uint32_t uQ = tile(s, kQ), uK = tile(s, kK), uV = tile(s, kV), uDO = tile(s, kDO);
+    const uint32_t uQw = uQ + w * Tr::kBoxBytes, uDOw = uDO + w * Tr::kBoxBytes;
+    const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
+    const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
+    const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
+
+    // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w
+    float dv_acc[32], dk_acc[32];
+    uint32_t pa[4][4];
+    wgmma_fence();
+    issue_qs<T, HD>(dv_acc, uK, hc + slice);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dv_acc);
+    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dv_acc, pa[kk], desc_sw128(uDOw + kk * 2048));
+    wgmma_commit();
+    // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w; Hᵀ_w from the copy's rows [64w, 64w + 64)
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, uV, uDO);
+    issue_qk<T, HD, Tr::kSliceBytes>(dk_acc, uV, hc + w * Tr::kBoxBytes);
+    wgmma_commit();
+
+    // dV out while the tensor cores run dK's products: a full block through its staging box
+    // (free once this warpgroup's stores of the previous block have read it) and one TMA
+    // store at the end of the block, a partial one (rows past n may be the next sequence's)
+    // row by row
+    wgmma_wait<1>();
+    fence_regs(dv_acc);
+    if (n == 64) {
+      if (t == 0) bulk_wait_all<true>();
+      named_barrier(own_bar, 128);
+      tile_to_box<T>(dv_box, dv_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs) + (int64_t)blk * 64 * p.dv_rs + 64 * w + 2 * tq,
+                    p.dv_rs, dv_acc, r0, n);
+    }
+
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dk_acc);
+    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
+    // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
+    float wk[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
+    uint32_t qa[Tr::kBoxes][4][4];
+    weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
+    wgmma_commit();
+    const bool next = c + 1 < nblk;
+    if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
+      const int s1 = (c + 1) % kStages;
+      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, tile(s1, kK), tile(s1, kQ));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
       wgmma_wait<0>();
     }
-    wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-  };
-  using DV = std::integral_constant<int, kGradDV>;
-  using DK = std::integral_constant<int, kGradDK>;
-  if constexpr (kByGradient) {
-    if (w == 0)
-      consume(DV{}, DV{});
-    else
-      consume(DK{}, DK{});
-  } else {
-    consume(DV{}, DK{});
+    fence_regs(dk_acc);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
+
+    if (n == 64) {
+      tile_to_box<T>(dk_box, dk_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs) + (int64_t)blk * 64 * p.dk_rs + 64 * w + 2 * tq,
+                    p.dk_rs, dk_acc, r0, n);
+    }
+    if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
+    fence_async_shared();
+    // every consumer is done with stage s and with copy c & 1 (written again after the next
+    // block), and copy (c + 1) & 1 is whole
+    named_barrier(all_bar, kAll);
+    if (t == 0) {
+      if (n == 64) {
+        const int tok = (int)rows.tok0 + blk * 64;
+        tma_store_4d(&tm_dv, dv_box, 64 * w, tok, h, (int)rows.batch);
+        tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
+        bulk_commit();
+      }
+      mbar_arrive(ring.empty(s));
+    }
+    // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
+    // must not cross the loop's back edge (the compiler would copy it there and serialise
+    // every wgmma)
+    wgmma_wait<0>();
   }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   if (t == 0) bulk_wait_all<false>();  // the output stores are done with shared memory
 
   if (last_seg && p.dstate_out != nullptr)
@@ -354,9 +288,7 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  auto kernel = la_bwd_sm90_kernel<T, HD, false>;
-  if constexpr (Tr::kConsumers == 2)
-    if (sm90_bwd_by_gradient()) kernel = la_bwd_sm90_kernel<T, HD, true>;
+  auto kernel = la_bwd_sm90_kernel<T, HD>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }

@@ -6,8 +6,6 @@
 #include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-
 namespace la {
 
 namespace cg = cooperative_groups;
@@ -168,161 +166,6 @@ void launch_decode(const DecodeParams& p, cudaStream_t stream) {
   cudaLaunchKernelEx(&cfg, la_decode_kernel<T>, p);
 }
 
-// The persistent streaming kernel (LIGHTNING_ATTENTION_DECODE_V3=1). An item is one (b, h)
-// and a slice of Ec = E / split columns: split > 1 only where B·H items would leave SMs idle,
-// and since an output column needs all of D but only its own state columns (the update is
-// elementwise), no CTA ever adds partial outputs with another (no cluster, no barrier at GPU
-// scope). The grid is what is resident at once; a CTA walks items blockIdx.x + n·gridDim.x,
-// thread (ry, cx) holding float4 column cx of the slice and rows ry + R·j of each pass, as
-// in la_decode_kernel. The pipeline: once a row is updated and stored, its registers take the
-// same row of the following pass (of this item, or of the next item), so the next item's
-// whole state is in flight while this one's stores drain and its output is reduced, with no
-// gap for a CTA's exit, launch or slot read; the slot, q, k, v and λ of the next item are read
-// an item ahead (q, k, v, λ into the other half of a double buffer), one barrier per item.
-template <typename T>
-struct ItemInputs {  // this thread's share of an item's q, k (d = tid), v (column tid) and λ
-  T q, k, v;
-  float lam;
-};
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 2) la_decode_stream_kernel(const DecodeParams p,
-                                                                       const int split) {
-  __shared__ float sqk[2][2][kMaxD];                     // [item parity][q, k][d]
-  __shared__ __align__(16) float sv[2][4 * kMaxC4];      // [item parity][column of the slice]
-  __shared__ float slam[2];                              // [item parity] λ
-  __shared__ float4 red[2][kThreads];                    // [item parity] partial outputs
-  const int items = p.B * p.H * split;
-  const int Ec = p.E / split, C4 = Ec / 4, R = kThreads / C4, E4 = p.E / 4;
-  const int tid = threadIdx.x, cx = tid % C4, ry = tid / C4;
-  const bool active = ry < R;
-  // a warp holds W row groups of the same columns where C4 divides 32: it adds them by
-  // shuffles, and the CTA's sum reads R / W partials per column rather than R
-  const int W = C4 < 32 && 32 % C4 == 0 ? 32 / C4 : 1;
-
-  auto read_inputs = [&](int it) {
-    const int bh = it / split, b = bh / p.H, h = bh - b * p.H, c0 = (it - bh * split) * Ec;
-    ItemInputs<T> x{};
-    if (tid < p.D) {
-      x.q = static_cast<const T*>(p.q)[b * p.q_bs + h * p.q_hs + tid];
-      x.k = static_cast<const T*>(p.k)[b * p.k_bs + h * p.k_hs + tid];
-    }
-    if (tid < Ec) x.v = static_cast<const T*>(p.v)[b * p.v_bs + h * p.v_hs + c0 + tid];
-    x.lam = p.slope && tid == 0 ? p.slope[h] : 0.f;
-    return x;
-  };
-  auto stage_inputs = [&](const ItemInputs<T>& x, int par) {
-    if (tid < p.D) {
-      sqk[par][0][tid] = to_f(x.q);
-      sqk[par][1][tid] = to_f(x.k);
-    }
-    if (tid < Ec) sv[par][tid] = to_f(x.v);
-    if (tid == 0) slam[par] = expf(-x.lam);
-  };
-  // this thread's column of the item's state rows, or nullptr for a padding row
-  auto state_of = [&](int it) -> float4* {
-    const int bh = it / split, b = bh / p.H, h = bh - b * p.H, c0 = (it - bh * split) * Ec;
-    const int64_t row = state_out_row(p.rows, b);
-    if (row < 0) return nullptr;
-    return reinterpret_cast<float4*>(p.state + (row * p.H + h) * p.D * p.E + c0) + cx;
-  };
-
-  int it = blockIdx.x, par = 0;
-  const ItemInputs<T> first = read_inputs(it);
-  float4* S = state_of(it);
-  float4 s[kRows];
-#pragma unroll
-  for (int j = 0; j < kRows; ++j)
-    if (S && active && ry + R * j < p.D) s[j] = __ldcs(S + (ry + R * j) * E4);
-  stage_inputs(first, 0);
-  __syncthreads();
-
-  for (;;) {
-    const int next = it + gridDim.x;
-    const bool more = next < items;
-    ItemInputs<T> in_next{};
-    float4* Sn = nullptr;
-    if (more) {
-      in_next = read_inputs(next);
-      Sn = state_of(next);
-    }
-    const float* sq = sqk[par][0];
-    const float* sk = sqk[par][1];
-    const float4 vv = reinterpret_cast<const float4*>(sv[par])[cx];
-    const float lam = slam[par];
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int d0 = 0;; d0 += R * kRows) {  // passes of R · kRows rows: one at D = E = 128
-      const bool last = d0 + R * kRows >= p.D;
-      float4* const F = last ? Sn : S;  // the following pass: its rows and first row
-      const int f0 = last ? 0 : d0 + R * kRows;
-#pragma unroll
-      for (int j = 0; j < kRows; ++j) {
-        const int dj = d0 + ry + R * j, fj = f0 + ry + R * j;
-        if (S && active && dj < p.D) {
-          const float kd = sk[dj], qd = sq[dj];
-          float4 x = s[j];
-          x.x = fmaf(lam, x.x, kd * vv.x); x.y = fmaf(lam, x.y, kd * vv.y);
-          x.z = fmaf(lam, x.z, kd * vv.z); x.w = fmaf(lam, x.w, kd * vv.w);
-          __stcs(S + dj * E4, x);
-          acc.x = fmaf(qd, x.x, acc.x); acc.y = fmaf(qd, x.y, acc.y);
-          acc.z = fmaf(qd, x.z, acc.z); acc.w = fmaf(qd, x.w, acc.w);
-        }
-        if (F && active && fj < p.D) s[j] = __ldcs(F + fj * E4);
-      }
-      if (last) break;
-    }
-    if (W > 1)
-      for (int off = C4; off < 32; off *= 2) {
-        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
-      }
-    red[par][tid] = acc;
-    if (more) stage_inputs(in_next, par ^ 1);
-    __syncthreads();  // red[par] complete; the next item's inputs staged
-    if (tid < C4) {
-      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int r = 0; r < R; r += W) {
-        const float4 x = red[par][r * C4 + tid];
-        sum.x += x.x; sum.y += x.y; sum.z += x.z; sum.w += x.w;
-      }
-      const int bh = it / split, c0 = (it - bh * split) * Ec;
-      const float f = S ? p.scale : 0.f;  // a padding row: o = 0
-      T* out = static_cast<T*>(p.o) + (int64_t)bh * p.E + c0 + 4 * tid;
-      out[0] = from_f<T>(f * sum.x); out[1] = from_f<T>(f * sum.y);
-      out[2] = from_f<T>(f * sum.z); out[3] = from_f<T>(f * sum.w);
-    }
-    if (!more) break;
-    it = next;
-    S = Sn;
-    par ^= 1;
-  }
-}
-
-// Slices of E per (b, h) for la_decode_stream_kernel: more while B·H·split CTAs would leave
-// SMs idle, down to 16 columns (64-byte row pieces).
-int stream_split(const DecodeParams& p) {
-  int split = 1;
-  while (split < kMaxSplit && (int64_t)p.B * p.H * split < p.sms && p.E % (8 * split) == 0 &&
-         p.E / (2 * split) >= 16)
-    split *= 2;
-  return split;
-}
-
-template <typename T>
-void launch_decode_stream(const DecodeParams& p, cudaStream_t stream) {
-  static const int per_sm = [] {
-    int n = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, la_decode_stream_kernel<T>, kThreads, 0);
-    return std::max(n, 1);
-  }();
-  const int split = stream_split(p);
-  const int64_t items = (int64_t)p.B * p.H * split;
-  const int grid = (int)std::min<int64_t>(items, (int64_t)per_sm * std::max(p.sms, 1));
-  la_decode_stream_kernel<T><<<grid, kThreads, 0, stream>>>(p, split);
-}
-
 template <template <typename> class Launch>
 void by_dtype(int dtype, const DecodeParams& p, cudaStream_t stream) {
   if (dtype == 0) Launch<float>{}(p, stream);
@@ -332,10 +175,7 @@ void by_dtype(int dtype, const DecodeParams& p, cudaStream_t stream) {
 
 template <typename T>
 struct Pooled {
-  void operator()(const DecodeParams& p, cudaStream_t stream) {
-    if (decode_v3()) launch_decode_stream<T>(p, stream);
-    else launch_decode<T>(p, stream);
-  }
+  void operator()(const DecodeParams& p, cudaStream_t stream) { launch_decode<T>(p, stream); }
 };
 }  // namespace
 

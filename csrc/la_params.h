@@ -166,12 +166,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the fused dk/dv sweep at D = 128 splits its consumers by gradient (each score
-// product once per block) rather than by columns: LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1.
-bool sm90_bwd_by_gradient();
-// Whether the plan cuts segments into parts for the sm_90a pass 1
-// (LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1, la_sm90_host.cu).
-bool sm90_pass1_split();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
@@ -205,10 +199,5 @@ struct DecodeParams {
   int sms, cc_major;  // the device's (la_plan.h device_info): whether a cluster splits D
 };
 void run_decode(const DecodeParams& p, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
-// Whether run_decode takes the persistent streaming kernel (one CTA walks many (b, h), the
-// next one's state loads in flight behind this one's stores; E split at small B·H) rather
-// than one CTA or cluster per (b, h): LIGHTNING_ATTENTION_DECODE_V3=1 (la_sm90_host.cu, read
-// once).
-bool decode_v3();
 
 }  // namespace la

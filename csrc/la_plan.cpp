@@ -69,27 +69,15 @@ int pick_seg_len(int64_t rows, int64_t N, int sms, bool fast_pass1) {
 }
 
 // Pass 1 of the sm_90a kernel on `segs` segments of `blocks` 64-token blocks, each cut into
-// parts (one CTA each): the modelled time is the waves of CTAs (`slots` at once) times the
-// blocks of a part, plus each part's local state (written by pass 1, read by the scan:
-// `state_blocks` blocks' worth of K, V bytes) spread over the slots. Parts are powers of two
-// of at least kMinPartBlocks blocks; ties keep fewer parts (fewer states).
-// W on an H200 (16K segments): N = 64K, 96 segments -> 4 parts of 4K (384 CTAs, 3 waves);
-// N = 32K, 64 segments -> 2 parts of 8K (128 CTAs).
-int pick_parts(int64_t segs, int64_t blocks, int64_t slots, double state_blocks) {
-  auto cost = [&](int64_t parts) {
-    const int64_t part_blocks = (blocks + parts - 1) / parts, ctas = segs * parts;
-    return (double)((ctas + slots - 1) / slots) * part_blocks + state_blocks * ctas / slots;
-  };
-  int64_t best = 1;
-  double best_cost = cost(1);
-  for (int64_t parts = 2; (blocks + parts - 1) / parts >= kMinPartBlocks; parts *= 2) {
-    const double c = cost(parts);
-    if (c < best_cost * 0.98) {
-      best = parts;
-      best_cost = c;
-    }
-  }
-  return (int)best;
+// parts (one CTA each): the most parts (powers of two of at least kMinPartBlocks blocks) that
+// still run in one wave of `slots` CTAs. More waves lost on the H200 (W, N = 64K: 96 segments
+// in 4 parts, 384 CTAs in 3 waves: backward 3% slower than whole segments), one fuller wave
+// won (N = 32K: 64 segments in 2 parts, 128 CTAs: forward 0.876 ms against 1.009).
+int pick_parts(int64_t segs, int64_t blocks, int64_t slots) {
+  int64_t parts = 1;
+  while (segs * parts * 2 <= slots && (blocks + parts * 2 - 1) / (parts * 2) >= kMinPartBlocks)
+    parts *= 2;
+  return (int)parts;
 }
 
 }  // namespace
@@ -142,15 +130,13 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   // runs in the dq sweep, takes whole segments).
   pl.seg.parts = 1;
   pl.seg.part_len = L;
-  if (pl.multi && pl.sm90 && !moments && sm90_pass1_split()) {
+  if (pl.multi && pl.sm90 && !moments) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
     const int64_t segs =
         cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
     const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-    // a local state written and read (8·D·E bytes) against a block's K, V (128·(D + E) bytes)
-    const double state_blocks = (double)(D * E) / (16.0 * (D + E));
-    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm, state_blocks);
+    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm);
     const int64_t part_blocks = (blocks + parts - 1) / parts;
     pl.seg.part_len = (int)(part_blocks * 64);
     pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);

@@ -1,6 +1,5 @@
 // Host side of the sm_90a kernels: TMA descriptors (through the driver's entry point, so the
-// extension needs no link against libcuda), the rule for when the Hopper kernels run, and the
-// extension's run-time switches (one reader).
+// extension needs no link against libcuda) and the rule for when the Hopper kernels run.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -82,28 +81,6 @@ bool sm90_available() {
 // LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 (read once, for comparisons).
 bool sm90_fused_bwd() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FUSED_BWD", true);
-  return on;
-}
-
-// The fused dk/dv kernel with one consumer per gradient (each score product computed once per
-// block) when LIGHTNING_ATTENTION_SM90_BWD_SHARED_P=1 (read once; off until the GPU has
-// checked it).
-bool sm90_bwd_by_gradient() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_SHARED_P", false);
-  return on;
-}
-
-// The persistent decode kernel (la_decode.cu) when LIGHTNING_ATTENTION_DECODE_V3=1 (read
-// once; off until measured on the GPU). Its reader sits here beside the other switches.
-bool decode_v3() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_DECODE_V3", false);
-  return on;
-}
-
-// Segments cut into parts for the sm_90a pass 1 (la_plan.cpp), with
-// LIGHTNING_ATTENTION_SM90_PASS1_SPLIT=1 (read once; off until verified on the GPU).
-bool sm90_pass1_split() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_PASS1_SPLIT", false);
   return on;
 }
 

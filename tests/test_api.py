@@ -183,13 +183,10 @@ def test_value_checks_on_gpu_with_debug(monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("B", [4, 300])
-def test_decode_is_capturable_in_a_cuda_graph(monkeypatch, B):
-    """Auto backend, debug value checks on: still no host sync while capturing; few rows
-    (CTAs share a (b, h)) and many (with LIGHTNING_ATTENTION_DECODE_V3=1 a CTA walks
-    several)."""
+def test_decode_is_capturable_in_a_cuda_graph(monkeypatch):
+    """Auto backend, debug value checks on: still no host sync while capturing."""
     monkeypatch.setenv("LIGHTNING_ATTENTION_DEBUG", "1")
-    H, D, E = 8, 64, 64
+    B, H, D, E = 4, 8, 64, 64
     q, k, v = (torch.randn(B, H, X, device="cuda", dtype=torch.bfloat16) for X in (D, D, E))
     slope = la.build_slopes(H, device="cuda")
     state = torch.randn(B, H, D, E, device="cuda")
