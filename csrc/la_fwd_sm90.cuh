@@ -284,12 +284,15 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
         const float2 f = P2::unpack(ka[dt][kk][x]);
         const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
         const int key0 = 16 * kk + 2 * tq + ((x & 2) ? 8 : 0);
-        const float x0 = n == 64 || key0 < n ? f.x * w0 : 0.f;
-        const float x1 = n == 64 || key0 + 1 < n ? f.y * w1 : 0.f;
-        ka[dt][kk][x] = P2::pack(x0, x1);
         if constexpr (kSplit) {
+          const float x0 = n == 64 || key0 < n ? f.x * w0 : 0.f;
+          const float x1 = n == 64 || key0 + 1 < n ? f.y * w1 : 0.f;
+          ka[dt][kk][x] = P2::pack(x0, x1);
           const float2 hi = P2::unpack(ka[dt][kk][x]);
           lo[dt][kk][x] = P2::pack(x0 - hi.x, x1 - hi.y);
+        } else {
+          ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
+                                  : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
         }
       }
     }
