@@ -38,7 +38,7 @@ struct Sm90FwdTraits {
   static constexpr int kBlock = 64;
   static constexpr int kConsumers = HD / 64;               // consumer warpgroups
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kMinBlocksPerSM = HD == 64 && !kTerms ? 2 : 1;
+  static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
   // with the terms' fourth tile two stages keep two CTAs per SM at D = 64
