@@ -5,8 +5,8 @@
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
 LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
-With LIGHTNING_ATTENTION_SM90_DSLOPE=1 the d slope cases' dq sweep (D = 64) runs pass 2 on the
-sm_90a kernel with the terms; run that too.
+With LIGHTNING_ATTENTION_SM90_DSLOPE=1 the d slope cases' dq sweep runs pass 2 on the sm_90a
+kernel with the terms; run that too.
 """
 import torch
 

@@ -30,8 +30,7 @@
 
 namespace la {
 
-// kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel), built for D = 64 only:
-// sm90_terms_built.
+// kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel).
 template <typename T, int HD, bool kTerms = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
@@ -41,7 +40,7 @@ struct Sm90FwdTraits {
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
-  // with the terms' fourth tile two stages keep two CTAs per SM at D = 64
+  // with the terms' fourth tile: two stages (D = 128: shared memory; D = 64: two CTAs per SM)
   static constexpr int kStages = kTerms ? 2 : 3;
   static constexpr int kBoxBytes = 64 * 64 * 2;            // (64 rows, 64 columns), 16-bit
   static constexpr int kBoxes = HD / 64;                   // boxes per (64, HD) tile
@@ -58,10 +57,6 @@ struct Sm90FwdTraits {
   static constexpr int kSmem = kStages * kStageBytes + kConsumers * (2 * kStateCopyBytes + kBoxBytes) +
                                kBarrierBytes + kRedBytes + 1024;
 };
-
-// The head dims whose sm_90a dq sweep has the d slope terms (at D = 128 the moment's 64 more
-// registers per consumer do not fit beside the state: bench/NOTES.md).
-constexpr bool sm90_terms_built(int hd) { return hd == 64; }
 
 namespace sm90 {
 
@@ -355,11 +350,32 @@ __device__ __forceinline__ void row_dots(float& d0, float& d1, const float (&a)[
   }
 }
 
+// acc += (diag(w) X)ᵀ B for one 64-row box of D: X the (64 tokens, 64) box at uX (weights w
+// as weighted_keys_t's, tokens from n on selected away), B the MN-major box at uB, the
+// weighted operand in two 16-bit parts (split); waits for it (frees the operand registers).
+template <typename T>
+__device__ __forceinline__ void split_update_box(float (&acc)[32], uint32_t uX, uint32_t uB,
+                                                 const float (&w)[4][4], int warp, int lane, int n) {
+  uint32_t hi[1][4][4], lo[1][4][4];
+  weighted_keys_t<T, 1, true>(hi, uX, w, warp, lane, n, lo);
+  fence_regs(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    wgmma_rs_64x64<T>(acc, hi[0][kk], desc_sw128(uB + kk * 2048));
+    wgmma_rs_64x64<T>(acc, lo[0][kk], desc_sw128(uB + kk * 2048));
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(acc);
+}
+
 // The warp's share of <M_w, G_w> with G_w = (diag(λ^{j+1}) Q)ᵀ R_w over the block's tokens
 // j < n (R_w: this consumer's box of the real q, its rows from n on zero): the block's moment
 // term without the scale, M at the block's start in fp32, G from split operands (its weights
-// are near 1 for weak decay). Waits for every wgmma of the warpgroup. Its weights come from an
-// opaque zero: computed at each call, not hoisted out of the caller's loop.
+// are near 1 for weak decay), one box of D at a time. Waits for every wgmma of the warpgroup.
+// Its weights come from an opaque zero: computed at each call, not hoisted out of the
+// caller's loop.
 template <typename T, int kTiles>
 __device__ __forceinline__ float moment_share(const float (&m)[kTiles][32], uint32_t uQ,
                                               uint32_t uRw, float nl2, int warp, int lane, int n) {
@@ -370,31 +386,15 @@ __device__ __forceinline__ float moment_share(const float (&m)[kTiles][32], uint
 #pragma unroll
     for (int x = 0; x < 4; ++x)
       wq[kk][x] = decay_pow(nl2, (float)(16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0) + 1));
-  uint32_t hi[kTiles][4][4], lo[kTiles][4][4];
-  weighted_keys_t<T, kTiles, true>(hi, uQ, wq, warp, lane, n, lo);
-  float g[kTiles][32];
-#pragma unroll
-  for (int dt = 0; dt < kTiles; ++dt) {
-#pragma unroll
-    for (int i = 0; i < 32; ++i) g[dt][i] = 0.f;
-    fence_regs(g[dt]);
-  }
-  wgmma_fence();
-#pragma unroll
-  for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma_rs_64x64<T>(g[dt], hi[dt][kk], desc_sw128(uRw + kk * 2048));
-      wgmma_rs_64x64<T>(g[dt], lo[dt][kk], desc_sw128(uRw + kk * 2048));
-    }
-  wgmma_commit();
-  wgmma_wait<0>();
   float x = 0.f;
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt) {
-    fence_regs(g[dt]);
+    float g[32];
 #pragma unroll
-    for (int i = 0; i < 32; ++i) x += m[dt][i] * g[dt][i];
+    for (int i = 0; i < 32; ++i) g[i] = 0.f;
+    split_update_box<T>(g, uQ + dt * 8192, uRw, wq, warp, lane, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) x += m[dt][i] * g[i];
   }
   return warp_sum(x);
 }
@@ -459,11 +459,14 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // header and docs/DSLOPE.md): the moment M beside S (fp32, this consumer's slice, the same
 // recurrence M <- λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V_w, M = S at a sequence's start
 // and from ws_m after the first segment), and per token τ written to p.terms: the block's pairs
-// from P and rq Kᵀ (fp32, consumer 0), r · rq·(the inter-block output), the block's moment
-// term c <M, G> on its first token and <dS_f, M − S> on the sequence's last. The weighted
-// operands of M, S and G go in as two 16-bit parts. Each block then waits for its products
-// (no overlap of P(c + 1) with the epilogue's state updates) and the consumers meet once
-// per block to add up the terms. tm_r is unused without kTerms.
+// from P and rq Kᵀ (fp32; each consumer half of the keys), r · rq·(the inter-block output),
+// the block's moment term c <M, G> on its first token and <dS_f, M − S> on the sequence's
+// last. The weighted operands of M, S and G go in as two 16-bit parts. The state and the
+// moment slices hold HD registers per thread (D = 128: 128 of 240), so a block runs its products
+// one group at a time, each waited for before the next one's operands are built: P and rq Kᵀ
+// (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
+// staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
+// once per block to add up the terms. tm_r is unused without kTerms.
 template <typename T, int HD, bool kReverse, bool kTerms>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
@@ -583,9 +586,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   const int terms_bar = 1 + Tr::kConsumers;
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
-  // cores have work while it stores outputs and the state copy.
+  // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
+  // start, the state and the moment leave no room for it).
   float p_acc[32];
-  if (nblk > 0) {
+  if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
     wgmma_fence();
     issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
@@ -597,6 +601,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
     const uint32_t uR = tile(s, 3), uRw = uR + w * Tr::kBoxBytes;  // kTerms: the real q
+    if (kTerms) mbar_wait(ring.full(s), (c / kStages) & 1);
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
       // zero them in V, the one operand whose masked rows would still meet a 0 · x (and in
@@ -608,28 +613,35 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     }
 
     const int rb = r0 + (kTerms ? opaque_zero() : 0);  // r0, with kTerms rebuilt in each block
-    if (kTerms) dec.init_mask(nl2, p.scale, rb, tq);
-    float o_acc[32], pt[32];
-    // O = Q S_w from the copy of the state entering the block (kTerms, consumer 0: and the
-    // pairs' rq Kᵀ, from the real q and the V slot's k; a compile-time true with one consumer,
-    // else a wgmma in a branch the compiler cannot prove uniform, which it serialises)
-    const bool pairs = kTerms && (Tr::kConsumers == 1 || w == 0);
-    wgmma_fence();
-    issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
-    if (pairs) issue_qk<T, HD>(pt, uR, tile(s, 2));
-    wgmma_commit();
+    float o_acc[32];
     uint32_t pa[4][4];
     float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share
     if constexpr (kTerms) {
-      // the block's pairs c Σ_{j<r} (r-j) λ^{r-j} P_rj (rq Kᵀ)_rj, P = Q Kᵀ (both fp32)
+      // P = Q Kᵀ and the pairs' rq Kᵀ (the real q and the V slot's k, both fp32), then the
+      // block's pairs c Σ_{j<r} (r-j) λ^{r-j} P_rj (rq Kᵀ)_rj, each consumer over half of
+      // the key groups; then O = Q S_w from the copy of the state entering the block
+      float pt[32];
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, uQ, uK);
+      issue_qk<T, HD>(pt, uR, tile(s, 2));
+      wgmma_commit();
+      dec.init_mask(nl2, p.scale, rb, tq);
       wgmma_wait<0>();
       fence_regs(p_acc);
       fence_regs(pt);
       masked_frags<T, false>(pa, p_acc, dec.mask, warp, tq, r0, n, [&](int x, float v) {
         const int dist = rb + ((x & 2) ? 8 : 0) - (8 * (x >> 2) + 2 * tq + (x & 1));
-        if (pairs) ((x & 2) ? part1 : part0) += (float)dist * pt[x] * v;
+        if (Tr::kConsumers == 1 || ((x >> 2) & 1) == w)
+          ((x & 2) ? part1 : part0) += (float)dist * pt[x] * v;
       });
+      wgmma_fence();
+      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      wgmma_commit();
     } else {
+      // O = Q S_w from the copy of the state entering the block
+      wgmma_fence();
+      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      wgmma_commit();
       wgmma_wait<1>();
       fence_regs(p_acc);
       masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
@@ -651,9 +663,23 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
     wgmma_commit();
-    if constexpr (kTerms) {  // P V done: its fragments' registers are free for the terms'
+    // outputs (scale already applied): a full block through the staging box and one TMA
+    // store (issued at the end of the iteration); a partial one (its rows past n may be the
+    // next sequence's) row by row. kTerms: right after P V, to free the output's registers.
+    auto stage_outputs = [&] {
+      if (n == 64) {
+        if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
+        named_barrier(bar_id, 128);
+        tile_to_box<T>(out_box, o_acc, warp, lane);
+      } else {
+        store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
+                      p.o_rs, o_acc, r0, n);
+      }
+    };
+    if constexpr (kTerms) {
       wgmma_wait<0>();
       fence_regs(o_acc);
+      stage_outputs();
     }
 
     float first = 0.f;  // kTerms: the warp's share of the block's moment term c <M, G>
@@ -676,46 +702,35 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
         for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
-      uint32_t ma[Tr::kBoxes][4][4], mlo[Tr::kBoxes][4][4];
-      weighted_keys_t<T, Tr::kBoxes, true>(ma, uK, wm, warp, lane, n, mlo);
 #pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(m_acc[dt]);
-      wgmma_fence();
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          wgmma_rs_64x64<T>(m_acc[dt], ma[dt][kk], desc_sw128(uV + kk * 2048));
-          wgmma_rs_64x64<T>(m_acc[dt], mlo[dt][kk], desc_sw128(uV + kk * 2048));
-        }
-      wgmma_commit();
-      wgmma_wait<0>();  // (frees ma, mlo before the state's operands)
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(m_acc[dt]);
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
     }
 
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n (kTerms:
-    // split operands)
+    // split operands, one box at a time)
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-    uint32_t ka[Tr::kBoxes][4][4], klo[kTerms ? Tr::kBoxes : 1][4][4];
-    weighted_keys_t<T, Tr::kBoxes, kTerms>(ka, uK, wk, warp, lane, n, klo);
+    if constexpr (kTerms) {
 #pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-    wgmma_fence();
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
+    } else {
+      uint32_t ka[Tr::kBoxes][4][4];
+      weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
 #pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+      wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
-        if constexpr (kTerms) wgmma_rs_64x64<T>(s_acc[dt], klo[dt][kk], desc_sw128(uV + kk * 2048));
-      }
-    wgmma_commit();
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+      wgmma_commit();
+    }
 
     const bool next = c + 1 < nblk;
-    if (next) {  // P(c + 1) runs under this block's epilogue
+    if (next && !kTerms) {  // P(c + 1) runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
@@ -727,7 +742,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     }
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-    fence_regs(o_acc);
+    if constexpr (!kTerms) fence_regs(o_acc);  // (kTerms: staged already)
     if constexpr (kTerms) {  // the block's τ, the final state's term on the sequence's last token
       const float last = fin && c == nblk - 1
                              ? final_share<Tr::kBoxes>(m_acc, s_acc,
@@ -737,16 +752,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       block_terms<Tr::kConsumers>(termsg + blk * 64, red + (c & 1) * Tr::kRedFloats, part0, part1,
                                   first, last, w, t, r0, n, terms_bar);
     }
-    // outputs (scale already applied): a full block through the staging box and one TMA
-    // store; a partial one (its rows past n may be the next sequence's) row by row
-    if (n == 64) {
-      if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
-      named_barrier(bar_id, 128);
-      tile_to_box<T>(out_box, o_acc, warp, lane);
-    } else {
-      store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
-                    p.o_rs, o_acc, r0, n);
-    }
+    if constexpr (!kTerms) stage_outputs();
     if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
@@ -788,12 +794,12 @@ void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t
                                                                              m[4], p);
 }
 
-// With p.terms (the dq sweep with d slope terms) pass 2 only, forward, at the head dims of
-// sm90_terms_built: pass 1 with moments is the mma.sync kernel's (la_launch.cpp).
+// With p.terms (the dq sweep with d slope terms) pass 2 only, forward: pass 1 with moments is
+// the mma.sync kernel's (la_launch.cpp).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream) {
   const bool terms = p.terms != nullptr;
-  if (terms && (pass1 || reverse || !sm90_terms_built(HD)))
+  if (terms && (pass1 || reverse))
     throw std::runtime_error("lightning_attn (cuda): no sm_90a kernel for these d slope terms");
   if (pass1) return run_state_sm90<T, HD>(p, reverse, stream);
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -807,7 +813,7 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
                                : tq;
   const CUtensorMap maps[5] = {tq, tk, tv, to, tr};
   if (terms) {
-    if constexpr (sm90_terms_built(HD)) launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
+    launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {

@@ -95,7 +95,7 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
   // sm_90a kernel only with LIGHTNING_ATTENTION_SM90_DSLOPE=1 (sm90_dslope), pass 1 (the
   // moments) always on the mma.sync kernel.
   const bool terms = p.terms != nullptr;
-  const bool sm90 = pl.sm90 && (!terms || sm90_dslope((int)D));
+  const bool sm90 = pl.sm90 && (!terms || sm90_dslope());
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;

@@ -161,9 +161,9 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether pass 2 of the dq sweep with d slope terms runs on the sm_90a kernel (head dim hd):
-// only with LIGHTNING_ATTENTION_SM90_DSLOPE=1 and where it is built (la_sm90_host.cu).
-bool sm90_dslope(int hd);
+// Whether pass 2 of the dq sweep with d slope terms runs on the sm_90a kernel: only with
+// LIGHTNING_ATTENTION_SM90_DSLOPE=1 (la_sm90_host.cu).
+bool sm90_dslope();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -84,11 +84,11 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The dq sweep's d slope terms on the sm_90a kernel (pass 2; D = 64: sm90_terms_built) only
-// with LIGHTNING_ATTENTION_SM90_DSLOPE=1 (read once) until it is verified on the GPU.
-bool sm90_dslope(int hd) {
+// The dq sweep's d slope terms on the sm_90a kernel (pass 2) only with
+// LIGHTNING_ATTENTION_SM90_DSLOPE=1 (read once) until it is verified on the GPU.
+bool sm90_dslope() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_DSLOPE", false);
-  return on && sm90_terms_built(hd);
+  return on;
 }
 
 }  // namespace la

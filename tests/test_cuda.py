@@ -163,8 +163,8 @@ def test_varlen_malformed(dtype):
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_deterministic_backward(need_dslope, D):
     """Bitwise-identical runs, with the d slope terms and without (on sm_90a: the dk/dv sweep
-    of the Hopper kernels; with LIGHTNING_ATTENTION_SM90_DSLOPE=1 at D = 64 the terms' sum
-    over the consumer warpgroups of the Hopper dq sweep)."""
+    of the Hopper kernels; with LIGHTNING_ATTENTION_SM90_DSLOPE=1 the terms' sum over the
+    consumer warpgroups of the Hopper dq sweep)."""
     q, k, v = utils.make_inputs(2, 4, 4097, D, D, dtype=torch.bfloat16, device="cuda")
     slope = utils.rand_slope(4, "cuda")
     s0 = utils.rand_state(2, 4, D, D, "cuda")
