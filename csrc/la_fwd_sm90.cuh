@@ -403,9 +403,9 @@ __device__ __forceinline__ float moment_share(const float (&m)[kTiles][32], uint
 // (columns [64w, 64w + 64)), dS_f's element (d, e) at dsf[d·sd + e·se]. (Addresses from an
 // opaque zero: not hoisted out of the caller's loop.)
 template <int kTiles>
-__device__ __forceinline__ float final_share(const float (&m)[kTiles][32], const float (&s)[kTiles][32],
-                                             const float* dsf, int64_t sd, int64_t se, int w,
-                                             int warp, int lane) {
+__device__ __forceinline__ float final_share(const float (&m)[kTiles][32],
+                                             const float (&s)[kTiles][32], const float* dsf,
+                                             int64_t sd, int64_t se, int w, int warp, int lane) {
   dsf += opaque_zero();
   float x = 0.f;
   for_each_state<kTiles>(warp, lane, [&](int dt, int i, int d, int e) {
@@ -522,7 +522,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
           tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, ring.full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
-          if (kTerms) tma_load_4d(tile(s, 3) + x * Tr::kBoxBytes, &tm_r, ring.full(s), x * 64, tok, h, b);
+          if (kTerms)
+            tma_load_4d(tile(s, 3) + x * Tr::kBoxBytes, &tm_r, ring.full(s), x * 64, tok, h, b);
         }
       });
     }
@@ -703,7 +704,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
 #pragma unroll
         for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
 #pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+        split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
     }
 
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n (kTerms:
@@ -714,7 +716,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
     if constexpr (kTerms) {
 #pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+        split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
     } else {
       uint32_t ka[Tr::kBoxes][4][4];
       weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
