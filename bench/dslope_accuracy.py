@@ -3,6 +3,7 @@
     python bench/dslope_accuracy.py                       # the table below, about a minute
     python bench/dslope_accuracy.py --n 1024 --d 64 --dtype bfloat16
     python bench/dslope_accuracy.py --time            # the backward's cost of d slope at W
+    python bench/dslope_accuracy.py --time --d 64     # ... with D = E = 64
 
 Calls the C++ op `lightning_attention_C::bwd` directly and sums its per-token terms:
 d slope = −Σ_{batch, tokens} τ per head (the contract of the terms). Compares with d slope of
@@ -12,7 +13,7 @@ plain; packed sequences (an empty and a length-1 one among them) with an initial
 loss on the final state; the same with short forced segments (the multi-segment plan: pass 1,
 the scan of states and moments, pass 2). Exits with 1 if any error is above --limit (1%).
 With --time: median ms of the backward op with and without the d slope terms at W (bf16,
-H = 32, D = E = 128, B·N = 65,536).
+H = 32, D = E = 128, B·N = 65,536), or at the head dims of --d.
 """
 import argparse
 import os
@@ -84,17 +85,19 @@ def backward_ms(N, need_dslope, H=32, D=128, tokens=65536, reps=20):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="*", default=[1024, 16384, 65536])
-    ap.add_argument("--d", type=int, nargs="*", default=[64, 128])
+    ap.add_argument("--d", type=int, nargs="*", default=None, help="default 64 128 (--time: 128)")
     ap.add_argument("--dtype", nargs="*", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--limit", type=float, default=0.01)
     ap.add_argument("--time", action="store_true")
     args = ap.parse_args()
     if args.time:
-        for N in (1024, 65536):
-            fixed, learn = backward_ms(N, False), backward_ms(N, True)
-            print(f"W N={N}: backward {fixed:.3f} ms, with d slope {learn:.3f} ms "
-                  f"({learn / fixed:.2f}x)")
+        for D in args.d or [128]:
+            for N in (1024, 65536):
+                fixed, learn = backward_ms(N, False, D=D), backward_ms(N, True, D=D)
+                print(f"W D={D} N={N}: backward {fixed:.3f} ms, with d slope {learn:.3f} ms "
+                      f"({learn / fixed:.2f}x)")
         return
+    args.d = args.d or [64, 128]
     worst = 0.0
     print(f"{'dtype':9} {'N':>6} {'D':>4} {'case':9} {'error':>9} {'s':>5}")
     for name in args.dtype:

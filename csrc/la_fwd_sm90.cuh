@@ -22,13 +22,16 @@
 // (double-buffered) and releases a stage of the ring when it is done with it.
 #pragma once
 
+#include <stdexcept>
+
 #include "la_common.cuh"
 #include "la_params.h"
 #include "la_sm90.cuh"
 
 namespace la {
 
-template <typename T, int HD>
+// kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel).
+template <typename T, int HD, bool kTerms = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static constexpr int kBlock = 64;
@@ -37,16 +40,22 @@ struct Sm90FwdTraits {
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
-  static constexpr int kStages = 3;
+  // with the terms' fourth tile: two stages (D = 128: shared memory; D = 64: two CTAs per SM)
+  static constexpr int kStages = kTerms ? 2 : 3;
   static constexpr int kBoxBytes = 64 * 64 * 2;            // (64 rows, 64 columns), 16-bit
   static constexpr int kBoxes = HD / 64;                   // boxes per (64, HD) tile
   static constexpr int kTileBytes = kBoxes * kBoxBytes;
-  static constexpr int kStageBytes = 3 * kTileBytes;       // Q, K, V
+  static constexpr int kTiles = kTerms ? 4 : 3;            // Q, K, V (and the real q)
+  static constexpr int kStageBytes = kTiles * kTileBytes;
   static constexpr int kStateCopyBytes = HD * 64 * 2;      // (HD, 64) 16-bit, MN-major
   static constexpr int kBarrierBytes = 2 * kStages * 8;
+  // kTerms, per block parity: each consumer's 64 row partials, then its warps' shares of the
+  // block's first-token and last-token terms (4 + 4)
+  static constexpr int kRedFloats = kConsumers * (64 + 8);
+  static constexpr int kRedBytes = kTerms ? 2 * kRedFloats * 4 : 0;
   // 1 KiB of slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
-  static constexpr int kSmem = kStages * kStageBytes +
-                               kConsumers * (2 * kStateCopyBytes + kBoxBytes) + kBarrierBytes + 1024;
+  static constexpr int kSmem = kStages * kStageBytes + kConsumers * (2 * kStateCopyBytes + kBoxBytes) +
+                               kBarrierBytes + kRedBytes + 1024;
 };
 
 namespace sm90 {
@@ -146,10 +155,13 @@ struct BlockDecay {
   float row[2];
   float total;
   __device__ __forceinline__ void init(float nl2, float scale, int r0, int tq) {
+    init_mask(nl2, scale, r0, tq);
+    set_block(nl2, scale, r0, tq, 64);
+  }
+  __device__ __forceinline__ void init_mask(float nl2, float scale, int r0, int tq) {
 #pragma unroll
     for (int e = 0; e < 32; ++e)
       mask[e] = F::mask(nl2, scale, r0 + ((e & 2) ? 8 : 0), 8 * (e >> 2) + 2 * tq + (e & 1));
-    set_block(nl2, scale, r0, tq, 64);
   }
   // the factors that depend on the block's length (a segment's last block may be partial)
   __device__ __forceinline__ void set_block(float nl2, float scale, int r0, int tq, int n) {
@@ -210,11 +222,15 @@ __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t
 // j = 8m + 2tq + x is kept where j <= row (kReverse: j >= row) and j < n, i.e.
 // lo <= 8m + x < hi[row half]; key groups wholly on the masked side of the warp's rows are
 // skipped (warp-uniform). Masked elements are selected away, never multiplied (they may be
-// products of another packed sequence's rows).
-template <typename T, bool kReverse>
+// products of another packed sequence's rows). kept(x, v) sees each kept element, accumulator
+// index x, value v (the d slope pairs).
+struct NoKept {
+  __device__ __forceinline__ void operator()(int, float) const {}
+};
+template <typename T, bool kReverse, typename Kept = NoKept>
 __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (&p)[32],
                                              const float (&mask)[32], int warp, int tq, int r0,
-                                             int n) {
+                                             int n, Kept&& kept = {}) {
   using P2 = Pack2<T>;
   const int r1 = r0 + 8;
   const int lo[2] = {kReverse ? r0 - 2 * tq : 0, kReverse ? r1 - 2 * tq : 0};
@@ -227,7 +243,9 @@ __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (
     for (int e = 0; e < 8; ++e) {
       const int m = 2 * kk + (e >> 2), i = e & 3, jm = 8 * m + (i & 1);
       const bool group = kReverse ? m >= 2 * warp : m <= 2 * warp + 1;
-      v[e] = (group && jm >= lo[i >> 1] && jm < hi[i >> 1]) ? p[4 * m + i] * mask[4 * m + i] : 0.f;
+      const bool keep = group && jm >= lo[i >> 1] && jm < hi[i >> 1];
+      v[e] = keep ? p[4 * m + i] * mask[4 * m + i] : 0.f;
+      if (keep) kept(4 * m + i, v[e]);
     }
     pa[kk][0] = P2::pack(v[0], v[1]);
     pa[kk][1] = P2::pack(v[2], v[3]);
@@ -241,9 +259,12 @@ __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (
 // 16kk + 2tq + (x & 1) (+8 for x & 2)). In a partial block of n tokens the keys from n on
 // are selected away, never multiplied (rows of the next packed sequence, maybe not finite);
 // not by their weight's sign: a negative scale makes the reversed weights negative.
-template <typename T, int kTiles>
+// kSplit (the d slope terms' operands): the weighted keys as two 16-bit parts, ka and the
+// remainder lo, two products (see state_update in la_common.cuh).
+template <typename T, int kTiles, bool kSplit = false>
 __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK,
-                                                const float (&wk)[4][4], int warp, int lane, int n) {
+                                                const float (&wk)[4][4], int warp, int lane, int n,
+                                                uint32_t (*lo)[4][4] = nullptr) {
   using P2 = Pack2<T>;
   const int mat = lane >> 3, tq = lane & 3;
 #pragma unroll
@@ -258,8 +279,16 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
         const float2 f = P2::unpack(ka[dt][kk][x]);
         const float w0 = wk[kk][(x & 2)], w1 = wk[kk][(x & 2) + 1];
         const int key0 = 16 * kk + 2 * tq + ((x & 2) ? 8 : 0);
-        ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
-                                : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
+        if constexpr (kSplit) {
+          const float x0 = n == 64 || key0 < n ? f.x * w0 : 0.f;
+          const float x1 = n == 64 || key0 + 1 < n ? f.y * w1 : 0.f;
+          ka[dt][kk][x] = P2::pack(x0, x1);
+          const float2 hi = P2::unpack(ka[dt][kk][x]);
+          lo[dt][kk][x] = P2::pack(x0 - hi.x, x1 - hi.y);
+        } else {
+          ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
+                                  : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
+        }
       }
     }
 }
@@ -285,18 +314,171 @@ __device__ __forceinline__ void store_rows(T* g, int64_t rs, const float (&a)[32
   }
 }
 
+// ------------------------------------------------------------------ d slope terms (kTerms)
+
+__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
+  uint32_t x;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(x) : "r"(addr));
+  return x;
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Rows r0 and r0 + 8 of the 64 × 64 accumulator tile `a` dotted, over this thread's columns,
+// with the same elements of the 16-bit (64, 64) box at `box` (rows = tokens): the real q
+// against dq's inter-block part. (Addresses from an opaque zero: not hoisted out of the loop.)
+template <typename T>
+__device__ __forceinline__ void row_dots(float& d0, float& d1, const float (&a)[32], uint32_t box,
+                                         int r0, int tq) {
+  using P2 = Pack2<T>;
+  r0 += opaque_zero();
+  d0 = d1 = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 x0 = P2::unpack(lds_u32(box + sw128(r0, 8 * j + 2 * tq)));
+    const float2 x1 = P2::unpack(lds_u32(box + sw128(r0 + 8, 8 * j + 2 * tq)));
+    d0 += x0.x * a[4 * j] + x0.y * a[4 * j + 1];
+    d1 += x1.x * a[4 * j + 2] + x1.y * a[4 * j + 3];
+  }
+}
+
+// acc += (diag(w) X)ᵀ B for one 64-row box of D: X the (64 tokens, 64) box at uX (weights w
+// as weighted_keys_t's, tokens from n on selected away), B the MN-major box at uB, the
+// weighted operand in two 16-bit parts (split); waits for it (frees the operand registers).
+template <typename T>
+__device__ __forceinline__ void split_update_box(float (&acc)[32], uint32_t uX, uint32_t uB,
+                                                 const float (&w)[4][4], int warp, int lane, int n) {
+  uint32_t hi[1][4][4], lo[1][4][4];
+  weighted_keys_t<T, 1, true>(hi, uX, w, warp, lane, n, lo);
+  fence_regs(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    wgmma_rs_64x64<T>(acc, hi[0][kk], desc_sw128(uB + kk * 2048));
+    wgmma_rs_64x64<T>(acc, lo[0][kk], desc_sw128(uB + kk * 2048));
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(acc);
+}
+
+// The warp's share of <M_w, G_w> with G_w = (diag(λ^{j+1}) Q)ᵀ R_w over the block's tokens
+// j < n (R_w: this consumer's box of the real q, its rows from n on zero): the block's moment
+// term without the scale, M at the block's start in fp32, G from split operands (its weights
+// are near 1 for weak decay), one box of D at a time. Waits for every wgmma of the warpgroup.
+// Its weights come from an opaque zero: computed at each call, not hoisted out of the
+// caller's loop.
+template <typename T, int kTiles>
+__device__ __forceinline__ float moment_share(const float (&m)[kTiles][32], uint32_t uQ,
+                                              uint32_t uRw, float nl2, int warp, int lane, int n) {
+  const int tq = (lane & 3) + opaque_zero();
+  float wq[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int x = 0; x < 4; ++x)
+      wq[kk][x] = decay_pow(nl2, (float)(16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0) + 1));
+  float x = 0.f;
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt) {
+    float g[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) g[i] = 0.f;
+    split_update_box<T>(g, uQ + dt * 8192, uRw, wq, warp, lane, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) x += m[dt][i] * g[i];
+  }
+  return warp_sum(x);
+}
+
+// The warp's share of the final state's term <dS_f, M − S> over this consumer's slice
+// (columns [64w, 64w + 64)), dS_f's element (d, e) at dsf[d·sd + e·se]. (Addresses from an
+// opaque zero: not hoisted out of the caller's loop.)
+template <int kTiles>
+__device__ __forceinline__ float final_share(const float (&m)[kTiles][32],
+                                             const float (&s)[kTiles][32], const float* dsf,
+                                             int64_t sd, int64_t se, int w, int warp, int lane) {
+  dsf += opaque_zero();
+  float x = 0.f;
+  for_each_state<kTiles>(warp, lane, [&](int dt, int i, int d, int e) {
+    x += dsf[d * sd + (64 * w + e) * se] * (m[dt][i] - s[dt][i]);
+  });
+  return warp_sum(x);
+}
+
+// A block's terms from the consumer warpgroups' shares into out[0 .. n): each thread's
+// row partials part0, part1 of rows r0, r0 + 8 (its columns; summed over the quad here), each
+// warp's shares `first` (the block's first token) and `last` (its last). `red` is this
+// block's buffer (double-buffered by block parity: a consumer writes block c + 2's only after
+// the barrier of block c + 1, which consumer 0 reaches after reading block c's). Consumer 0
+// adds the shares in a fixed order (deterministic) and writes each token once.
+template <int kConsumers>
+__device__ __forceinline__ void block_terms(float* out, float* red, float part0, float part1,
+                                            float first, float last, int w, int t, int r0, int n,
+                                            int bar) {
+  const int warp = t >> 5, lane = t & 31;
+  part0 = quad_sum(part0);
+  part1 = quad_sum(part1);
+  float* firsts = red + kConsumers * 64;
+  float* lasts = firsts + kConsumers * 4;
+  if ((lane & 3) == 0) {
+    red[w * 64 + r0] = part0;
+    red[w * 64 + r0 + 8] = part1;
+  }
+  if (lane == 0) {
+    firsts[w * 4 + warp] = first;
+    lasts[w * 4 + warp] = last;
+  }
+  named_barrier(bar, 128 * kConsumers);
+  if (w == 0 && t < n) {
+    float x = 0.f;
+#pragma unroll
+    for (int c = 0; c < kConsumers; ++c) x += red[c * 64 + t];
+    if (t == 0)
+#pragma unroll
+      for (int i = 0; i < 4 * kConsumers; ++i) x += firsts[i];
+    if (t == n - 1)
+#pragma unroll
+      for (int i = 0; i < 4 * kConsumers; ++i) x += lasts[i];
+    out[t] = x;
+  }
+}
+
 }  // namespace sm90
 
-template <typename T, int HD, bool kReverse>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
-                                  Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
+// kTerms (forward only): pass 2 of the dq sweep with the d slope terms, on (do, v, k) with the
+// real q (tm_r, p.rq) as a fourth tile, exactly the terms of la_fwd_kernel<..., kSlope> (its
+// header and docs/DSLOPE.md): the moment M beside S (fp32, this consumer's slice, the same
+// recurrence M <- λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V_w, M = S at a sequence's start
+// and from ws_m after the first segment), and per token τ written to p.terms: the block's pairs
+// from P and rq Kᵀ (fp32; each consumer half of the keys), r · rq·(the inter-block output),
+// the block's moment term c <M, G> on its first token and <dS_f, M − S> on the sequence's
+// last. The weighted operands of M, S and G go in as two 16-bit parts. The state and the
+// moment slices hold HD registers per thread (D = 128: 128 of 240), so a block runs its products
+// one group at a time, each waited for before the next one's operands are built: P and rq Kᵀ
+// (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
+// staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
+// once per block to add up the terms. tm_r is unused without kTerms.
+template <typename T, int HD, bool kReverse, bool kTerms>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
+                                  Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
-                       const __grid_constant__ CUtensorMap tm_o, const FwdParams p) {
+                       const __grid_constant__ CUtensorMap tm_o,
+                       const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD>;
+  using Tr = Sm90FwdTraits<T, HD, kTerms>;
+  static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -308,13 +490,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const bool first_seg = kReverse ? si.seg == si.nseg - 1 : si.seg == 0;
   const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
 
-  // smem: [stage][Q K V][box] | [consumer][2 buffers] state copies | [consumer] output box |
-  // full[], empty[] barriers
+  // smem: [stage][Q K V (rq)][box] | [consumer][2 buffers] state copies | [consumer] output box |
+  // full[], empty[] barriers | (kTerms) [2 block parities] the terms' shares
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t states = base + kStages * Tr::kStageBytes;
   const uint32_t staging = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
   const uint32_t bars = staging + Tr::kConsumers * Tr::kBoxBytes;
   const Ring<kStages> ring{bars};
+  float* red = reinterpret_cast<float*>(smem_raw + (bars + Tr::kBarrierBytes - smem_u32(smem_raw)));
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
 
   const int tid = threadIdx.x;
@@ -330,14 +513,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       tma_prefetch_desc(&tm_q);
       tma_prefetch_desc(&tm_k);
       tma_prefetch_desc(&tm_v);
+      if (kTerms) tma_prefetch_desc(&tm_r);
       const int b = (int)rows.batch;
-      ring.produce(nblk, 3 * Tr::kTileBytes, [&](int c, int s) {
+      ring.produce(nblk, Tr::kTiles * Tr::kTileBytes, [&](int c, int s) {
         const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
         for (int x = 0; x < Tr::kBoxes; ++x) {
           tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, ring.full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
           tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
+          if (kTerms)
+            tma_load_4d(tile(s, 3) + x * Tr::kBoxBytes, &tm_r, ring.full(s), x * 64, tok, h, b);
         }
       });
     }
@@ -355,18 +541,24 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const uint32_t out_box = staging + w * Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
+  // the block's decay factors, once per CTA; kTerms: in each block where they are used (from
+  // an opaque zero, so that the compiler cannot hoist them), as the state and the moment leave
+  // no room for them
   BlockDecay<kReverse> dec;
-  dec.init(nl2, p.scale, r0, tq);
+  if (!kTerms) dec.init(nl2, p.scale, r0, tq);
 
   // incoming state of the segment: the scan's state (segments after the first, and the first
   // too with slots: the scan copied the pool row, which this sequence's last segment
   // overwrites), the initial state, or 0
-  float s_acc[Tr::kBoxes][32];
+  // (kTerms: the moment M from ws_m beside it, else M = S)
+  float s_acc[Tr::kBoxes][32], m_acc[Tr::kBoxes][32];
   {
     const float* src = nullptr;
     int64_t sd = HD, se = 1;
-    if (!first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr)) {
-      src = p.ws + ((int64_t)g * p.seg.H + h) * HD * HD;
+    const int64_t ws_at = ((int64_t)g * p.seg.H + h) * HD * HD;
+    const bool from_ws = !first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr);
+    if (from_ws) {
+      src = p.ws + ws_at;
     } else if (p.state_in != nullptr) {
       const int64_t row = state_in_row(p.state_rows, si.seq);
       src = row >= 0 ? p.state_in + (row * p.seg.H + h) * HD * HD : nullptr;
@@ -374,15 +566,31 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       se = p.state_in_se;
     }
     load_state_slice<Tr::kBoxes>(s_acc, src, sd, se, w, warp, lane);
+    if constexpr (kTerms) {
+      if (from_ws) {
+        load_state_slice<Tr::kBoxes>(m_acc, p.ws_m + ws_at, HD, 1, w, warp, lane);
+      } else {
+#pragma unroll
+        for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+          for (int i = 0; i < 32; ++i) m_acc[dt][i] = s_acc[dt][i];
+      }
+    }
   }
   state_copy<T>(copy0, s_acc, warp, lane);
   fence_async_shared();
   named_barrier(bar_id, 128);
+  // kTerms: the segment's τ, and whether the sequence's final-state gradient meets its last
+  // token here; the consumers' barrier for adding up the terms
+  float* termsg = kTerms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
+  const bool fin = kTerms && last_seg && p.dstate_f != nullptr;
+  const int terms_bar = 1 + Tr::kConsumers;
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
-  // cores have work while it stores outputs and the state copy.
+  // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
+  // start, the state and the moment leave no room for it).
   float p_acc[32];
-  if (nblk > 0) {
+  if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
     wgmma_fence();
     issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
@@ -393,56 +601,139 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     const int blk = kReverse ? nblk - 1 - c : c;  // the block's place in the segment
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
+    const uint32_t uR = tile(s, 3), uRw = uR + w * Tr::kBoxBytes;  // kTerms: the real q
+    if (kTerms) mbar_wait(ring.full(s), (c / kStages) & 1);
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
-      // zero them in V, the one operand whose masked rows would still meet a 0 · x
+      // zero them in V, the one operand whose masked rows would still meet a 0 · x (and in
+      // the real q's box, G's operand)
       zero_rows(uV, n, t);
+      if (kTerms) zero_rows(uRw, n, t);
       fence_async_shared();
       named_barrier(bar_id, 128);
     }
 
+    const int rb = r0 + (kTerms ? opaque_zero() : 0);  // r0, with kTerms rebuilt in each block
     float o_acc[32];
-    // O = Q S_w from the copy of the state entering the block
-    wgmma_fence();
-    issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_regs(p_acc);
     uint32_t pa[4][4];
-    masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
+    float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share
+    if constexpr (kTerms) {
+      // P = Q Kᵀ and the pairs' rq Kᵀ (the real q and the V slot's k, both fp32), then the
+      // block's pairs c Σ_{j<r} (r-j) λ^{r-j} P_rj (rq Kᵀ)_rj, each consumer over half of
+      // the key groups; then O = Q S_w from the copy of the state entering the block
+      float pt[32];
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, uQ, uK);
+      issue_qk<T, HD>(pt, uR, tile(s, 2));
+      wgmma_commit();
+      dec.init_mask(nl2, p.scale, rb, tq);
+      wgmma_wait<0>();
+      fence_regs(p_acc);
+      fence_regs(pt);
+      masked_frags<T, false>(pa, p_acc, dec.mask, warp, tq, r0, n, [&](int x, float v) {
+        const int dist = rb + ((x & 2) ? 8 : 0) - (8 * (x >> 2) + 2 * tq + (x & 1));
+        if (Tr::kConsumers == 1 || ((x >> 2) & 1) == w)
+          ((x & 2) ? part1 : part0) += (float)dist * pt[x] * v;
+      });
+      wgmma_fence();
+      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      wgmma_commit();
+    } else {
+      // O = Q S_w from the copy of the state entering the block
+      wgmma_fence();
+      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(p_acc);
+      masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
+    }
     wgmma_wait<0>();
     fence_regs(o_acc);
-    const float row0 = n == 64 ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, r0, n);
-    const float row1 = n == 64 ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, r1, n);
+    const float row0 = n == 64 && !kTerms ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, rb, n);
+    const float row1 = n == 64 && !kTerms ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, rb + 8, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? row1 : row0;
+    if constexpr (kTerms) {  // r · rq_r·(the inter-block output), this consumer's columns
+      float d0, d1;
+      row_dots<T>(d0, d1, o_acc, uRw, r0, tq);
+      part0 += (float)r0 * d0;
+      part1 += (float)r1 * d1;
+    }
     // O += P V_w
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
     wgmma_commit();
+    // outputs (scale already applied): a full block through the staging box and one TMA
+    // store (issued at the end of the iteration); a partial one (its rows past n may be the
+    // next sequence's) row by row. kTerms: right after P V, to free the output's registers.
+    auto stage_outputs = [&] {
+      if (n == 64) {
+        if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
+        named_barrier(bar_id, 128);
+        tile_to_box<T>(out_box, o_acc, warp, lane);
+      } else {
+        store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
+                      p.o_rs, o_acc, r0, n);
+      }
+    };
+    if constexpr (kTerms) {
+      wgmma_wait<0>();
+      fence_regs(o_acc);
+      stage_outputs();
+    }
 
-    // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n
+    float first = 0.f;  // kTerms: the warp's share of the block's moment term c <M, G>
+    if constexpr (kTerms) {
+      first = p.scale * moment_share<T, Tr::kBoxes>(m_acc, uQ, uRw, nl2, warp, lane, n);
+      dec.set_block(nl2, p.scale, r0, tq + opaque_zero(), n);
+    }
     float wk[4][4], total;
     dec.keys(wk, total, nl2, p.scale, tq, n);
+    if constexpr (kTerms) {
+      // M = λ^n (M + n S) + Σ_dt (diag((n-j) λ^{n-1-j}) K_dt)ᵀ V_w (M and S at the block's
+      // start), split operands
+      float wm[4][4];  // the moment's key weights
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int x = 0; x < 4; ++x)
+          wm[kk][x] = wk[kk][x] * (float)(n - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0)));
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+        split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
+    }
+
+    // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n (kTerms:
+    // split operands, one box at a time)
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-    uint32_t ka[Tr::kBoxes][4][4];
-    weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
+    if constexpr (kTerms) {
 #pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-    wgmma_fence();
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+        split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
+    } else {
+      uint32_t ka[Tr::kBoxes][4][4];
+      weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
 #pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+      wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
-    wgmma_commit();
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+      wgmma_commit();
+    }
 
     const bool next = c + 1 < nblk;
-    if (next) {  // P(c + 1) runs under this block's epilogue
+    if (next && !kTerms) {  // P(c + 1) runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
@@ -454,17 +745,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-    fence_regs(o_acc);
-    // outputs (scale already applied): a full block through the staging box and one TMA
-    // store; a partial one (its rows past n may be the next sequence's) row by row
-    if (n == 64) {
-      if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
-      named_barrier(bar_id, 128);
-      tile_to_box<T>(out_box, o_acc, warp, lane);
-    } else {
-      store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
-                    p.o_rs, o_acc, r0, n);
+    if constexpr (!kTerms) fence_regs(o_acc);  // (kTerms: staged already)
+    if constexpr (kTerms) {  // the block's τ, the final state's term on the sequence's last token
+      const float last = fin && c == nblk - 1
+                             ? final_share<Tr::kBoxes>(m_acc, s_acc,
+                                                       p.dstate_f + ((int64_t)si.seq * p.seg.H + h) * HD * HD,
+                                                       p.state_in_sd, p.state_in_se, w, warp, lane)
+                             : 0.f;
+      block_terms<Tr::kConsumers>(termsg + blk * 64, red + (c & 1) * Tr::kRedFloats, part0, part1,
+                                  first, last, w, t, r0, n, terms_bar);
     }
+    if constexpr (!kTerms) stage_outputs();
     if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
@@ -497,18 +788,40 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
+template <typename T, int HD, bool kReverse, bool kTerms>
+void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
+  using Tr = Sm90FwdTraits<T, HD, kTerms>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
+                                                                             m[4], p);
+}
+
+// With p.terms (the dq sweep with d slope terms) pass 2 only, forward: pass 1 with moments is
+// the mma.sync kernel's (la_launch.cpp).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream) {
+  const bool terms = p.terms != nullptr;
+  if (terms && (pass1 || reverse))
+    throw std::runtime_error("lightning_attn (cuda): no sm_90a kernel for these d slope terms");
   if (pass1) return run_state_sm90<T, HD>(p, reverse, stream);
-  using Tr = Sm90FwdTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.q_rs, p.q_hs, p.q_bs);
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
   const CUtensorMap to = make_tile_map(p.o, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.o_rs, p.o_hs, p.o_bs);
-  auto kernel = reverse ? la_fwd_sm90_kernel<T, HD, true> : la_fwd_sm90_kernel<T, HD, false>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, to, p);
+  // the real q of the terms; without them a placeholder the kernel never reads
+  const CUtensorMap tr = terms ? make_tile_map(p.rq, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.rq_rs,
+                                               p.rq_hs, p.rq_bs)
+                               : tq;
+  const CUtensorMap maps[5] = {tq, tk, tv, to, tr};
+  if (terms) {
+    launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
+  } else if (reverse) {
+    launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
+  } else {
+    launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
+  }
 }
 
 }  // namespace la

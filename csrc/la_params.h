@@ -154,9 +154,9 @@ void run_fwd(const FwdParams& p, bool pass1, int stages, cudaStream_t stream);
 template <typename T, int HD>
 void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 
-// The sm_90a kernel (la_fwd_sm90.cuh), both passes, without d slope terms: the forward, or
-// with `reverse` the dk/dv sweep in reversed time; and whether this build and driver can run
-// it (la_sm90_host.cu).
+// The sm_90a kernel (la_fwd_sm90.cuh), both passes: the forward, or with `reverse` the dk/dv
+// sweep in reversed time; with p.terms pass 2 of the dq sweep with the d slope terms (where
+// sm90_dslope says); and whether this build and driver can run it (la_sm90_host.cu).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream);
 bool sm90_available();
@@ -166,6 +166,9 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
+// Whether pass 2 of the dq sweep with d slope terms runs on the sm_90a kernel: only with
+// LIGHTNING_ATTENTION_SM90_DSLOPE=1 (la_sm90_host.cu).
+bool sm90_dslope();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

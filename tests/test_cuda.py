@@ -161,12 +161,14 @@ def test_varlen_malformed(dtype):
 @gpu
 @built
 @pytest.mark.parametrize("need_dslope", [True, False])
-def test_deterministic_backward(need_dslope):
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_deterministic_backward(need_dslope, D):
     """Bitwise-identical runs, with the d slope terms and without (on sm_90a: the dk/dv sweep
-    of the Hopper kernels)."""
-    q, k, v = utils.make_inputs(2, 4, 4097, 128, 128, dtype=torch.bfloat16, device="cuda")
+    of the Hopper kernels; with LIGHTNING_ATTENTION_SM90_DSLOPE=1 the terms' sum over the
+    consumer warpgroups of the Hopper dq sweep)."""
+    q, k, v = utils.make_inputs(2, 4, 4097, D, D, dtype=torch.bfloat16, device="cuda")
     slope = utils.rand_slope(4, "cuda")
-    s0 = utils.rand_state(2, 4, 128, 128, "cuda")
+    s0 = utils.rand_state(2, 4, D, D, "cuda")
     do = torch.randn_like(v)
     dfin = torch.randn_like(s0)
     a = C.bwd(do, dfin, q, k, v, slope, 1.0, s0, None, need_dslope)
