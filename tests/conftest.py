@@ -7,6 +7,16 @@ import torch
 # Tests import the helpers as `utils` and the package from the checkout or the install.
 sys.path.insert(0, os.path.dirname(__file__))
 
+# pytest-xdist workers share the machine's cores. By default torch's CPU ops in every worker
+# (and in the processes a test spawns) use all cores, so 16 workers on 16 cores run 256
+# threads: on the H200 host the float64 gradchecks took 40-60 s each instead of ~1 s. Each
+# worker takes its share.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 #: The most GPU memory one test may allocate: pytest-xdist workers share one GPU
 #: (bench/gpu_run.sh runs 8 of them on an H200).
 GPU_TEST_BYTES = 8 << 30
