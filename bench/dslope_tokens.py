@@ -97,6 +97,8 @@ def run(args, seed):
         flat = diff.flatten().argsort(descending=True)[:args.show]
         for idx in flat.tolist():
             h, t = divmod(idx, N)
+            if diff[h, t] <= args.tol:
+                break
             print(f"  head {h} token {t} (sequence, segment, block, row) {where[t]}: "
                   f"kernel {terms[0][h, t].item():+.5f} model {tau[h, t].item():+.5f}")
     return err
