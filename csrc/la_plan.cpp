@@ -40,8 +40,9 @@ namespace {
 // kernel: two CTAs per SM, about 0.77 of a pass-2 block each (measured on an H100). The sm_90a
 // pass-1 kernel (la_state_sm90.cuh, `fast_pass1`) streams K and V at the copy rate, half of
 // pass 2's bytes: about 0.4 of a pass-2 block per block, spread over the whole machine
-// (H200, W at N = 64K: 16K segments 0.94 ms forward against 1.00 at 8K, 1.05 at 4K). Pick the segment length with the least
-// modelled time, preferring longer segments (fewer states) on ties.
+// (H200, W at N = 64K: 16K segments 0.94 ms forward against 1.00 at 8K, 1.05 at 4K). Pick the
+// segment length with the least modelled time, preferring longer segments (fewer states) on
+// ties.
 // W on an H100: N <= 16K -> one segment per sequence; N = 32K, 64K -> 4K, 8K-token segments.
 // W on an H200 with the sm_90a pass-1 kernel: N = 32K, 64K -> 16K-token segments.
 int pick_seg_len(int64_t rows, int64_t N, int sms, bool fast_pass1) {
