@@ -206,13 +206,15 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #pragma unroll
       for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
 #pragma unroll
-    for (int dt = 0; dt < kTiles; ++dt) split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
+    for (int dt = 0; dt < kTiles; ++dt)
+      split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
 #pragma unroll
-    for (int dt = 0; dt < kTiles; ++dt) split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
+    for (int dt = 0; dt < kTiles; ++dt)
+      split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
     release(c);
   };
 
