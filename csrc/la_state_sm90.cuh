@@ -20,7 +20,7 @@
 //   M = λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
 // (M and S at the block's start), in fp32 accumulators beside S's, stored to p.ws_m beside the
 // local state. The roundings are the mma.sync kernel's: both updates block by block with the
-// weighted keys split into two 16-bit operands (split_update_box), so no groups: the lifted
+// weighted keys split into two 16-bit operands (as split_update_box), so no groups: the lifted
 // weights of a group would be other operands. Whole segments only (p.seg.parts == 1: the
 // scan carries moments of whole segments).
 #pragma once
@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   };
 
   // kMoments: block c (forward) of n tokens, M's update then S's, one 64-row box of D at a
-  // time with split operands; each box's wgmma are waited for (split_update_box), so nothing
-  // is in flight when the stage is released
+  // time with split operands (as split_update_box); nothing is in flight when the stage is
+  // released
   auto moment_block = [&](int c) {
     const int s = c % kStages, n = min(64, si.len - c * 64);
     const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
@@ -207,14 +207,33 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
-      split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
-#pragma unroll
-    for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
       for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+    // the box updates j = (M, then S) × box dt: each one's split operands are built while the
+    // previous one's wgmma run (two operand sets, alternating)
+    uint32_t hi[2][1][4][4], lo[2][1][4][4];
 #pragma unroll
-    for (int dt = 0; dt < kTiles; ++dt)
-      split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
+    for (int j = 0; j < 2 * kTiles; ++j) {
+      const int dt = j % kTiles;
+      float(&acc)[32] = j < kTiles ? m_acc[dt] : s_acc[dt];
+      weighted_keys_t<T, 1, true>(hi[j & 1], uK + dt * 8192, j < kTiles ? wm : wk, warp, lane, n,
+                                  lo[j & 1]);
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs_64x64<T>(acc, hi[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+        wgmma_rs_64x64<T>(acc, lo[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+      }
+      wgmma_commit();
+      if (j > 0) wgmma_wait<1>();  // update j - 1 is done: its operand set is free
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) {
+      fence_regs(m_acc[dt]);
+      fence_regs(s_acc[dt]);
+    }
     release(c);
   };
 
