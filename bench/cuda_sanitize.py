@@ -6,8 +6,8 @@
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
 LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
 On sm_90a the segments of 7 blocks take pass 1 in two parts.
-With LIGHTNING_ATTENTION_SM90_DSLOPE=1 the d slope cases' dq sweep runs pass 2 on the sm_90a
-kernel with the terms; run that too.
+With LIGHTNING_ATTENTION_SM90_DSLOPE=1 the d slope cases' dq sweep runs on the sm_90a kernels
+(pass 1 with the moments, pass 2 with the terms); run that too.
 """
 import torch
 

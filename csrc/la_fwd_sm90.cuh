@@ -797,12 +797,12 @@ void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t
                                                                              m[4], p);
 }
 
-// With p.terms (the dq sweep with d slope terms) pass 2 only, forward: pass 1 with moments is
-// the mma.sync kernel's (la_launch.cpp).
+// With p.terms (the dq sweep with d slope terms) forward only: pass 1 with moments
+// (la_state_sm90.cuh kMoments), pass 2 with the terms.
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream) {
   const bool terms = p.terms != nullptr;
-  if (terms && (pass1 || reverse))
+  if (terms && reverse)
     throw std::runtime_error("lightning_attn (cuda): no sm_90a kernel for these d slope terms");
   if (pass1) return run_state_sm90<T, HD>(p, reverse, stream);
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;

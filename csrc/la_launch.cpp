@@ -92,18 +92,19 @@ void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream) {
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
-  // build has it; the mma.sync kernel otherwise. The dq sweep's d slope terms: pass 2 on the
-  // sm_90a kernel only with LIGHTNING_ATTENTION_SM90_DSLOPE=1 (sm90_dslope), pass 1 (the
-  // moments) always on the mma.sync kernel, which takes whole segments.
+  // build has it; the mma.sync kernel otherwise. The dq sweep's d slope terms (both passes:
+  // pass 1 with the moments, pass 2 with the terms) on the sm_90a kernels only with
+  // LIGHTNING_ATTENTION_SM90_DSLOPE=1 (sm90_dslope). A pass 1 with moments takes whole
+  // segments (the plan's parts == 1), as does the mma.sync pass 1.
   const bool terms = p.terms != nullptr;
   const bool sm90 = pl.sm90 && (!terms || sm90_dslope());
   TORCH_CHECK((sm90 && !terms) || pl.seg.parts == 1,
-              "lightning_attention_C: the mma.sync pass 1 takes whole segments");
+              "lightning_attention_C: this pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) {
-      if (sm90 && !(terms && pass1))
+      if (sm90)
         run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/false, stream);
       else
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);

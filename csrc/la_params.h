@@ -155,8 +155,9 @@ template <typename T, int HD>
 void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 
 // The sm_90a kernel (la_fwd_sm90.cuh), both passes: the forward, or with `reverse` the dk/dv
-// sweep in reversed time; with p.terms pass 2 of the dq sweep with the d slope terms (where
-// sm90_dslope says); and whether this build and driver can run it (la_sm90_host.cu).
+// sweep in reversed time; with p.terms the dq sweep with the d slope terms (pass 1 with the
+// moments, pass 2 with the terms; where sm90_dslope says); and whether this build and driver
+// can run it (la_sm90_host.cu).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream);
 bool sm90_available();
@@ -166,7 +167,7 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether pass 2 of the dq sweep with d slope terms runs on the sm_90a kernel: only with
+// Whether the dq sweep with d slope terms (both passes) runs on the sm_90a kernels: only with
 // LIGHTNING_ATTENTION_SM90_DSLOPE=1 (la_sm90_host.cu).
 bool sm90_dslope();
 

@@ -127,8 +127,8 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     pl.seg.seq_info = pl.seq_info.data_ptr<int>();
     pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
   }
-  // Pass 1 in parts: only the sm_90a one (the mma.sync pass 1, which a plan with moments
-  // runs in the dq sweep, takes whole segments).
+  // Pass 1 in parts: only the sm_90a one without moments (the scan carries the moments of
+  // whole segments; the mma.sync pass 1 takes whole segments too).
   pl.seg.parts = 1;
   pl.seg.part_len = L;
   if (pl.multi && pl.sm90 && !moments) {

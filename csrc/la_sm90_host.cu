@@ -84,7 +84,7 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The dq sweep's d slope terms on the sm_90a kernel (pass 2) only with
+// The dq sweep's d slope terms on the sm_90a kernels (pass 1 with the moments, pass 2) only with
 // LIGHTNING_ATTENTION_SM90_DSLOPE=1 (read once) until it is verified on the GPU.
 bool sm90_dslope() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_DSLOPE", false);

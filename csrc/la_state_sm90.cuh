@@ -14,6 +14,15 @@
 //    fragments of the next block are built under them);
 //  - releases a stage per warp, as soon as that warp's wgmma on it completed (no barrier).
 // Exponents stay below 64·kGroup + 64, so weights only underflow towards 0 for strong decay.
+//
+// kMoments (forward only: pass 1 of the dq sweep with the d slope terms, la_fwd_sm90.cuh
+// kTerms): beside S the moment of the segment (docs/DSLOPE.md, la_fwd_kernel.cuh kSlope),
+//   M = λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
+// (M and S at the block's start), in fp32 accumulators beside S's, stored to p.ws_m beside the
+// local state. The roundings are the mma.sync kernel's: both updates block by block with the
+// weighted keys split into two 16-bit operands (as split_update_box), so no groups: the lifted
+// weights of a group would be other operands. Whole segments only (p.seg.parts == 1: the
+// scan carries moments of whole segments).
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -33,12 +42,13 @@ struct Sm90StateTraits {
   static_assert(Fwd::kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD, bool kReverse>
+template <typename T, int HD, bool kReverse, bool kMoments = false>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
                                   Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
     la_state_sm90_kernel(const __grid_constant__ CUtensorMap tm_k,
                          const __grid_constant__ CUtensorMap tm_v, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
+  static_assert(!(kReverse && kMoments), "the moments are the forward dq sweep's");
   using namespace sm90;
   using Tr = Sm90StateTraits<T, HD>;
   using Fwd = Sm90FwdTraits<T, HD>;
@@ -106,6 +116,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
     for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
+  float m_acc[kMoments ? kTiles : 1][32];  // kMoments: the moment slice
+  if constexpr (kMoments) {
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) m_acc[dt][i] = 0.f;
+  }
 
   // this warp is done reading stage c % kStages: its ldmatrix ran before its wgmma were issued
   auto release = [&](int c) {
@@ -165,30 +182,96 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     release(c + G - 1);
   };
 
-  // a partial block is the first one in reversed order, else the last one
-  const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
-  for (int c = 0; c < nblk;) {
-    if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
-      blocks(std::integral_constant<int, Tr::kGroup>{}, c);
-      c += Tr::kGroup;
-    } else {
-      blocks(std::integral_constant<int, 1>{}, c);
-      c += 1;
+  // kMoments: block c (forward) of n tokens, M's update then S's, one 64-row box of D at a
+  // time with split operands (as split_update_box); nothing is in flight when the stage is
+  // released
+  auto moment_block = [&](int c) {
+    const int s = c % kStages, n = min(64, si.len - c * 64);
+    const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
+    mbar_wait(ring.full(s), (c / kStages) & 1);
+    if (n < 64) {  // (as in `blocks`)
+      zero_rows(uV, n, t);
+      fence_async_shared();
+      named_barrier(1 + w, 128);
+    }
+    float wk[4][4], wm[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int x = 0; x < 4; ++x)
+        wm[kk][x] = wk[kk][x] * (float)(n - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0)));
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+    // the box updates j = (M, then S) × box dt: each one's split operands are built while the
+    // previous one's wgmma run (two operand sets, alternating)
+    uint32_t hi[2][1][4][4], lo[2][1][4][4];
+#pragma unroll
+    for (int j = 0; j < 2 * kTiles; ++j) {
+      const int dt = j % kTiles;
+      float(&acc)[32] = j < kTiles ? m_acc[dt] : s_acc[dt];
+      weighted_keys_t<T, 1, true>(hi[j & 1], uK + dt * 8192, j < kTiles ? wm : wk, warp, lane, n,
+                                  lo[j & 1]);
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs_64x64<T>(acc, hi[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+        wgmma_rs_64x64<T>(acc, lo[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+      }
+      wgmma_commit();
+      if (j > 0) wgmma_wait<1>();  // update j - 1 is done: its operand set is free
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) {
+      fence_regs(m_acc[dt]);
+      fence_regs(s_acc[dt]);
+    }
+    release(c);
+  };
+
+  if constexpr (kMoments) {
+    for (int c = 0; c < nblk; ++c) moment_block(c);
+  } else {
+    // a partial block is the first one in reversed order, else the last one
+    const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
+    for (int c = 0; c < nblk;) {
+      if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
+        blocks(std::integral_constant<int, Tr::kGroup>{}, c);
+        c += Tr::kGroup;
+      } else {
+        blocks(std::integral_constant<int, 1>{}, c);
+        c += 1;
+      }
     }
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-  float* local = p.ws_local + ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
-  store_state_slice<kTiles>(local, s_acc, w, warp, lane);
+  const int64_t at = ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
+  store_state_slice<kTiles>(p.ws_local + at, s_acc, w, warp, lane);
+  if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + at, m_acc, w, warp, lane);
 #endif
 }
 
+// With p.terms (the dq sweep with d slope terms: forward, whole segments) the moments too.
 template <typename T, int HD>
 void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
   using Tr = Sm90StateTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const bool moments = p.terms != nullptr;
+  if (moments && (reverse || p.seg.parts != 1 || p.ws_m == nullptr))
+    throw std::runtime_error("lightning_attn (cuda): the sm_90a pass 1 with moments is forward, "
+                             "on whole segments, into ws_m");
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
-  auto kernel = reverse ? la_state_sm90_kernel<T, HD, true> : la_state_sm90_kernel<T, HD, false>;
+  auto kernel = moments ? la_state_sm90_kernel<T, HD, false, true>
+                : reverse ? la_state_sm90_kernel<T, HD, true> : la_state_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs * p.seg.parts, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem,
            stream>>>(tk, tv, p);
