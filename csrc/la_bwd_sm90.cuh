@@ -85,23 +85,10 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Tr::kProducerRegs>();
-    if (tid == 0) {
-      tma_prefetch_desc(&tm_q);
-      tma_prefetch_desc(&tm_k);
-      tma_prefetch_desc(&tm_v);
-      tma_prefetch_desc(&tm_do);
-      const int b = (int)rows.batch;
-      ring.produce(nblk, 4 * Tr::kTileBytes, [&](int c, int s) {
-        const int tok = (int)rows.tok0 + (nblk - 1 - c) * 64;  // blocks in reversed order
-#pragma unroll
-        for (int x = 0; x < Tr::kBoxes; ++x) {
-          const int off = x * Tr::kBoxBytes;
-          tma_load_4d(tile(s, kQ) + off, &tm_q, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kK) + off, &tm_k, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kV) + off, &tm_v, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, kDO) + off, &tm_do, ring.full(s), x * 64, tok, h, b);
-        }
-      });
+    if (tid == 0) {  // blocks in reversed order; tiles kQ, kK, kV, kDO
+      const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v, &tm_do};
+      ring.template produce<Tr::kBoxes>(maps, nblk, /*reverse=*/true, (int)rows.tok0, h,
+                                        (int)rows.batch, tile);
     }
     return;
   }

@@ -510,22 +510,15 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Tr::kProducerRegs>();
     if (tid == 0) {
-      tma_prefetch_desc(&tm_q);
-      tma_prefetch_desc(&tm_k);
-      tma_prefetch_desc(&tm_v);
-      if (kTerms) tma_prefetch_desc(&tm_r);
-      const int b = (int)rows.batch;
-      ring.produce(nblk, Tr::kTiles * Tr::kTileBytes, [&](int c, int s) {
-        const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
-#pragma unroll
-        for (int x = 0; x < Tr::kBoxes; ++x) {
-          tma_load_4d(tile(s, 0) + x * Tr::kBoxBytes, &tm_q, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, 1) + x * Tr::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, 2) + x * Tr::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
-          if (kTerms)
-            tma_load_4d(tile(s, 3) + x * Tr::kBoxBytes, &tm_r, ring.full(s), x * 64, tok, h, b);
-        }
-      });
+      if constexpr (kTerms) {
+        const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v, &tm_r};
+        ring.template produce<Tr::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                          (int)rows.batch, tile);
+      } else {
+        const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v};
+        ring.template produce<Tr::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                          (int)rows.batch, tile);
+      }
     }
     return;
   }

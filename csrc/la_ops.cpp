@@ -20,9 +20,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <tuple>
 
 #include "la_launch.h"

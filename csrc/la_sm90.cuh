@@ -53,37 +53,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       : "memory");
 }
 
-// The TMA ring of a warp-specialised kernel: kStages stages, each with a `full` barrier (the
-// producer's one arrival with the stage's byte count) and an `empty` one (the consumers'
-// `releasers` arrivals free the stage). `bars` holds full[kStages], then empty[kStages].
-template <int kStages>
-struct Ring {
-  uint32_t bars;
-  __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
-  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kStages + s); }
-  // Thread 0 initialises the barriers; every thread of the CTA calls it (it synchronises).
-  __device__ __forceinline__ void init(int releasers) const {
-    if (threadIdx.x == 0) {
-      for (int s = 0; s < kStages; ++s) {
-        mbar_init(full(s), 1);
-        mbar_init(empty(s), releasers);
-      }
-      fence_barrier_init();
-    }
-    __syncthreads();
-  }
-  // The producer thread: for each of nblk blocks in processing order, waits until its stage
-  // is free, announces `bytes` on the stage's full barrier and calls load(c, stage).
-  template <typename Load>
-  __device__ __forceinline__ void produce(int nblk, uint32_t bytes, Load&& load) const {
-    for (int c = 0; c < nblk; ++c) {
-      const int s = c % kStages;
-      if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
-      mbar_expect_tx(full(s), bytes);
-      load(c, s);
-    }
-  }
-};
 
 // ----------------------------------------------------------------------------------- TMA
 
@@ -120,6 +89,50 @@ __device__ __forceinline__ void bulk_wait_all() {
   else
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
+
+// The TMA ring of a warp-specialised kernel: kStages stages, each with a `full` barrier (the
+// producer's one arrival with the stage's byte count) and an `empty` one (the consumers'
+// `releasers` arrivals free the stage). `bars` holds full[kStages], then empty[kStages].
+template <int kStages>
+struct Ring {
+  uint32_t bars;
+  __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
+  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kStages + s); }
+  // Thread 0 initialises the barriers; every thread of the CTA calls it (it synchronises).
+  __device__ __forceinline__ void init(int releasers) const {
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < kStages; ++s) {
+        mbar_init(full(s), 1);
+        mbar_init(empty(s), releasers);
+      }
+      fence_barrier_init();
+    }
+    __syncthreads();
+  }
+  // The producer thread: prefetches the maps' descriptors, then for each of nblk 64-token
+  // blocks in processing order (from token tok0 on, the last block first with `reverse`)
+  // waits until its stage is free and loads the block of every map into its tile of the stage,
+  // `tile(s, i)` for map i, as kBoxes (64 tokens, 64 columns) 16-bit boxes side by side.
+  template <int kBoxes, int kMaps, typename Tile>
+  __device__ __forceinline__ void produce(const CUtensorMap* const (&maps)[kMaps], int nblk,
+                                          bool reverse, int tok0, int h, int b,
+                                          Tile&& tile) const {
+    constexpr uint32_t kBoxBytes = 64 * 64 * 2;
+#pragma unroll
+    for (int i = 0; i < kMaps; ++i) tma_prefetch_desc(maps[i]);
+    for (int c = 0; c < nblk; ++c) {
+      const int s = c % kStages;
+      if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
+      mbar_expect_tx(full(s), kMaps * kBoxes * kBoxBytes);
+      const int tok = tok0 + (reverse ? nblk - 1 - c : c) * 64;
+#pragma unroll
+      for (int x = 0; x < kBoxes; ++x)
+#pragma unroll
+        for (int i = 0; i < kMaps; ++i)
+          tma_load_4d(tile(s, i) + x * kBoxBytes, maps[i], full(s), x * 64, tok, h, b);
+    }
+  }
+};
 
 // ------------------------------------------------------------------- barriers, registers
 

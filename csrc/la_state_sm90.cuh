@@ -81,17 +81,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Fwd::kProducerRegs>();
     if (tid == 0) {
-      tma_prefetch_desc(&tm_k);
-      tma_prefetch_desc(&tm_v);
-      const int b = (int)rows.batch;
-      ring.produce(nblk, Tr::kStageBytes, [&](int c, int s) {
-        const int tok = (int)rows.tok0 + (kReverse ? nblk - 1 - c : c) * 64;
-#pragma unroll
-        for (int x = 0; x < Fwd::kBoxes; ++x) {
-          tma_load_4d(tile(s, 0) + x * Fwd::kBoxBytes, &tm_k, ring.full(s), x * 64, tok, h, b);
-          tma_load_4d(tile(s, 1) + x * Fwd::kBoxBytes, &tm_v, ring.full(s), x * 64, tok, h, b);
-        }
-      });
+      const CUtensorMap* const maps[] = {&tm_k, &tm_v};
+      ring.template produce<Fwd::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                         (int)rows.batch, tile);
     }
     return;
   }
