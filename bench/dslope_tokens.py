@@ -12,7 +12,7 @@ float64 from the same 16-bit inputs, so every token's τ can be compared (fp32 k
 the relative error of d slope (the tests' measure) and, where a token is off by more than
 --tol of the largest |τ|, the worst tokens with their sequence, segment, block and row; and
 whether two runs of the op on the same inputs give bitwise-identical terms. Run it once with
-and once without LIGHTNING_ATTENTION_SM90_DSLOPE=1 to compare the sm_90a and mma.sync
+and once without LIGHTNING_ATTENTION_SM90=0 to compare the mma.sync and sm_90a
 kernels. Defaults: the test case of tests/test_cuda.py::test_feature_cases that failed once
 on an H200 (H = 2, N = 1000, D = 64, cu_seqlens = [0, 0, 1, 500, 999, 1000, 1000], scale 0.7,
 segments of 128 tokens: what the plan picks for it).

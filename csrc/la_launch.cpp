@@ -92,12 +92,11 @@ void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream) {
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
-  // build has it; the mma.sync kernel otherwise. The dq sweep's d slope terms (both passes:
-  // pass 1 with the moments, pass 2 with the terms) on the sm_90a kernels only with
-  // LIGHTNING_ATTENTION_SM90_DSLOPE=1 (sm90_dslope). A pass 1 with moments takes whole
-  // segments (the plan's parts == 1), as does the mma.sync pass 1.
+  // build has it; the mma.sync kernel otherwise, the dq sweep's d slope terms included (pass 1
+  // with the moments, pass 2 with the terms). A pass 1 with moments takes whole segments (the
+  // plan's parts == 1), as does the mma.sync pass 1.
   const bool terms = p.terms != nullptr;
-  const bool sm90 = pl.sm90 && (!terms || sm90_dslope());
+  const bool sm90 = pl.sm90;
   TORCH_CHECK((sm90 && !terms) || pl.seg.parts == 1,
               "lightning_attention_C: this pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {

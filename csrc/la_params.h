@@ -156,7 +156,7 @@ void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 
 // The sm_90a kernel (la_fwd_sm90.cuh), both passes: the forward, or with `reverse` the dk/dv
 // sweep in reversed time; with p.terms the dq sweep with the d slope terms (pass 1 with the
-// moments, pass 2 with the terms; where sm90_dslope says); and whether this build and driver
+// moments, pass 2 with the terms); and whether this build and driver
 // can run it (la_sm90_host.cu).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream);
@@ -167,9 +167,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the dq sweep with d slope terms (both passes) runs on the sm_90a kernels: only with
-// LIGHTNING_ATTENTION_SM90_DSLOPE=1 (la_sm90_host.cu).
-bool sm90_dslope();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

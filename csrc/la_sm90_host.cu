@@ -67,8 +67,8 @@ bool env_switch(const char* name, bool default_on) {
 }  // namespace
 
 // The build holds sm_90a code and the driver has the TMA entry point; the kernels then run on
-// devices of compute capability 9.0 (la_plan.cpp: the forward, the dq sweep (with d slope
-// terms: sm90_dslope) and the dk/dv sweep) unless LIGHTNING_ATTENTION_SM90=0 (read once, for
+// devices of compute capability 9.0 (la_plan.cpp: the forward, the dq sweep (with or without
+// d slope terms) and the dk/dv sweep) unless LIGHTNING_ATTENTION_SM90=0 (read once, for
 // comparisons with the mma.sync kernels).
 bool sm90_available() {
   static const bool ok = env_switch("LIGHTNING_ATTENTION_SM90", true) &&
@@ -81,13 +81,6 @@ bool sm90_available() {
 // LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 (read once, for comparisons).
 bool sm90_fused_bwd() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FUSED_BWD", true);
-  return on;
-}
-
-// The dq sweep's d slope terms on the sm_90a kernels (pass 1 with the moments, pass 2) only with
-// LIGHTNING_ATTENTION_SM90_DSLOPE=1 (read once) until it is verified on the GPU.
-bool sm90_dslope() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_DSLOPE", false);
   return on;
 }
 

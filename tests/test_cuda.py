@@ -117,8 +117,7 @@ def test_long_segments(D, seg, varlen, seg_len):
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_dslope_long_segments(D, seg_len):
     """d slope over segments of 8 blocks, so that pass 1 with moments runs its recurrence
-    over several blocks (with LIGHTNING_ATTENTION_SM90_DSLOPE=1 on sm_90a: la_state_sm90.cuh
-    kMoments), packed sequences with an empty one, an initial state."""
+    over several blocks (on sm_90a: la_state_sm90.cuh kMoments), packed sequences with an empty one, an initial state."""
     seg_len(512)
     check_cuda(B=1, H=2, N=2000, D=D, cu_seqlens=[0, 100, 100, 1300, 1301, 2000])
 
@@ -175,8 +174,8 @@ def test_varlen_malformed(dtype):
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_deterministic_backward(need_dslope, D):
     """Bitwise-identical runs, with the d slope terms and without (on sm_90a: the dk/dv sweep
-    of the Hopper kernels; with LIGHTNING_ATTENTION_SM90_DSLOPE=1 the terms' sum over the
-    consumer warpgroups of the Hopper dq sweep)."""
+    and the dq sweep of the Hopper kernels, whose terms are summed over the consumer
+    warpgroups in a fixed order)."""
     q, k, v = utils.make_inputs(2, 4, 4097, D, D, dtype=torch.bfloat16, device="cuda")
     slope = utils.rand_slope(4, "cuda")
     s0 = utils.rand_state(2, 4, D, D, "cuda")
