@@ -3,7 +3,8 @@
 # run the GPU tests and the sanitizer, check the SASS; logs under $OUT, a short summary last.
 #   bash bench/gpu_run.sh                 (peers join when .whl/ travels with the call)
 # Switches: SKIP_BENCH=1, SKIP_TESTS=1, FAST=1 (tests without the long sequences: -m "not slow"),
-#           SKIP_SANITIZE=1,
+#           SKIP_SANITIZE=1, MMA=1 (the mma.sync kernels of sm_80 builds on this card too:
+#           test_cuda.py without the long sequences, LIGHTNING_ATTENTION_SM90=0),
 #           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/),
 #           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
 set -u
@@ -44,6 +45,11 @@ fi
 if [ -z "${SKIP_SANITIZE:-}" ]; then
   timeout 60 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$? $(tail -1 $OUT/memcheck.log)"
   timeout 90 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > $OUT/racecheck.log 2>&1; echo "racecheck rc=$? $(tail -1 $OUT/racecheck.log)"
+fi
+if [ -n "${MMA:-}" ]; then
+  LIGHTNING_ATTENTION_SM90=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n ${WORKERS:-16} -m "not slow" \
+    tests/test_cuda.py > $OUT/test_mma.log 2>&1
+  echo "mma.sync kernels (LIGHTNING_ATTENTION_SM90=0) pytest rc=$? $(tail -1 $OUT/test_mma.log)"
 fi
 if [ -n "${CMAKE:-}" ]; then
   ( cmake -S . -B /tmp/cmb -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
