@@ -50,8 +50,8 @@ struct Sm90BwdTraits {
 // kOverlap reorders the waits of a block so that its register work runs under queued products
 // (the chain of waits per block, not the tensor work, bounds this kernel): P₁'s masking under
 // the two SS products with H (K H_w and V Hᵀ_w, issued at once), dK's scaling, λⁿ·H and the
-// Qᵀ fragments under P₂; only P₂'s masking is left with no product queued. Same products,
-// same results.
+// Qᵀ fragments under P₂, P₂'s masking under the state update (issued before dK's RS product).
+// Same products, same results.
 template <typename T, int HD, bool kOverlap>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                                   Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
@@ -218,26 +218,34 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #pragma unroll
         for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
       weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
     };
-    if constexpr (kOverlap) {
+    auto update_state = [&] {
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
+    };
+    if constexpr (kOverlap) {  // the state update issued first: P₂ is masked under it
       fence_regs(dk_acc);
       prepare();
+      wgmma_fence();
+      update_state();
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
     }
-    wgmma_wait<0>();
     fence_regs(p_acc);
     fence_regs(dk_acc);
     masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
     if constexpr (!kOverlap) prepare();
-#pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
-#pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
+    if constexpr (!kOverlap) update_state();
     wgmma_commit();
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
