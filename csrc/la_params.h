@@ -167,6 +167,9 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
+// Whether the fused dk/dv sweep runs its reordered per-block chain (D = 128): only with
+// LIGHTNING_ATTENTION_SM90_BWD_OVERLAP=1 (la_sm90_host.cu).
+bool sm90_bwd_overlap();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
