@@ -229,7 +229,10 @@ def _seg_out_kernel(
     the state S it carries its moment Mo = dS/d log lam (the scan's, mom_ptr, 0 for the
     initial state); row i of a block gets c (i+1) lam^(i+1) x_i . (q_i S) from dq's
     inter-block part, its first row also c <Mo, sum_i lam^(i+1) q_i^T x_i>, and the last
-    token of the sequence <dfinal, Mo> at the end (HAS_DFINAL).
+    token of the sequence <dfinal, Mo> at the end (HAS_DFINAL). With SPLIT (TERMS, 16-bit),
+    the operands that carry float32 values go in as hi + lo parts: S in the inter-block
+    product (then q S with the decay applied to the product's rows) and the weighted rows of
+    sum_i lam^(i+1) q_i^T x_i and of the moment's and the state's updates (C.dot_t).
     With POOL (serving), every incoming state is in the slots (the scan's) and the final
     state goes to the sequence's pool row (final_ptr) when its slot is in range."""
     pid = tl.program_id(0)
@@ -369,7 +372,8 @@ def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_p
         a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
         float(scale),
         HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen, OWN_SLOT=own_slot,
-        MOMENT=moment, SPLIT=moment and a.dtype != torch.float32, BT=C.CONFIG["bt_state"], BK=BK, BV=BV, DOT_PREC=dot_prec,
+        MOMENT=moment, SPLIT=moment and a.dtype != torch.float32, BT=C.CONFIG["bt_state"],
+        BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
     return (st, mom) if moment else st
 
