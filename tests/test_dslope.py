@@ -43,13 +43,19 @@ def _error(backend, N, H, D, dtype, slope):
     return dslope_error(g, g64)
 
 
+#: Triton's terms with float32 operands split into two 16-bit parts: only float32 sums round.
+SPLIT_BOUND = 1e-4
+
+
 @pytest.mark.parametrize("N", [256, 2048])
 def test_interpreter_float16(interp, N):
-    """Triton's kernels in the CPU interpreter, float16 (P, dP, the states rounded as on a
-    GPU). Slopes 2^-3 and 2^-6; the identity form was 0.08% off at N = 256 and 3.7% at
-    2048, the direct form is 0.04% and 0.1%."""
+    """Triton's kernels in the CPU interpreter, float16 (rounded as on a GPU). Slopes 2^-3
+    and 2^-6; the identity form was 0.08% off at N = 256 and 3.7% at 2048, the direct form
+    with its weighted operands and S rounded to float16 once 0.04% and 0.1%, and with them
+    split into hi + lo 5e-8 and 1e-6: SPLIT_BOUND, not the 1% target, so that an operand
+    rounded once fails here."""
     err = _error("triton", N, 2, 32, torch.float16, torch.tensor([2.0 ** -3, 2.0 ** -6]))
-    assert err <= BOUND, f"N={N}: d slope relative error {err:.2e} > {BOUND}"
+    assert err <= SPLIT_BOUND, f"N={N}: d slope relative error {err:.2e} > {SPLIT_BOUND}"
 
 
 @gpu

@@ -130,6 +130,20 @@ def total(x, R: tl.constexpr, INTERP: tl.constexpr):
 
 
 @device_function
+def dot_t(a, b, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """a^T b for a float32 `a` (a weighted 16-bit tile) rounded to b's dtype as the
+    operand. With SPLIT, a goes in as two parts, hi = round(a) and lo = round(a - hi), two
+    products: the d slope terms' operands carry decay weights lam^j, and rounding a * lam^j
+    to 16 bits moves each token's weight by up to 2^-9 (bfloat16) relative, which the
+    terms, small sums of large ones, do not average away (docs/DSLOPE.md)."""
+    hi = a.to(b.dtype)
+    acc = tl.dot(tl.trans(hi), b, input_precision=DOT_PREC)
+    if SPLIT:
+        acc += tl.dot(tl.trans((a - hi.to(tl.float32)).to(b.dtype)), b, input_precision=DOT_PREC)
+    return acc
+
+
+@device_function
 def store_rows(ptrs, x, mask, INTERP: tl.constexpr):
     """Store row_sums' (R, W) tile x at ptrs (R,) where mask (R,)."""
     if INTERP:

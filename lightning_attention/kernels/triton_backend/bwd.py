@@ -15,7 +15,8 @@ parts are summed in a fixed order.
 d slope terms (docs/DSLOPE.md), each from float32 tiles of its own size: the pairs inside a
 block from P and dP in `_seg_dkdv_kernel` (no extra product), the state part in the dq pass
 from the state and its moment (fwd._seg_out_kernel: two products more per block, the
-moment's update and sum_i lam^(i+1) q_i^T do_i); the parts of several V tiles are summed
+moment's update and sum_i lam^(i+1) q_i^T do_i, and with 16-bit inputs every operand that
+carries float32 values split into two 16-bit parts); the parts of several V tiles are summed
 as dK's.
 """
 import torch

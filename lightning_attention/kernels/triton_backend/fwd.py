@@ -56,14 +56,15 @@ def _seg_state_kernel(
     s_ab, s_ah, s_an, s_bb, s_bh, s_bn,
     scale,
     HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
-    OWN_SLOT: tl.constexpr, MOMENT: tl.constexpr,
+    OWN_SLOT: tl.constexpr, MOMENT: tl.constexpr, SPLIT: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Local (zero-start) state of one segment, K x V tile (ik, iv), weights lam^(end-1-t)
     (forward) or lam^(t-start+1) * scale (REVERSE), written to the slot of the next segment
     (forward: g+1; REVERSE: g-1), or with OWN_SLOT to slot g for every segment. With MOMENT
     (forward, with decay), also its moment, weights (end-1-t) lam^(end-1-t), into mom_ptr:
-    per block mom <- lam^L (mom + L acc) + (diag((L-1-i) lam^(L-1-i)) a)^T b."""
+    per block mom <- lam^L (mom + L acc) + (diag((L-1-i) lam^(L-1-i)) a)^T b, its weighted
+    operands (and the state's) split in two 16-bit parts with SPLIT (C.dot_t)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     NKT = (K + BK - 1) // BK
@@ -114,12 +115,11 @@ def _seg_state_kernel(
                 w = tl.exp(-sl * (offs_t + 1).to(tl.float32))
             else:
                 w = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
-            aw = (a * w[:, None]).to(a.dtype)
             if MOMENT:
-                am = (a * (w * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]).to(a.dtype)
-                mom = (mom + lb.to(tl.float32) * acc) * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
-                    tl.trans(am), bb, input_precision=DOT_PREC)
-            acc = acc * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(tl.trans(aw), bb, input_precision=DOT_PREC)
+                am = a * (w * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]
+                mom = (mom + lb.to(tl.float32) * acc) * tl.exp(-sl * lb.to(tl.float32)) + C.dot_t(
+                    am, bb, SPLIT, DOT_PREC)
+            acc = acc * tl.exp(-sl * lb.to(tl.float32)) + C.dot_t(a * w[:, None], bb, SPLIT, DOT_PREC)
         else:
             acc += tl.dot(tl.trans(a), bb, input_precision=DOT_PREC)
     acc = acc * scale
@@ -218,7 +218,7 @@ def _seg_out_kernel(
     scale,
     HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, STORE_FINAL: tl.constexpr,
     TERMS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr, POOL: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
     INTERP: tl.constexpr,
 ):
     """Outputs of one segment, V tile iv. States (initial, slots) are K x V matrices of
@@ -229,7 +229,10 @@ def _seg_out_kernel(
     the state S it carries its moment Mo = dS/d log lam (the scan's, mom_ptr, 0 for the
     initial state); row i of a block gets c (i+1) lam^(i+1) x_i . (q_i S) from dq's
     inter-block part, its first row also c <Mo, sum_i lam^(i+1) q_i^T x_i>, and the last
-    token of the sequence <dfinal, Mo> at the end (HAS_DFINAL).
+    token of the sequence <dfinal, Mo> at the end (HAS_DFINAL). With SPLIT (TERMS, 16-bit),
+    the operands that carry float32 values go in as hi + lo parts: S in the inter-block
+    product (then q S with the decay applied to the product's rows) and the weighted rows of
+    sum_i lam^(i+1) q_i^T x_i and of the moment's and the state's updates (C.dot_t).
     With POOL (serving), every incoming state is in the slots (the scan's) and the final
     state goes to the sequence's pool row (final_ptr) when its slot is in range."""
     pid = tl.program_id(0)
@@ -293,7 +296,12 @@ def _seg_out_kernel(
         o = tl.dot(A.to(v.dtype), v, input_precision=DOT_PREC)
         if HAS_DECAY:
             qd = q * qdec[:, None]
-            inter = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
+            if SPLIT:  # q as loaded, the decay on the product's rows, and S as hi + lo
+                Sh = S.to(q.dtype)
+                inter = (tl.dot(q, Sh, input_precision=DOT_PREC) + tl.dot(
+                    q, (S - Sh.to(tl.float32)).to(q.dtype), input_precision=DOT_PREC)) * qdec[:, None]
+            else:
+                inter = tl.dot(qd.to(q.dtype), S.to(q.dtype), input_precision=DOT_PREC)
             o += inter
             kw = tl.where(mt, tl.exp(-sl * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32)), 0.0)
             if TERMS:  # from the state's part of o alone
@@ -303,11 +311,11 @@ def _seg_out_kernel(
                                  INTERP) * scale
                 # the moment's part of the whole block on its first token, as
                 # <Mo, sum_i lam^(i+1) q_i^T x_i>: Mo is never rounded to 16 bits
-                G = tl.dot(tl.trans(qd.to(q.dtype)), x, input_precision=DOT_PREC)
+                G = C.dot_t(qd, x, SPLIT, DOT_PREC)
                 tau = tl.where((offs_t == 0)[:, None], tau + C.total(Mo * G, BT, INTERP) * scale, tau)
-                km = (k * (kw * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]).to(k.dtype)
-                Mo = (Mo + lb.to(tl.float32) * S) * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
-                    tl.trans(km), v, input_precision=DOT_PREC)
+                km = k * (kw * tl.maximum(lb - 1 - offs_t, 0).to(tl.float32))[:, None]
+                Mo = (Mo + lb.to(tl.float32) * S) * tl.exp(-sl * lb.to(tl.float32)) + C.dot_t(
+                    km, v, SPLIT, DOT_PREC)
                 if HAS_DFINAL:
                     if (j == nseg - 1) & (ib == n_blk - 1):  # Mo is the final state's moment
                         df = tl.load(dfin_ptr + (i_seq.to(tl.int64) * H + h) * K * V + s_offs,
@@ -315,8 +323,7 @@ def _seg_out_kernel(
                         tau = tl.where((offs_t == lb - 1)[:, None], tau + C.total(df * Mo, BT, INTERP),
                                        tau)
                 C.store_rows(t_base + rows, tau, mt, INTERP)
-            S = S * tl.exp(-sl * lb.to(tl.float32)) + tl.dot(
-                tl.trans((k * kw[:, None]).to(k.dtype)), v, input_precision=DOT_PREC)
+            S = S * tl.exp(-sl * lb.to(tl.float32)) + C.dot_t(k * kw[:, None], v, SPLIT, DOT_PREC)
         else:
             o += tl.dot(q, S.to(q.dtype), input_precision=DOT_PREC)
             S += tl.dot(tl.trans(k), v, input_precision=DOT_PREC)
@@ -365,7 +372,8 @@ def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_p
         a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
         float(scale),
         HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen, OWN_SLOT=own_slot,
-        MOMENT=moment, BT=C.CONFIG["bt_state"], BK=BK, BV=BV, DOT_PREC=dot_prec,
+        MOMENT=moment, SPLIT=moment and a.dtype != torch.float32, BT=C.CONFIG["bt_state"],
+        BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
     return (st, mom) if moment else st
 
@@ -440,7 +448,8 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
         s_sr, s_sc, float(scale),
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
         TERMS=terms is not None, HAS_DFINAL=dfinal is not None, VARLEN=table.varlen,
-        POOL=pool is not None, BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
+        POOL=pool is not None, SPLIT=terms is not None and q.dtype != torch.float32,
+        BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
         DOT_PREC=dot_prec,
         INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
