@@ -8,6 +8,8 @@ LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes;
 On sm_90a the segments of 7 blocks take pass 1 in two parts.
 With LIGHTNING_ATTENTION_SM90_DSLOPE=1 the d slope cases' dq sweep runs on the sm_90a kernels
 (pass 1 with the moments, pass 2 with the terms); run that too.
+With LIGHTNING_ATTENTION_SM90_FWD_V5=1 the forward and the dq sweep at D = 128 run the v5
+variant of the sm_90a forward kernel; run that too.
 """
 import torch
 

@@ -197,23 +197,28 @@ struct BlockDecay {
 
 // P = Q Kᵀ (64 × 64, k over HD): Q and K as K-major operands, box kk/4, k offset kk%4. K's
 // 64-column boxes are kBoxStrideK bytes apart (a (64, HD) tile: 8 KiB; the backward's H copy
-// read as Hᵀ: one consumer slice).
-template <typename T, int HD, int kBoxStrideK = 8192>
+// read as Hᵀ: one consumer slice). kDescAdd: each step's descriptors by desc_add from the
+// operands' first ones.
+template <typename T, int HD, int kBoxStrideK = 8192, bool kDescAdd = false>
 __device__ __forceinline__ void issue_qk(float (&acc)[32], uint32_t uQ, uint32_t uK) {
+  const uint64_t dQ = desc_sw128(uQ), dK = desc_sw128(uK);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    const uint32_t off = (kk & 3) * 32;
-    wgmma_ss_64x64<T, false>(acc, desc_sw128(uQ + (kk >> 2) * 8192 + off),
-                             desc_sw128(uK + (kk >> 2) * kBoxStrideK + off), kk > 0);
+    const uint32_t oQ = (kk >> 2) * 8192 + (kk & 3) * 32;
+    const uint32_t oK = (kk >> 2) * kBoxStrideK + (kk & 3) * 32;
+    wgmma_ss_64x64<T, false>(acc, kDescAdd ? desc_add(dQ, oQ) : desc_sw128(uQ + oQ),
+                             kDescAdd ? desc_add(dK, oK) : desc_sw128(uK + oK), kk > 0);
   }
 }
 // O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step.
-template <typename T, int HD>
+template <typename T, int HD, bool kDescAdd = false>
 __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t uS) {
+  const uint64_t dQ = desc_sw128(uQ), dS = desc_sw128(uS);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-    wgmma_ss_64x64<T, true>(acc, desc_sw128(uQ + off), desc_sw128(uS + kk * 2048), kk > 0);
+    const uint32_t oQ = (kk >> 2) * 8192 + (kk & 3) * 32, oS = kk * 2048;
+    wgmma_ss_64x64<T, true>(acc, kDescAdd ? desc_add(dQ, oQ) : desc_sw128(uQ + oQ),
+                            kDescAdd ? desc_add(dS, oS) : desc_sw128(uS + oS), kk > 0);
   }
 }
 
@@ -471,7 +476,8 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // right behind its Q·S (Q·S reads the shared copy of S_w, the update its registers), so that
 // P·V goes in behind the running update instead of after Q·S has drained, the update's
 // operands are built under Q·S, and the next block's state copy is written under P·V and
-// P(c + 1) rather than after both.
+// P(c + 1) rather than after both; its Q·S and P products take their descriptors by addition
+// (desc_add), a third of the instructions between two of their wgmmas.
 template <typename T, int HD, bool kReverse, bool kTerms, bool kEarlyState = false>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
@@ -587,17 +593,19 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
-  // start, the state and the moment leave no room for it). Groups in issue order, waits as |:
-  //   default      Q S | mask P(c) | P V, S, P(c+1) | outputs, copy of S | (P(c+1))
-  //   kEarlyState  Q S, S | mask P(c) | P V, P(c+1) | copy of S | outputs | (P(c+1))
+  // start, the state and the moment leave no room for it). Without kTerms, per block:
+  //   default      issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
+  //                outputs, copy of S; wait P(c+1)
+  //   kEarlyState  issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
+  //                wait P V; outputs; wait P(c+1)
   float p_acc[32];
   if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
     wgmma_fence();
-    issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
+    issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(0, 0), tile(0, 1));
     wgmma_commit();
-    // (kEarlyState: nothing pending at the loop's head, or ptxas, not knowing which group is,
-    // waits for Q S before the state update touches S_w's registers)
+    // kEarlyState: nothing pending at the loop's head, or ptxas, unable to tell which group
+    // is, waits for Q S before the state update touches S_w's registers (C7517)
     if constexpr (kEarlyState) wgmma_wait<0>();
   }
   for (int c = 0; c < nblk; ++c) {
@@ -667,7 +675,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       // O = Q S_w from the copy of the state entering the block (kEarlyState: the state
       // update, which needs only S_w's registers, queued right behind it)
       wgmma_fence();
-      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      issue_qs<T, HD, kEarlyState>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
       wgmma_commit();
       if constexpr (kEarlyState)
         issue_state_update();
@@ -752,7 +760,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
-      issue_qk<T, HD>(p_acc, tile(s1, 0), tile(s1, 1));
+      issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(s1, 0), tile(s1, 1));
       wgmma_commit();
     }
     if (kEarlyState && next) {
@@ -781,7 +789,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   first, last, w, t, r0, n, terms_bar);
     }
     if constexpr (!kTerms) stage_outputs();
-    if (next && !kEarlyState) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+    if (next && !kEarlyState)
+      state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) {
