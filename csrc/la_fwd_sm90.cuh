@@ -265,8 +265,11 @@ __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (
 // are selected away, never multiplied (rows of the next packed sequence, maybe not finite);
 // not by their weight's sign: a negative scale makes the reversed weights negative.
 // kSplit (the d slope terms' operands): the weighted keys as two 16-bit parts, ka and the
-// remainder lo, two products (see state_update in la_common.cuh).
-template <typename T, int kTiles, bool kSplit = false>
+// remainder lo, two products (see state_update in la_common.cuh). kSelect: the keys from n on
+// selected away in full blocks too, rather than a full block's product without the compare:
+// ptxas makes that choice a branch around every pair of keys (64 per block), which leaves
+// each ldmatrix result used right after its load and no two pairs interleaved.
+template <typename T, int kTiles, bool kSplit = false, bool kSelect = false>
 __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK,
                                                 const float (&wk)[4][4], int warp, int lane, int n,
                                                 uint32_t (*lo)[4][4] = nullptr) {
@@ -291,8 +294,9 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
           const float2 hi = P2::unpack(ka[dt][kk][x]);
           lo[dt][kk][x] = P2::pack(x0 - hi.x, x1 - hi.y);
         } else {
-          ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
-                                  : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
+          ka[dt][kk][x] = !kSelect && n == 64
+                              ? P2::pack(f.x * w0, f.y * w1)
+                              : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
         }
       }
     }
@@ -477,7 +481,8 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // P·V goes in behind the running update instead of after Q·S has drained, the update's
 // operands are built under Q·S, and the next block's state copy is written under P·V and
 // P(c + 1) rather than after both; its Q·S and P products take their descriptors by addition
-// (desc_add), a third of the instructions between two of their wgmmas.
+// (desc_add), a third of the instructions between two of their wgmmas, and the update's
+// operands are built without branches (weighted_keys_t kSelect).
 template <typename T, int HD, bool kReverse, bool kTerms, bool kEarlyState = false>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
@@ -638,7 +643,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
 #pragma unroll
         for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
       uint32_t ka[Tr::kBoxes][4][4];
-      weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
+      weighted_keys_t<T, Tr::kBoxes, false, kEarlyState>(ka, uK, wk, warp, lane, n);
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
       wgmma_fence();
