@@ -210,7 +210,8 @@ __device__ __forceinline__ void issue_qk(float (&acc)[32], uint32_t uQ, uint32_t
                              kDescAdd ? desc_add(dK, oK) : desc_sw128(uK + oK), kk > 0);
   }
 }
-// O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step.
+// O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step;
+// kDescAdd as in issue_qk.
 template <typename T, int HD, bool kDescAdd = false>
 __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t uS) {
   const uint64_t dQ = desc_sw128(uQ), dS = desc_sw128(uS);
