@@ -197,23 +197,29 @@ struct BlockDecay {
 
 // P = Q Kᵀ (64 × 64, k over HD): Q and K as K-major operands, box kk/4, k offset kk%4. K's
 // 64-column boxes are kBoxStrideK bytes apart (a (64, HD) tile: 8 KiB; the backward's H copy
-// read as Hᵀ: one consumer slice).
-template <typename T, int HD, int kBoxStrideK = 8192>
+// read as Hᵀ: one consumer slice). kDescAdd: each step's descriptors by desc_add from the
+// operands' first ones.
+template <typename T, int HD, int kBoxStrideK = 8192, bool kDescAdd = false>
 __device__ __forceinline__ void issue_qk(float (&acc)[32], uint32_t uQ, uint32_t uK) {
+  const uint64_t dQ = desc_sw128(uQ), dK = desc_sw128(uK);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    const uint32_t off = (kk & 3) * 32;
-    wgmma_ss_64x64<T, false>(acc, desc_sw128(uQ + (kk >> 2) * 8192 + off),
-                             desc_sw128(uK + (kk >> 2) * kBoxStrideK + off), kk > 0);
+    const uint32_t oQ = (kk >> 2) * 8192 + (kk & 3) * 32;
+    const uint32_t oK = (kk >> 2) * kBoxStrideK + (kk & 3) * 32;
+    wgmma_ss_64x64<T, false>(acc, kDescAdd ? desc_add(dQ, oQ) : desc_sw128(uQ + oQ),
+                             kDescAdd ? desc_add(dK, oK) : desc_sw128(uK + oK), kk > 0);
   }
 }
-// O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step.
-template <typename T, int HD>
+// O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step;
+// kDescAdd as in issue_qk.
+template <typename T, int HD, bool kDescAdd = false>
 __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t uS) {
+  const uint64_t dQ = desc_sw128(uQ), dS = desc_sw128(uS);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-    wgmma_ss_64x64<T, true>(acc, desc_sw128(uQ + off), desc_sw128(uS + kk * 2048), kk > 0);
+    const uint32_t oQ = (kk >> 2) * 8192 + (kk & 3) * 32, oS = kk * 2048;
+    wgmma_ss_64x64<T, true>(acc, kDescAdd ? desc_add(dQ, oQ) : desc_sw128(uQ + oQ),
+                            kDescAdd ? desc_add(dS, oS) : desc_sw128(uS + oS), kk > 0);
   }
 }
 
@@ -260,8 +266,11 @@ __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (
 // are selected away, never multiplied (rows of the next packed sequence, maybe not finite);
 // not by their weight's sign: a negative scale makes the reversed weights negative.
 // kSplit (the d slope terms' operands): the weighted keys as two 16-bit parts, ka and the
-// remainder lo, two products (see state_update in la_common.cuh).
-template <typename T, int kTiles, bool kSplit = false>
+// remainder lo, two products (see state_update in la_common.cuh). kSelect: the keys from n on
+// selected away in full blocks too, rather than a full block's product without the compare:
+// ptxas makes that choice a branch around every pair of keys (64 per block), which leaves
+// each ldmatrix result used right after its load and no two pairs interleaved.
+template <typename T, int kTiles, bool kSplit = false, bool kSelect = false>
 __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK,
                                                 const float (&wk)[4][4], int warp, int lane, int n,
                                                 uint32_t (*lo)[4][4] = nullptr) {
@@ -286,8 +295,9 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
           const float2 hi = P2::unpack(ka[dt][kk][x]);
           lo[dt][kk][x] = P2::pack(x0 - hi.x, x1 - hi.y);
         } else {
-          ka[dt][kk][x] = n == 64 ? P2::pack(f.x * w0, f.y * w1)
-                                  : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
+          ka[dt][kk][x] = !kSelect && n == 64
+                              ? P2::pack(f.x * w0, f.y * w1)
+                              : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
         }
       }
     }
@@ -467,7 +477,14 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
 // staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
 // once per block to add up the terms. tm_r is unused without kTerms.
-template <typename T, int HD, bool kReverse, bool kTerms>
+// kEarlyState (not with kTerms; built for D = 128 only): the block's state update is issued
+// right behind its Q·S (Q·S reads the shared copy of S_w, the update its registers), so that
+// P·V goes in behind the running update instead of after Q·S has drained, the update's
+// operands are built under Q·S, and the next block's state copy is written under P·V and
+// P(c + 1) rather than after both; its Q·S and P products take their descriptors by addition
+// (desc_add), a third of the instructions between two of their wgmmas, and the update's
+// operands are built without branches (weighted_keys_t kSelect).
+template <typename T, int HD, bool kReverse, bool kTerms, bool kEarlyState = false>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -479,6 +496,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   using namespace sm90;
   using Tr = Sm90FwdTraits<T, HD, kTerms>;
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
+  static_assert(!(kEarlyState && kTerms), "the terms' products run one group at a time");
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -581,13 +599,20 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
-  // start, the state and the moment leave no room for it).
+  // start, the state and the moment leave no room for it). Without kTerms, per block:
+  //   default      issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
+  //                outputs, copy of S; wait P(c+1)
+  //   kEarlyState  issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
+  //                wait P V; outputs; wait P(c+1)
   float p_acc[32];
   if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
     wgmma_fence();
-    issue_qk<T, HD>(p_acc, tile(0, 0), tile(0, 1));
+    issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(0, 0), tile(0, 1));
     wgmma_commit();
+    // kEarlyState: nothing pending at the loop's head, or ptxas, unable to tell which group
+    // is, waits for Q S before the state update touches S_w's registers (C7517)
+    if constexpr (kEarlyState) wgmma_wait<0>();
   }
   for (int c = 0; c < nblk; ++c) {
     const int s = c % kStages;
@@ -609,6 +634,27 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     const int rb = r0 + (kTerms ? opaque_zero() : 0);  // r0, with kTerms rebuilt in each block
     float o_acc[32];
     uint32_t pa[4][4];
+    // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w, token j's weight 0 past n; issued and
+    // committed, not waited for (without kTerms)
+    auto issue_state_update = [&] {
+      float wk[4][4], total;
+      dec.keys(wk, total, nl2, p.scale, tq, n);
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+      uint32_t ka[Tr::kBoxes][4][4];
+      weighted_keys_t<T, Tr::kBoxes, false, kEarlyState>(ka, uK, wk, warp, lane, n);
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+      wgmma_fence();
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+      wgmma_commit();
+    };
     float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share
     if constexpr (kTerms) {
       // P = Q Kᵀ and the pairs' rq Kᵀ (the real q and the V slot's k, both fp32), then the
@@ -632,15 +678,19 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
       wgmma_commit();
     } else {
-      // O = Q S_w from the copy of the state entering the block
+      // O = Q S_w from the copy of the state entering the block (kEarlyState: the state
+      // update, which needs only S_w's registers, queued right behind it)
       wgmma_fence();
-      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      issue_qs<T, HD, kEarlyState>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
       wgmma_commit();
-      wgmma_wait<1>();
+      if constexpr (kEarlyState)
+        issue_state_update();
+      else
+        wgmma_wait<1>();  // P(c), pending at c = 0
       fence_regs(p_acc);
       masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
     }
-    wgmma_wait<0>();
+    wgmma_wait<kEarlyState ? 1 : 0>();  // Q S (kEarlyState: the state update may still run)
     fence_regs(o_acc);
     const float row0 = n == 64 && !kTerms ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, rb, n);
     const float row1 = n == 64 && !kTerms ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, rb + 8, n);
@@ -681,9 +731,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       first = p.scale * moment_share<T, Tr::kBoxes>(m_acc, uQ, uRw, nl2, warp, lane, n);
       dec.set_block(nl2, p.scale, r0, tq + opaque_zero(), n);
     }
-    float wk[4][4], total;
-    dec.keys(wk, total, nl2, p.scale, tq, n);
     if constexpr (kTerms) {
+      float wk[4][4], total;
+      dec.keys(wk, total, nl2, p.scale, tq, n);
       // M = λ^n (M + n S) + Σ_dt (diag((n-j) λ^{n-1-j}) K_dt)ᵀ V_w (M and S at the block's
       // start), split operands
       float wm[4][4];  // the moment's key weights
@@ -699,30 +749,16 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
         split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
-    }
-
-    // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w; token j's weight, 0 past n (kTerms:
-    // split operands, one box at a time)
+      // S_w likewise, its own weights (λ^{n-1-j}), split operands, one box at a time
 #pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-    if constexpr (kTerms) {
+        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
         split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
-    } else {
-      uint32_t ka[Tr::kBoxes][4][4];
-      weighted_keys_t<T, Tr::kBoxes>(ka, uK, wk, warp, lane, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-      wgmma_fence();
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
-      wgmma_commit();
+    } else if constexpr (!kEarlyState) {
+      issue_state_update();
     }
 
     const bool next = c + 1 < nblk;
@@ -730,8 +766,18 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
-      issue_qk<T, HD>(p_acc, tile(s1, 0), tile(s1, 1));
+      issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(s1, 0), tile(s1, 1));
       wgmma_commit();
+    }
+    if (kEarlyState && next) {
+      // the state update (committed before P V) is done first: its copy goes in under P V
+      // and P(c + 1)
+      wgmma_wait<2>();
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+      state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+    }
+    if (next && !kTerms) {
       wgmma_wait<1>();
     } else {
       wgmma_wait<0>();
@@ -749,7 +795,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   first, last, w, t, r0, n, terms_bar);
     }
     if constexpr (!kTerms) stage_outputs();
-    if (next) state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+    if (next && !kEarlyState)
+      state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) {
@@ -781,10 +828,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms, bool kEarlyState = false>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<T, HD, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kEarlyState>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -813,6 +860,9 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {
+    // the early state update is built for the measured case only (D = 128)
+    if constexpr (HD == 128)
+      if (sm90_fwd_v5()) return launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
 }

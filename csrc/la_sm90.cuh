@@ -168,6 +168,14 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lead_byte
   return d;
 }
 
+// The descriptor of the operand `off` bytes (a multiple of 16) after the one of descriptor d:
+// the start address field holds the shared-window address / 16, below 2^14 (shared memory is
+// under 256 KiB), so the sum stays in the field. One add instead of the descriptor's
+// construction from an address (ptxas builds it anew for each wgmma).
+__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t off) {
+  return (d & 0xFFFFFFFF00000000ull) | (uint32_t)((uint32_t)d + (off >> 4));
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");

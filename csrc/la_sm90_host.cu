@@ -91,4 +91,12 @@ bool sm90_bwd_overlap() {
   return on;
 }
 
+// The forward with each block's state update issued beside its Q·S (la_fwd_sm90_kernel
+// kEarlyState, D = 128) only with LIGHTNING_ATTENTION_SM90_FWD_V5=1 (read once) until it is
+// measured and verified on the GPU.
+bool sm90_fwd_v5() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FWD_V5", false);
+  return on;
+}
+
 }  // namespace la
