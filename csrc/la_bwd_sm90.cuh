@@ -47,12 +47,7 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-// kOverlap reorders the waits of a block so that its register work runs under queued products
-// (the chain of waits per block, not the tensor work, bounds this kernel): P₁'s masking under
-// the two SS products with H (K H_w and V Hᵀ_w, issued at once), dK's scaling, λⁿ·H and the
-// Qᵀ fragments under P₂, P₂'s masking under the state update (issued before dK's RS product).
-// Same products, same results.
-template <typename T, int HD, bool kOverlap>
+template <typename T, int HD>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                                   Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -157,39 +152,29 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
     const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
     const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
 
-    // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w;
-    // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w, Hᵀ_w from the copy's rows [64w, 64w + 64)
+    // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w
     float dv_acc[32], dk_acc[32];
     uint32_t pa[4][4];
     wgmma_fence();
     issue_qs<T, HD>(dv_acc, uK, hc + slice);
     wgmma_commit();
-    if constexpr (kOverlap) {  // P₁ is masked under V Hᵀ_w (and K H_w)
-      issue_qk<T, HD, Tr::kSliceBytes>(dk_acc, uV, hc + w * Tr::kBoxBytes);
-      wgmma_commit();
-      wgmma_wait<2>();  // P₁: the first block's was issued before the loop, and not waited for
-      fence_regs(p_acc);
-      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-      wgmma_wait<1>();
-      fence_regs(dv_acc);
-    } else {
-      wgmma_wait<0>();
-      fence_regs(p_acc);
-      fence_regs(dv_acc);
-      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-    }
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dv_acc);
+    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dv_acc, pa[kk], desc_sw128(uDOw + kk * 2048));
     wgmma_commit();
+    // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w; Hᵀ_w from the copy's rows [64w, 64w + 64)
     wgmma_fence();
     issue_qk<T, HD>(p_acc, uV, uDO);
-    if constexpr (!kOverlap) issue_qk<T, HD, Tr::kSliceBytes>(dk_acc, uV, hc + w * Tr::kBoxBytes);
+    issue_qk<T, HD, Tr::kSliceBytes>(dk_acc, uV, hc + w * Tr::kBoxBytes);
     wgmma_commit();
 
-    // dV out while the tensor cores run P₂ (and V Hᵀ_w): a full block through its staging box
+    // dV out while the tensor cores run dK's products: a full block through its staging box
     // (free once this warpgroup's stores of the previous block have read it) and one TMA
     // store at the end of the block, a partial one (rows past n may be the next sequence's)
     // row by row
@@ -204,48 +189,31 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                     p.dv_rs, dv_acc, r0, n);
     }
 
-    // dK's rows scaled and the state update's operands: H_w = λ^n H_w +
-    // Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w, token j's weight, 0 past n; under P₂ (kOverlap:
-    // V Hᵀ_w is complete by then) or after it
-    float wk[4][4], total;
-    uint32_t qa[Tr::kBoxes][4][4];
-    auto prepare = [&] {
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
-      dec.keys(wk, total, nl2, p.scale, tq, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
-      weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
-    };
-    auto update_state = [&] {
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
-    };
-    if constexpr (kOverlap) {  // the state update issued first: P₂ is masked under it
-      fence_regs(dk_acc);
-      prepare();
-      wgmma_fence();
-      update_state();
-      wgmma_commit();
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
-    }
+    wgmma_wait<0>();
     fence_regs(p_acc);
     fence_regs(dk_acc);
     masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-    if constexpr (!kOverlap) prepare();
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
+    // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
+    float wk[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
+    uint32_t qa[Tr::kBoxes][4][4];
+    weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
-    if constexpr (!kOverlap) update_state();
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
     wgmma_commit();
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
@@ -307,11 +275,7 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  // the reordered chain only at D = 128 (the code covers D = 64 too, one consumer): one more
-  // instantiation per type, not two
-  auto kernel = la_bwd_sm90_kernel<T, HD, false>;
-  if constexpr (HD == 128)
-    if (sm90_bwd_overlap()) kernel = la_bwd_sm90_kernel<T, HD, true>;
+  auto kernel = la_bwd_sm90_kernel<T, HD>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }

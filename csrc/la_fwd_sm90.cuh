@@ -477,14 +477,15 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
 // staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
 // once per block to add up the terms. tm_r is unused without kTerms.
-// kEarlyState (not with kTerms; built for D = 128 only): the block's state update is issued
+// kEarlyState (the forward-time pass 2 without terms at D = 128, where it was measured: W's
+// forward 5% faster; D = 64 keeps the order below): the block's state update is issued
 // right behind its Q·S (Q·S reads the shared copy of S_w, the update its registers), so that
 // P·V goes in behind the running update instead of after Q·S has drained, the update's
 // operands are built under Q·S, and the next block's state copy is written under P·V and
 // P(c + 1) rather than after both; its Q·S and P products take their descriptors by addition
 // (desc_add), a third of the instructions between two of their wgmmas, and the update's
 // operands are built without branches (weighted_keys_t kSelect).
-template <typename T, int HD, bool kReverse, bool kTerms, bool kEarlyState = false>
+template <typename T, int HD, bool kReverse, bool kTerms>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                   Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -496,7 +497,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   using namespace sm90;
   using Tr = Sm90FwdTraits<T, HD, kTerms>;
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
-  static_assert(!(kEarlyState && kTerms), "the terms' products run one group at a time");
+  constexpr bool kEarlyState = HD == 128 && !kReverse && !kTerms;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -600,10 +601,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
   // start, the state and the moment leave no room for it). Without kTerms, per block:
-  //   default      issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
-  //                outputs, copy of S; wait P(c+1)
-  //   kEarlyState  issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
-  //                wait P V; outputs; wait P(c+1)
+  //   D = 64, reversed  issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
+  //                     outputs, copy of S; wait P(c+1)
+  //   kEarlyState       issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
+  //                     wait P V; outputs; wait P(c+1)
   float p_acc[32];
   if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
@@ -828,10 +829,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms, bool kEarlyState = false>
+template <typename T, int HD, bool kReverse, bool kTerms>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<T, HD, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kEarlyState>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -860,9 +861,6 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {
-    // the early state update is built for the measured case only (D = 128)
-    if constexpr (HD == 128)
-      if (sm90_fwd_v5()) return launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
 }

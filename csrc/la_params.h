@@ -167,12 +167,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the fused dk/dv sweep runs its reordered per-block chain (D = 128): only with
-// LIGHTNING_ATTENTION_SM90_BWD_OVERLAP=1 (la_sm90_host.cu).
-bool sm90_bwd_overlap();
-// Whether the sm_90a forward (D = 128, forward time, no d slope terms) issues each block's
-// state update beside its Q·S: only with LIGHTNING_ATTENTION_SM90_FWD_V5=1 (la_sm90_host.cu).
-bool sm90_fwd_v5();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

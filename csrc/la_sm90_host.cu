@@ -84,19 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The fused dk/dv kernel's reordered per-block chain (la_bwd_sm90.cuh, kOverlap; D = 128)
-// only with LIGHTNING_ATTENTION_SM90_BWD_OVERLAP=1 (read once) until it is verified on the GPU.
-bool sm90_bwd_overlap() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_OVERLAP", false);
-  return on;
-}
-
-// The forward with each block's state update issued beside its Q·S (la_fwd_sm90_kernel
-// kEarlyState, D = 128) only with LIGHTNING_ATTENTION_SM90_FWD_V5=1 (read once) until it is
-// measured and verified on the GPU.
-bool sm90_fwd_v5() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FWD_V5", false);
-  return on;
-}
-
 }  // namespace la
