@@ -224,9 +224,13 @@ def test_gpu_head_dims(dtype, D, E):
           initial_state=True, final_state=True)
 
 
+# float32 with two of the feature sets only: each float32 case takes 2-3 minutes on an H200
+# (bfloat16: under 30 s), and the interpreter runs every feature set in float32 on the CPU.
 @gpu
-@pytest.mark.parametrize("f", CPU_FEATURES, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype,f", [(torch.bfloat16, f) for f in CPU_FEATURES]
+                         + [(torch.float32, CPU_FEATURES[i]) for i in (1, 5)],
+                         ids=lambda x: "-".join(f"{k}={v}" for k, v in x.items())
+                         if isinstance(x, dict) else str(x).replace("torch.", ""))
 def test_gpu_features(seg, f, dtype):
     f = dict(f)
     s = f.pop("seg")
