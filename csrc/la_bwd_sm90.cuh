@@ -196,16 +196,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #pragma unroll
     for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
     // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
-    float wk[4][4], total;
-    dec.keys(wk, total, nl2, p.scale, tq, n);
-#pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-      for (int i = 0; i < 32; ++i) h_acc[dt][i] *= total;
     uint32_t qa[Tr::kBoxes][4][4];
-    weighted_keys_t<T, Tr::kBoxes>(qa, uQ, wk, warp, lane, n);
-#pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
+    state_update_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, warp, lane, n);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));

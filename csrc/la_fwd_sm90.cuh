@@ -303,6 +303,26 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
     }
 }
 
+// The operands of a block's state update acc = λ^n acc + (diag(w) K)ᵀ X (the forward's S with
+// K, V; the backward's H with Q, dO): acc decayed by λ^n and the weighted keys at uK as the A
+// fragments `ka`; the caller issues the products.
+template <typename T, int kTiles, bool kSelect = false, bool kReverse>
+__device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
+                                                      uint32_t (&ka)[kTiles][4][4],
+                                                      const BlockDecay<kReverse>& dec, float nl2,
+                                                      float scale, uint32_t uK, int warp,
+                                                      int lane, int n) {
+  float wk[4][4], total;
+  dec.keys(wk, total, nl2, scale, lane & 3, n);
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[dt][i] *= total;
+  weighted_keys_t<T, kTiles, false, kSelect>(ka, uK, wk, warp, lane, n);
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
+}
+
 // Rows n.. of a (64, 64) 16-bit box set to zero by the 128 threads of a warpgroup (rows past a
 // sequence's end may hold the next packed sequence, finite or not, and must not meet a 0 · x).
 __device__ __forceinline__ void zero_rows(uint32_t box, int n, int t) {
@@ -638,16 +658,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w, token j's weight 0 past n; issued and
     // committed, not waited for (without kTerms)
     auto issue_state_update = [&] {
-      float wk[4][4], total;
-      dec.keys(wk, total, nl2, p.scale, tq, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
       uint32_t ka[Tr::kBoxes][4][4];
-      weighted_keys_t<T, Tr::kBoxes, false, kEarlyState>(ka, uK, wk, warp, lane, n);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+      state_update_operands<T, Tr::kBoxes, kEarlyState>(s_acc, ka, dec, nl2, p.scale, uK, warp,
+                                                        lane, n);
       wgmma_fence();
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
