@@ -18,8 +18,9 @@
 //   P   = (Q Kᵀ) ⊙ M                     SS wgmma (64 × 64), masked and decayed in registers
 //   O   = λ^{i+1} · Q S_w + P V_w         SS wgmma from a 16-bit copy of S_w, then RS with P
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w   RS wgmma, Kᵀ fragments by ldmatrix.trans
-// The warpgroups never wait for each other: each keeps its own copy of its state slice
-// (double-buffered) and releases a stage of the ring when it is done with it.
+// The warpgroups never wait for each other (but with kPonce, where they share P once per
+// block): each keeps its own copy of its state slice (double-buffered; kPonce: single) and
+// releases a stage of the ring when it is done with it.
 #pragma once
 
 #include <stdexcept>
