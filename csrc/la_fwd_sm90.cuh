@@ -18,8 +18,9 @@
 //   P   = (Q Kᵀ) ⊙ M                     SS wgmma (64 × 64), masked and decayed in registers
 //   O   = λ^{i+1} · Q S_w + P V_w         SS wgmma from a 16-bit copy of S_w, then RS with P
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w   RS wgmma, Kᵀ fragments by ldmatrix.trans
-// The warpgroups never wait for each other: each keeps its own copy of its state slice
-// (double-buffered) and releases a stage of the ring when it is done with it.
+// The warpgroups never wait for each other (but with kPonce, where they share P once per
+// block): each keeps its own copy of its state slice (double-buffered; kPonce: single) and
+// releases a stage of the ring when it is done with it.
 #pragma once
 
 #include <stdexcept>
@@ -30,8 +31,8 @@
 
 namespace la {
 
-// kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel).
-template <typename T, int HD, bool kTerms = false>
+// kTerms: the dq sweep with d slope terms; kPonce: P once per block (see la_fwd_sm90_kernel).
+template <typename T, int HD, bool kTerms = false, bool kPonce = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static constexpr int kBlock = 64;
@@ -48,14 +49,18 @@ struct Sm90FwdTraits {
   static constexpr int kTiles = kTerms ? 4 : 3;            // Q, K, V (and the real q)
   static constexpr int kStageBytes = kTiles * kTileBytes;
   static constexpr int kStateCopyBytes = HD * 64 * 2;      // (HD, 64) 16-bit, MN-major
+  // copies of each consumer's state slice (kPonce: one, read by Q·S before the next is written)
+  static constexpr int kStateCopies = kPonce ? 1 : 2;
+  static constexpr int kPBoxes = kPonce ? 2 : 0;           // the published P, by block parity
   static constexpr int kBarrierBytes = 2 * kStages * 8;
   // kTerms, per block parity: each consumer's 64 row partials, then its warps' shares of the
   // block's first-token and last-token terms (4 + 4)
   static constexpr int kRedFloats = kConsumers * (64 + 8);
   static constexpr int kRedBytes = kTerms ? 2 * kRedFloats * 4 : 0;
   // 1 KiB of slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
-  static constexpr int kSmem = kStages * kStageBytes + kConsumers * (2 * kStateCopyBytes + kBoxBytes) +
-                               kBarrierBytes + kRedBytes + 1024;
+  static constexpr int kSmem = kStages * kStageBytes +
+                               kConsumers * (kStateCopies * kStateCopyBytes + kBoxBytes) +
+                               kPBoxes * kBoxBytes + kBarrierBytes + kRedBytes + 1024;
 };
 
 namespace sm90 {
@@ -71,20 +76,27 @@ __device__ __forceinline__ void stsm_x4(uint32_t addr, uint32_t r0, uint32_t r1,
                "r"(r0), "r"(r1), "r"(r2), "r"(r3));
 }
 
-// A 64 × 64 fp32 accumulator tile as a 16-bit (64 rows, 64 columns) swizzled box: the
-// state copy (an MN-major operand, rows d) or the output staging (rows = tokens). One
-// stmatrix stores the 8 × 8 blocks (rows +0/+8) × (columns 8j, 8j + 8) of a warp's 16 rows.
-template <typename T>
-__device__ __forceinline__ void tile_to_box(uint32_t dst, const float (&a)[32], int warp, int lane) {
-  using P2 = Pack2<T>;
+// A 64 × 64 tile as a 16-bit (64 rows, 64 columns) box under the 128-byte swizzle, this
+// thread's 32 elements as 16-bit pairs in the accumulator order: word(kk, i) holds elements
+// 8kk + 2i and 8kk + 2i + 1. One stmatrix stores the 8 × 8 blocks (rows +0/+8) × (columns
+// 16kk, 16kk + 8) of a warp's 16 rows.
+template <typename Word>
+__device__ __forceinline__ void words_to_box(uint32_t dst, Word&& word, int warp, int lane) {
   const int mat = lane >> 3, r = lane & 7;
   const uint32_t row = dst + (warp * 16 + (mat & 1) * 8 + r) * 128;
 #pragma unroll
-  for (int j = 0; j < 8; j += 2) {
-    const int jj = j + (mat >> 1);  // the 8-column block this lane addresses
-    stsm_x4(row + ((jj ^ r) << 4), P2::pack(a[4 * j], a[4 * j + 1]), P2::pack(a[4 * j + 2], a[4 * j + 3]),
-            P2::pack(a[4 * j + 4], a[4 * j + 5]), P2::pack(a[4 * j + 6], a[4 * j + 7]));
+  for (int kk = 0; kk < 4; ++kk) {
+    const int jj = 2 * kk + (mat >> 1);  // the 8-column block this lane addresses
+    stsm_x4(row + ((jj ^ r) << 4), word(kk, 0), word(kk, 1), word(kk, 2), word(kk, 3));
   }
+}
+// A 64 × 64 fp32 accumulator tile as a 16-bit box: the state copy (an MN-major operand, rows
+// d) or the output staging (rows = tokens).
+template <typename T>
+__device__ __forceinline__ void tile_to_box(uint32_t dst, const float (&a)[32], int warp, int lane) {
+  words_to_box(
+      dst, [&](int kk, int i) { return Pack2<T>::pack(a[8 * kk + 2 * i], a[8 * kk + 2 * i + 1]); },
+      warp, lane);
 }
 // The state slice (HD × 64, tile dt = rows [64dt, 64dt + 64)) as boxes stacked along d.
 template <typename T, int kTiles>
@@ -505,9 +517,15 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // P(c + 1) rather than after both; its Q·S and P products take their descriptors by addition
 // (desc_add), a third of the instructions between two of their wgmmas, and the update's
 // operands are built without branches (weighted_keys_t kSelect).
-template <typename T, int HD, bool kReverse, bool kTerms>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
-                                  Sm90FwdTraits<T, HD, kTerms>::kMinBlocksPerSM)
+// kPonce (kEarlyState's order; LIGHTNING_ATTENTION_SM90_FWD_PONCE=1, not yet measured): P(c)
+// computed once per block instead of by each consumer, by consumer c % 2, which masks it under
+// Q·S(c) and publishes it as a 16-bit (64, 64) box (one of two, by block parity); the consumers
+// meet once per block after Q·S(c) (a barrier of both), and both read P as the A operand of
+// P·V from the box. The meeting also ends Q·S(c)'s reads of each state copy, so one copy per
+// consumer is enough (the 16 KiB each that the boxes need).
+template <typename T, int HD, bool kReverse, bool kTerms, bool kPonce = false>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms, kPonce>::kThreads,
+                                  Sm90FwdTraits<T, HD, kTerms, kPonce>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -515,9 +533,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kTerms, kPonce>;
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
   constexpr bool kEarlyState = HD == 128 && !kReverse && !kTerms;
+  static_assert(!kPonce || kEarlyState, "P once per block is a variant of kEarlyState's order");
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -529,12 +548,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   const bool first_seg = kReverse ? si.seg == si.nseg - 1 : si.seg == 0;
   const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
 
-  // smem: [stage][Q K V (rq)][box] | [consumer][2 buffers] state copies | [consumer] output box |
-  // full[], empty[] barriers | (kTerms) [2 block parities] the terms' shares
+  // smem: [stage][Q K V (rq)][box] | [consumer][kStateCopies] state copies | [consumer] output
+  // box | (kPonce) [2 block parities] P | full[], empty[] barriers | (kTerms) [2 block
+  // parities] the terms' shares
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t states = base + kStages * Tr::kStageBytes;
-  const uint32_t staging = states + Tr::kConsumers * 2 * Tr::kStateCopyBytes;
-  const uint32_t bars = staging + Tr::kConsumers * Tr::kBoxBytes;
+  const uint32_t staging = states + Tr::kConsumers * Tr::kStateCopies * Tr::kStateCopyBytes;
+  const uint32_t pboxes = staging + Tr::kConsumers * Tr::kBoxBytes;
+  const uint32_t bars = pboxes + Tr::kPBoxes * Tr::kBoxBytes;
   const Ring<kStages> ring{bars};
   float* red = reinterpret_cast<float*>(smem_raw + (bars + Tr::kBarrierBytes - smem_u32(smem_raw)));
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
@@ -569,7 +590,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   const int warp = t >> 5, lane = t & 31;
   const int gq = lane >> 2, tq = lane & 3;
   const int bar_id = 1 + w;                   // this warpgroup's named barrier
-  const uint32_t copy0 = states + w * 2 * Tr::kStateCopyBytes;
+  // kPonce: w as a value the compiler knows to be the same in the warp (a shuffle from lane
+  // 0), for the branches around one consumer's wgmmas: ptxas serialises every wgmma of the
+  // kernel when one is issued on a path it takes as divergent (C7520)
+  const int w_uniform = kPonce ? __shfl_sync(0xffffffffu, w, 0) : w;
+  const uint32_t copy0 = states + w * Tr::kStateCopies * Tr::kStateCopyBytes;
+  // the copy of the state entering block c
+  auto copy_at = [&](int c) { return copy0 + (c & (Tr::kStateCopies - 1)) * Tr::kStateCopyBytes; };
   const uint32_t out_box = staging + w * Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
@@ -616,7 +643,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   // token here; the consumers' barrier for adding up the terms
   float* termsg = kTerms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
   const bool fin = kTerms && last_seg && p.dstate_f != nullptr;
-  const int terms_bar = 1 + Tr::kConsumers;
+  // the barrier of all consumers (kTerms: adding up the terms; kPonce: P published)
+  const int consumers_bar = 1 + Tr::kConsumers;
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
@@ -625,12 +653,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
   //                     outputs, copy of S; wait P(c+1)
   //   kEarlyState       issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
   //                     wait P V; outputs; wait P(c+1)
+  //   kPonce            the same, but P(c) computed and masked by consumer c % 2 alone, which
+  //                     publishes it (16-bit box) before the consumers meet after Q S; both
+  //                     read it as P V's A operand
   float p_acc[32];
   if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
-    wgmma_fence();
-    issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(0, 0), tile(0, 1));
-    wgmma_commit();
+    if (!kPonce || w_uniform == 0) {
+      wgmma_fence();
+      issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(0, 0), tile(0, 1));
+      wgmma_commit();
+    }
     // kEarlyState: nothing pending at the loop's head, or ptxas, unable to tell which group
     // is, waits for Q S before the state update touches S_w's registers (C7517)
     if constexpr (kEarlyState) wgmma_wait<0>();
@@ -641,6 +674,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
     const uint32_t uR = tile(s, 3), uRw = uR + w * Tr::kBoxBytes;  // kTerms: the real q
+    // kPonce: whether this consumer computes P(c) (and publishes it at uP); else every one does
+    const bool owner = !kPonce || (c & 1) == w_uniform;
+    const uint32_t uP = pboxes + (c & 1) * Tr::kBoxBytes;
     if (kTerms) mbar_wait(ring.full(s), (c / kStages) & 1);
     if (n < 64) {
       // rows past the sequence's end may hold the next packed sequence (finite or not):
@@ -689,22 +725,30 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
           ((x & 2) ? part1 : part0) += (float)dist * pt[x] * v;
       });
       wgmma_fence();
-      issue_qs<T, HD>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      issue_qs<T, HD>(o_acc, uQ, copy_at(c));
       wgmma_commit();
     } else {
       // O = Q S_w from the copy of the state entering the block (kEarlyState: the state
       // update, which needs only S_w's registers, queued right behind it)
       wgmma_fence();
-      issue_qs<T, HD, kEarlyState>(o_acc, uQ, copy0 + (c & 1) * Tr::kStateCopyBytes);
+      issue_qs<T, HD, kEarlyState>(o_acc, uQ, copy_at(c));
       wgmma_commit();
       if constexpr (kEarlyState)
         issue_state_update();
       else
         wgmma_wait<1>();  // P(c), pending at c = 0
       fence_regs(p_acc);
-      masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
+      if (owner) masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
+      if (kPonce && owner) {
+        words_to_box(uP, [&](int kk, int i) { return pa[kk][i]; }, warp, lane);
+        fence_async_shared();
+      }
     }
     wgmma_wait<kEarlyState ? 1 : 0>();  // Q S (kEarlyState: the state update may still run)
+    // kPonce: P(c) is in uP; and both consumers are done with their state copies (Q S), which
+    // are then rewritten in place, and with block c - 1's P box (P V, waited for in block c - 1),
+    // which the owner of block c + 1 rewrites
+    if constexpr (kPonce) named_barrier(consumers_bar, 128 * Tr::kConsumers);
     fence_regs(o_acc);
     const float row0 = n == 64 && !kTerms ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, rb, n);
     const float row1 = n == 64 && !kTerms ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, rb + 8, n);
@@ -716,10 +760,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       part0 += (float)r0 * d0;
       part1 += (float)r1 * d1;
     }
-    // O += P V_w
+    // O += P V_w (kPonce: P from its box, a K-major operand like Q)
     wgmma_fence();
+    if constexpr (kPonce) {
+      const uint64_t dP = desc_sw128(uP);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64<T, true>(o_acc, desc_add(dP, kk * 32), desc_sw128(uV + kk * 2048), true);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
+    }
     wgmma_commit();
     // outputs (scale already applied): a full block through the staging box and one TMA
     // store (issued at the end of the iteration); a partial one (its rows past n may be the
@@ -776,12 +827,22 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
     }
 
     const bool next = c + 1 < nblk;
+    // whether this consumer issues P(c + 1) (kPonce: block c + 1 is the other consumer's)
+    const bool p_next = next && !kTerms && (!kPonce || !owner);
     if (next && !kTerms) {  // P(c + 1) runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
-      wgmma_fence();
-      issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(s1, 0), tile(s1, 1));
-      wgmma_commit();
+      if (p_next) {
+        wgmma_fence();
+        issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(s1, 0), tile(s1, 1));
+        wgmma_commit();
+      } else {
+        // kPonce: an empty group, so that the waits below count the same groups in both
+        // consumers (waits that differ by the branch make ptxas serialise every wgmma, C7514);
+        // ptxas makes it a dummy wgmma (m64n8k16) on this path alone, which a commit after
+        // the join would put on both paths
+        wgmma_commit();
+      }
     }
     if (kEarlyState && next) {
       // the state update (committed before P V) is done first: its copy goes in under P V
@@ -789,7 +850,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
       wgmma_wait<2>();
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-      state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+      state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
     }
     if (next && !kTerms) {
       wgmma_wait<1>();
@@ -806,11 +867,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms>::kThreads,
                                                        p.state_in_sd, p.state_in_se, w, warp, lane)
                              : 0.f;
       block_terms<Tr::kConsumers>(termsg + blk * 64, red + (c & 1) * Tr::kRedFloats, part0, part1,
-                                  first, last, w, t, r0, n, terms_bar);
+                                  first, last, w, t, r0, n, consumers_bar);
     }
     if constexpr (!kTerms) stage_outputs();
     if (next && !kEarlyState)
-      state_copy<T>(copy0 + ((c + 1) & 1) * Tr::kStateCopyBytes, s_acc, warp, lane);
+      state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) {
@@ -842,10 +903,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms, bool kPonce = false>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kTerms, kPonce>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kPonce>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -873,6 +934,8 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
     launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
+  } else if (HD == 128 && sm90_fwd_ponce()) {
+    launch_fwd_sm90<T, HD, false, false, HD == 128>(maps, p, stream);  // (D = 64: never runs)
   } else {
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
