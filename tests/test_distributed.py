@@ -13,9 +13,12 @@ over the largest magnitude of the reference:
 On GPUs (NCCL, bf16, whichever backend `auto` picks):
     torchrun --nproc-per-node 2 tests/test_distributed.py
 compares against the float64 truth instead: the error of the split call is at most twice the
-error of the single-GPU call plus 2^-8 of the largest magnitude (half a bf16 ulp or more):
+error of the single-GPU call plus 2^-7 of the largest magnitude (one bf16 ulp of it or more):
 the exchanged states come from GEMMs over λ^{N_r-1-t} k_t and c λ^{t+1} q_t rounded to
-bf16.
+bf16, and the truth's dq, dk, dv are rounded to bf16 (autograd returns them in the inputs'
+dtype), so an output as accurate as the single call's may round the other way: with 4 and 8
+processes (gloo, CPU) dq, dk and dv were one ulp off at their largest magnitude, where the
+single call matched the rounded truth exactly.
 """
 import datetime
 import os
@@ -48,7 +51,7 @@ except ImportError:
 
 TOL64 = 1e-11
 SLACK32 = 1e-6
-SLACK16 = 2.0 ** -8
+SLACK16 = 2.0 ** -7
 
 
 def _rel_err(x, ref):
