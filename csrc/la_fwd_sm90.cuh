@@ -412,6 +412,24 @@ __device__ __forceinline__ void split_update_box(float (&acc)[32], uint32_t uX, 
   fence_regs(acc);
 }
 
+// The moment's recurrence before its product, M ← λ^n (M + n S) (M and S at the block's
+// start), and its key weights (n − j) λ^{n−1−j} from the state's, wk (keys as in
+// weighted_keys_t); the caller adds (diag(wm) K)ᵀ V with split operands.
+template <int kTiles>
+__device__ __forceinline__ void moment_decay(float (&m)[kTiles][32], const float (&s)[kTiles][32],
+                                             float (&wm)[4][4], const float (&wk)[4][4],
+                                             float total, int tq, int n) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int x = 0; x < 4; ++x)
+      wm[kk][x] = wk[kk][x] * (float)(n - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0)));
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) m[dt][i] = (m[dt][i] + (float)n * s[dt][i]) * total;
+}
+
 // The warp's share of <M_w, G_w> with G_w = (diag(λ^{j+1}) Q)ᵀ R_w over the block's tokens
 // j < n (R_w: this consumer's box of the real q, its rows from n on zero): the block's moment
 // term without the scale, M at the block's start in fp32, G from split operands (its weights
@@ -802,15 +820,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kTerms, kPonce>::kThreads
       // M = λ^n (M + n S) + Σ_dt (diag((n-j) λ^{n-1-j}) K_dt)ᵀ V_w (M and S at the block's
       // start), split operands
       float wm[4][4];  // the moment's key weights
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int x = 0; x < 4; ++x)
-          wm[kk][x] = wk[kk][x] * (float)(n - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0)));
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
+      moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
         split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);

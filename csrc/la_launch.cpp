@@ -95,15 +95,13 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
   // build has it; the mma.sync kernel otherwise, the dq sweep's d slope terms included (pass 1
   // with the moments, pass 2 with the terms). A pass 1 with moments takes whole segments (the
   // plan's parts == 1), as does the mma.sync pass 1.
-  const bool terms = p.terms != nullptr;
-  const bool sm90 = pl.sm90;
-  TORCH_CHECK((sm90 && !terms) || pl.seg.parts == 1,
+  TORCH_CHECK((pl.sm90 && p.terms == nullptr) || pl.seg.parts == 1,
               "lightning_attention_C: this pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
     auto pass = [&](bool pass1) {
-      if (sm90)
+      if (pl.sm90)
         run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/false, stream);
       else
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
@@ -142,11 +140,10 @@ void launch_fused_bwd_sm90_passes(const BwdParams& p, const FwdParams& pdv, at::
 
 void launch_bwd_passes(const BwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream) {
+  TORCH_CHECK(pl.seg.parts == 1, "lightning_attention_C: the mma.sync pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
-    TORCH_CHECK(pl.seg.parts == 1,
-                "lightning_attention_C: the mma.sync pass 1 takes whole segments");
     auto pass = [&](bool pass1) { run_bwd<T, kHD>(p, pass1, stream); };
     segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, StateRows{}, p.slope, D, E,
                    /*reverse=*/true, stream);

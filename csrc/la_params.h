@@ -156,8 +156,8 @@ void run_bwd(const BwdParams& p, bool pass1, cudaStream_t stream);
 
 // The sm_90a kernel (la_fwd_sm90.cuh), both passes: the forward, or with `reverse` the dk/dv
 // sweep in reversed time; with p.terms the dq sweep with the d slope terms (pass 1 with the
-// moments, pass 2 with the terms); and whether this build and driver
-// can run it (la_sm90_host.cu).
+// moments, pass 2 with the terms); and whether this build and driver can run it
+// (la_sm90_host.cu).
 template <typename T, int HD>
 void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t stream);
 bool sm90_available();

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
     for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
-  float m_acc[kMoments ? kTiles : 1][32];  // kMoments: the moment slice
+  float m_acc[kTiles][32];  // kMoments: the moment slice (unused, and dropped, otherwise)
   if constexpr (kMoments) {
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
@@ -188,15 +188,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
     float wk[4][4], wm[4][4], total;
     dec.keys(wk, total, nl2, p.scale, tq, n);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int x = 0; x < 4; ++x)
-        wm[kk][x] = wk[kk][x] * (float)(n - (16 * kk + 2 * tq + (x & 1) + ((x & 2) ? 8 : 0)));
-#pragma unroll
-    for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-      for (int i = 0; i < 32; ++i) m_acc[dt][i] = (m_acc[dt][i] + (float)n * s_acc[dt][i]) * total;
+    moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll

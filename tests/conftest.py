@@ -18,7 +18,7 @@ if _WORKERS > 1:
     torch.set_num_threads(_THREADS)
 
 #: The most GPU memory one test may allocate: pytest-xdist workers share one GPU
-#: (bench/gpu_run.sh runs 8 of them on an H200).
+#: (bench/gpu_run.sh runs 16 of them on an H200).
 GPU_TEST_BYTES = 8 << 30
 
 

@@ -117,7 +117,8 @@ def test_long_segments(D, seg, varlen, seg_len):
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_dslope_long_segments(D, seg_len):
     """d slope over segments of 8 blocks, so that pass 1 with moments runs its recurrence
-    over several blocks (on sm_90a: la_state_sm90.cuh kMoments), packed sequences with an empty one, an initial state."""
+    over several blocks (on sm_90a: la_state_sm90.cuh kMoments), packed sequences with an
+    empty one, an initial state."""
     seg_len(512)
     check_cuda(B=1, H=2, N=2000, D=D, cu_seqlens=[0, 100, 100, 1300, 1301, 2000])
 
