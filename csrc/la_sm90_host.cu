@@ -84,11 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The D = 128 forward-time pass 2 with P computed once per block (la_fwd_sm90_kernel kPonce)
-// when LIGHTNING_ATTENTION_SM90_FWD_PONCE=1 (read once; until it is measured on the GPU).
-bool sm90_fwd_ponce() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FWD_PONCE", false);
-  return on;
-}
-
 }  // namespace la
