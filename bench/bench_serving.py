@@ -8,7 +8,8 @@ in a pool, addressed by slot, beside their floors and peers.
 decode   one step per layer (H = 32, D = E = 128, bf16) from a pool of 1024 slots in random
          order (auto dispatch, and Triton), beside the dense step (lightning_attn_decode),
          fla's fused_recurrent_simple_gla on dense states and the floor (a copy of the B
-         addressed states: each is read and written once).
+         addressed states: each is read and written once), and the same bytes read and
+         written in place (dense.mul_(-1): a decode updates its states in place).
 graph    the same step captured in a CUDA graph for each B, beside a graph of 2 empty kernel
          launches, the dense step's (its own kernel), the pool kernel on the dense states
          (slots 0..B-1: both CUDA decode kernels on the same bytes) and fla's step in graphs.
@@ -66,7 +67,8 @@ def decode_rows(args, device, bench):
         served = dispatch.providing("pool_decode", dispatch.select(None, q4, q4, q4), q4, q4, q4)
         row = {"bench": "decode", "B": B, "auto": served.name,
                "ours_ms": bench(lambda: serving.decode(q, k, v, pool, slots, slope), []),
-               "floor_ms": bench(lambda: dense.clone(), [])}
+               "floor_ms": bench(lambda: dense.clone(), []),
+               "inplace_floor_ms": bench(lambda: dense.mul_(-1.0), [])}
         if device.type == "cuda":
             row["triton_ms"] = bench(lambda: serving.decode(q, k, v, pool, slots, slope,
                                                             backend="triton"), [])

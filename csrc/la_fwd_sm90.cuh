@@ -18,8 +18,8 @@
 //   P   = (Q Kᵀ) ⊙ M                     SS wgmma (64 × 64), masked and decayed in registers
 //   O   = λ^{i+1} · Q S_w + P V_w         SS wgmma from a 16-bit copy of S_w, then RS with P
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w   RS wgmma, Kᵀ fragments by ldmatrix.trans
-// The warpgroups never wait for each other (but with kEarlyState, where they share P once per
-// block): each keeps its own copy of its state slice (double-buffered; kEarlyState: single) and
+// The warpgroups never wait for each other (but with kShareP, where they share P once per
+// block): each keeps its own copy of its state slice (double-buffered; kShareP: single) and
 // releases a stage of the ring when it is done with it.
 #pragma once
 
@@ -31,17 +31,24 @@
 
 namespace la {
 
-// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel).
-template <typename T, int HD, bool kReverse = false, bool kTerms = false>
+// The forward-time order with the state update issued early (kEarly, see la_fwd_sm90_kernel):
+// the default at D = 128, where it was measured.
+constexpr bool early_by_default(int hd, bool reverse, bool terms) {
+  return hd == 128 && !reverse && !terms;
+}
+
+// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms; kEarly: the early order.
+template <typename T, int HD, bool kReverse = false, bool kTerms = false,
+          bool kEarly = early_by_default(HD, kReverse, kTerms)>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
-  // the D = 128 forward-time order without terms: the state update issued early, P once per
-  // block (see la_fwd_sm90_kernel)
-  static constexpr bool kEarlyState = HD == 128 && !kReverse && !kTerms;
+  static_assert(!kEarly || (!kReverse && !kTerms), "the early order is the plain forward's");
   static constexpr int kBlock = 64;
   static constexpr int kConsumers = HD / 64;               // consumer warpgroups
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  // with the early order and two consumers, P once per block, shared (see la_fwd_sm90_kernel)
+  static constexpr bool kShareP = kEarly && kConsumers == 2;
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
@@ -53,10 +60,10 @@ struct Sm90FwdTraits {
   static constexpr int kTiles = kTerms ? 4 : 3;            // Q, K, V (and the real q)
   static constexpr int kStageBytes = kTiles * kTileBytes;
   static constexpr int kStateCopyBytes = HD * 64 * 2;      // (HD, 64) 16-bit, MN-major
-  // copies of each consumer's state slice (kEarlyState: one, read by Q·S before the next is
+  // copies of each consumer's state slice (kShareP: one, read by Q·S before the next is
   // written)
-  static constexpr int kStateCopies = kEarlyState ? 1 : 2;
-  static constexpr int kPBoxes = kEarlyState ? 2 : 0;      // the published P, by block parity
+  static constexpr int kStateCopies = kShareP ? 1 : 2;
+  static constexpr int kPBoxes = kShareP ? 2 : 0;          // the published P, by block parity
   static constexpr int kBarrierBytes = 2 * kStages * 8;
   // kTerms, per block parity: each consumer's 64 row partials, then its warps' shares of the
   // block's first-token and last-token terms (4 + 4)
@@ -532,22 +539,24 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
 // staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
 // once per block to add up the terms. tm_r is unused without kTerms.
-// kEarlyState (the forward-time pass 2 without terms at D = 128, where it was measured: W's
-// forward 5% faster, then 8% more with P once per block; D = 64 keeps the order below): the
-// block's state update is issued right behind its Q·S (Q·S reads the shared copy of S_w, the
+// kEarly (the forward-time pass 2 without terms; the default at D = 128, where it was
+// measured: W's forward 5% faster, then 8% more with P once per block; at D = 64 with
+// LIGHTNING_ATTENTION_SM90_FWD_EARLY64=1, not yet measured): the block's state update is issued right behind its Q·S (Q·S reads the shared copy of S_w, the
 // update its registers), so that P·V goes in behind the running update instead of after Q·S
 // has drained, the update's operands are built under Q·S, and the next block's state copy is
 // written under P·V and P(c + 1) rather than after both; its Q·S and P products take their
 // descriptors by addition (desc_add), a third of the instructions between two of their
 // wgmmas, and the update's operands are built without branches (weighted_keys_t kSelect).
-// It also computes P(c) once per block instead of by each consumer: consumer c % 2 masks it
+// kShareP (kEarly with two consumers, D = 128) computes P(c) once per block instead of by
+// each consumer: consumer c % 2 masks it
 // under Q·S(c) and publishes it as a 16-bit (64, 64) box (one of two, by block parity); the
 // consumers meet once per block after Q·S(c) (a barrier of both), and both read P as the A
 // operand of P·V from the box. The meeting also ends Q·S(c)'s reads of each state copy, so
 // one copy per consumer is enough (the 16 KiB each that the boxes need).
-template <typename T, int HD, bool kReverse, bool kTerms>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
-                                  Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
+template <typename T, int HD, bool kReverse, bool kTerms,
+          bool kEarly = early_by_default(HD, kReverse, kTerms)>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>::kThreads,
+                                  Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -555,8 +564,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
-  constexpr bool kEarlyState = Tr::kEarlyState;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>;
+  constexpr bool kShareP = Tr::kShareP;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -569,7 +578,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
 
   // smem: [stage][Q K V (rq)][box] | [consumer][kStateCopies] state copies | [consumer] output
-  // box | (kEarlyState) [2 block parities] P | full[], empty[] barriers | (kTerms) [2 block
+  // box | (kShareP) [2 block parities] P | full[], empty[] barriers | (kTerms) [2 block
   // parities] the terms' shares
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t states = base + kStages * Tr::kStageBytes;
@@ -610,10 +619,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   const int warp = t >> 5, lane = t & 31;
   const int gq = lane >> 2, tq = lane & 3;
   const int bar_id = 1 + w;                   // this warpgroup's named barrier
-  // kEarlyState: w as a value the compiler knows to be the same in the warp (a shuffle from
+  // kShareP: w as a value the compiler knows to be the same in the warp (a shuffle from
   // lane 0), for the branches around one consumer's wgmmas: ptxas serialises every wgmma of the
   // kernel when one is issued on a path it takes as divergent (C7520)
-  const int w_uniform = kEarlyState ? __shfl_sync(0xffffffffu, w, 0) : w;
+  const int w_uniform = kShareP ? __shfl_sync(0xffffffffu, w, 0) : w;
   const uint32_t copy0 = states + w * Tr::kStateCopies * Tr::kStateCopyBytes;
   // the copy of the state entering block c
   auto copy_at = [&](int c) { return copy0 + (c & (Tr::kStateCopies - 1)) * Tr::kStateCopyBytes; };
@@ -663,29 +672,30 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   // token here; the consumers' barrier for adding up the terms
   float* termsg = kTerms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
   const bool fin = kTerms && last_seg && p.dstate_f != nullptr;
-  // the barrier of all consumers (kTerms: adding up the terms; kEarlyState: P published)
+  // the barrier of all consumers (kTerms: adding up the terms; kShareP: P published)
   const int consumers_bar = 1 + Tr::kConsumers;
 
   // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
   // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
   // start, the state and the moment leave no room for it). Without kTerms, per block:
-  //   D = 64, reversed  issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
+  //   not kEarly        issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
   //                     outputs, copy of S; wait P(c+1)
-  //   kEarlyState       issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
-  //                     wait P V; outputs; wait P(c+1); P(c) computed and masked by consumer
-  //                     c % 2 alone, which publishes it (16-bit box) before the consumers meet
-  //                     after Q S; both read it as P V's A operand
+  //   kEarly            issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
+  //                     wait P V; outputs; wait P(c+1)
+  //   kShareP           kEarly's, but P(c) computed and masked by consumer c % 2 alone, which
+  //                     publishes it (16-bit box) before the consumers meet after Q S; both
+  //                     read it as P V's A operand
   float p_acc[32];
   if (!kTerms && nblk > 0) {
     mbar_wait(ring.full(0), 0);
-    if (!kEarlyState || w_uniform == 0) {
+    if (!kShareP || w_uniform == 0) {
       wgmma_fence();
-      issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(0, 0), tile(0, 1));
+      issue_qk<T, HD, 8192, kEarly>(p_acc, tile(0, 0), tile(0, 1));
       wgmma_commit();
     }
-    // kEarlyState: nothing pending at the loop's head, or ptxas, unable to tell which group
+    // kEarly: nothing pending at the loop's head, or ptxas, unable to tell which group
     // is, waits for Q S before the state update touches S_w's registers (C7517)
-    if constexpr (kEarlyState) wgmma_wait<0>();
+    if constexpr (kEarly) wgmma_wait<0>();
   }
   for (int c = 0; c < nblk; ++c) {
     const int s = c % kStages;
@@ -693,8 +703,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
     const uint32_t uR = tile(s, 3), uRw = uR + w * Tr::kBoxBytes;  // kTerms: the real q
-    // kEarlyState: whether this consumer computes P(c) (and publishes it at uP); else each does
-    const bool owner = !kEarlyState || (c & 1) == w_uniform;
+    // kShareP: whether this consumer computes P(c) (and publishes it at uP); else each does
+    const bool owner = !kShareP || (c & 1) == w_uniform;
     const uint32_t uP = pboxes + (c & 1) * Tr::kBoxBytes;
     if (kTerms) mbar_wait(ring.full(s), (c / kStages) & 1);
     if (n < 64) {
@@ -714,7 +724,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
     // committed, not waited for (without kTerms)
     auto issue_state_update = [&] {
       uint32_t ka[Tr::kBoxes][4][4];
-      state_update_operands<T, Tr::kBoxes, kEarlyState>(s_acc, ka, dec, nl2, p.scale, uK, warp,
+      state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp,
                                                         lane, n);
       wgmma_fence();
 #pragma unroll
@@ -747,27 +757,27 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
       issue_qs<T, HD>(o_acc, uQ, copy_at(c));
       wgmma_commit();
     } else {
-      // O = Q S_w from the copy of the state entering the block (kEarlyState: the state
+      // O = Q S_w from the copy of the state entering the block (kEarly: the state
       // update, which needs only S_w's registers, queued right behind it)
       wgmma_fence();
-      issue_qs<T, HD, kEarlyState>(o_acc, uQ, copy_at(c));
+      issue_qs<T, HD, kEarly>(o_acc, uQ, copy_at(c));
       wgmma_commit();
-      if constexpr (kEarlyState)
+      if constexpr (kEarly)
         issue_state_update();
       else
         wgmma_wait<1>();  // P(c), pending at c = 0
       fence_regs(p_acc);
       if (owner) masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
-      if (kEarlyState && owner) {
+      if (kShareP && owner) {
         words_to_box(uP, [&](int kk, int i) { return pa[kk][i]; }, warp, lane);
         fence_async_shared();
       }
     }
-    wgmma_wait<kEarlyState ? 1 : 0>();  // Q S (kEarlyState: the state update may still run)
-    // kEarlyState: P(c) is in uP; and both consumers are done with their state copies (Q S),
+    wgmma_wait<kEarly ? 1 : 0>();  // Q S (kEarly: the state update may still run)
+    // kShareP: P(c) is in uP; and both consumers are done with their state copies (Q S),
     // which are then rewritten in place, and with block c - 1's P box (P V, waited for in block
     // c - 1), which the owner of block c + 1 rewrites
-    if constexpr (kEarlyState) named_barrier(consumers_bar, 128 * Tr::kConsumers);
+    if constexpr (kShareP) named_barrier(consumers_bar, 128 * Tr::kConsumers);
     fence_regs(o_acc);
     const float row0 = n == 64 && !kTerms ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, rb, n);
     const float row1 = n == 64 && !kTerms ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, rb + 8, n);
@@ -779,9 +789,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
       part0 += (float)r0 * d0;
       part1 += (float)r1 * d1;
     }
-    // O += P V_w (kEarlyState: P from its box, a K-major operand like Q)
+    // O += P V_w (kShareP: P from its box, a K-major operand like Q)
     wgmma_fence();
-    if constexpr (kEarlyState) {
+    if constexpr (kShareP) {
       const uint64_t dP = desc_sw128(uP);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
@@ -833,29 +843,29 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
         split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
-    } else if constexpr (!kEarlyState) {
+    } else if constexpr (!kEarly) {
       issue_state_update();
     }
 
     const bool next = c + 1 < nblk;
-    // whether this consumer issues P(c + 1) (kEarlyState: block c + 1 is the other consumer's)
-    const bool p_next = next && !kTerms && (!kEarlyState || !owner);
+    // whether this consumer issues P(c + 1) (kShareP: block c + 1 is the other consumer's)
+    const bool p_next = next && !kTerms && (!kShareP || !owner);
     if (next && !kTerms) {  // P(c + 1) runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       if (p_next) {
         wgmma_fence();
-        issue_qk<T, HD, 8192, kEarlyState>(p_acc, tile(s1, 0), tile(s1, 1));
+        issue_qk<T, HD, 8192, kEarly>(p_acc, tile(s1, 0), tile(s1, 1));
         wgmma_commit();
       } else {
-        // kEarlyState: an empty group, so that the waits below count the same groups in both
+        // kShareP: an empty group, so that the waits below count the same groups in both
         // consumers (waits that differ by the branch make ptxas serialise every wgmma, C7514);
         // ptxas makes it a dummy wgmma (m64n8k16) on this path alone, which a commit after
         // the join would put on both paths
         wgmma_commit();
       }
     }
-    if (kEarlyState && next) {
+    if (kEarly && next) {
       // the state update (committed before P V) is done first: its copy goes in under P V
       // and P(c + 1)
       wgmma_wait<2>();
@@ -881,7 +891,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
                                   first, last, w, t, r0, n, consumers_bar);
     }
     if constexpr (!kTerms) stage_outputs();
-    if (next && !kEarlyState)
+    if (next && !kEarly)
       state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
@@ -914,10 +924,11 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms,
+          bool kEarly = early_by_default(HD, kReverse, kTerms)>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kEarly>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -945,6 +956,8 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
     launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
+  } else if (HD == 64 && sm90_fwd_early64()) {
+    launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
   } else {
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
