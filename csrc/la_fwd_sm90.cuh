@@ -31,19 +31,13 @@
 
 namespace la {
 
-// The forward-time order with the state update issued early (kEarly, see la_fwd_sm90_kernel):
-// the default at D = 128, where it was measured.
-constexpr bool early_by_default(int hd, bool reverse, bool terms) {
-  return hd == 128 && !reverse && !terms;
-}
-
-// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms; kEarly: the early order.
-template <typename T, int HD, bool kReverse = false, bool kTerms = false,
-          bool kEarly = early_by_default(HD, kReverse, kTerms)>
+// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel).
+template <typename T, int HD, bool kReverse = false, bool kTerms = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
-  static_assert(!kEarly || (!kReverse && !kTerms), "the early order is the plain forward's");
+  // the forward-time order without terms: the state update issued early
+  static constexpr bool kEarly = !kReverse && !kTerms;
   static constexpr int kBlock = 64;
   static constexpr int kConsumers = HD / 64;               // consumer warpgroups
   static constexpr int kThreads = 128 * (1 + kConsumers);
@@ -539,24 +533,23 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
 // staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
 // once per block to add up the terms. tm_r is unused without kTerms.
-// kEarly (the forward-time pass 2 without terms; the default at D = 128, where it was
-// measured: W's forward 5% faster, then 8% more with P once per block; at D = 64 with
-// LIGHTNING_ATTENTION_SM90_FWD_EARLY64=1, not yet measured): the block's state update is issued right behind its Q·S (Q·S reads the shared copy of S_w, the
+// kEarly (the forward-time pass 2 without terms; measured on W: the forward 5% faster at
+// D = 128, then 8% more with kShareP; at D = 64, H = 64 1% at N <= 16K, 11% at 64K): the
+// block's state update is issued right behind its Q·S (Q·S reads the shared copy of S_w, the
 // update its registers), so that P·V goes in behind the running update instead of after Q·S
 // has drained, the update's operands are built under Q·S, and the next block's state copy is
 // written under P·V and P(c + 1) rather than after both; its Q·S and P products take their
 // descriptors by addition (desc_add), a third of the instructions between two of their
 // wgmmas, and the update's operands are built without branches (weighted_keys_t kSelect).
 // kShareP (kEarly with two consumers, D = 128) computes P(c) once per block instead of by
-// each consumer: consumer c % 2 masks it
-// under Q·S(c) and publishes it as a 16-bit (64, 64) box (one of two, by block parity); the
-// consumers meet once per block after Q·S(c) (a barrier of both), and both read P as the A
-// operand of P·V from the box. The meeting also ends Q·S(c)'s reads of each state copy, so
-// one copy per consumer is enough (the 16 KiB each that the boxes need).
-template <typename T, int HD, bool kReverse, bool kTerms,
-          bool kEarly = early_by_default(HD, kReverse, kTerms)>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>::kThreads,
-                                  Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>::kMinBlocksPerSM)
+// each consumer: consumer c % 2 masks it under Q·S(c) and publishes it as a 16-bit (64, 64)
+// box (one of two, by block parity); the consumers meet once per block after Q·S(c) (a
+// barrier of both), and both read P as the A operand of P·V from the box. The meeting also
+// ends Q·S(c)'s reads of each state copy, so one copy per consumer is enough (the 16 KiB each
+// that the boxes need).
+template <typename T, int HD, bool kReverse, bool kTerms>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
+                                  Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -564,8 +557,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>;
-  constexpr bool kShareP = Tr::kShareP;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -924,11 +917,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms,
-          bool kEarly = early_by_default(HD, kReverse, kTerms)>
+template <typename T, int HD, bool kReverse, bool kTerms>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kEarly>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kEarly>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -956,8 +948,6 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
     launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
-  } else if (HD == 64 && sm90_fwd_early64()) {
-    launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
   } else {
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }

@@ -167,9 +167,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether run_fwd_sm90's D = 64 forward-time pass 2 takes the early order (when
-// LIGHTNING_ATTENTION_SM90_FWD_EARLY64=1, la_sm90_host.cu).
-bool sm90_fwd_early64();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

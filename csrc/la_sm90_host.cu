@@ -84,11 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The D = 64 forward-time pass 2 in the early order (la_fwd_sm90_kernel kEarly) when
-// LIGHTNING_ATTENTION_SM90_FWD_EARLY64=1 (read once; until it is measured on the GPU).
-bool sm90_fwd_early64() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FWD_EARLY64", false);
-  return on;
-}
-
 }  // namespace la
