@@ -5,8 +5,6 @@
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
 LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
-The cases with first_len run a short first segment on sm_90a: its pass 2 on a side stream
-beside pass 1 of the others.
 On sm_90a the segments of 7 blocks take pass 1 in two parts, and the d slope cases' dq sweep
 runs on the sm_90a kernels (pass 1 with the moments, pass 2 with the terms); with
 LIGHTNING_ATTENTION_SM90=0 every case runs the mma.sync kernels of the sm_80 build.
@@ -40,12 +38,6 @@ for D in (64, 128):
             C.bwd(do, None, q, k, v, None, 0.5, None, None, False, seg_len=seg_len)
             qt, kt, vt, dot = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v, do))
             C.bwd(dot, None, qt, kt, vt, slope, 1.0, None, None, False, seg_len=seg_len)
-            # a short first segment: its pass 2 on a side stream beside pass 1 of the others
-            # (in parts of 7-block segments; over whole 2-block ones), the dq sweep likewise
-            if seg_len in (128, 448):
-                o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len, first_len=64)
-                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, False,
-                      seg_len=seg_len, first_len=64)
             # serving: pool rows by slot (a padding sequence, one from zero, in place)
             pool = torch.randn(6, H, D, D, device="cuda")
             ops.pool_prefill(q, k, v, slope, 1.0, cu, pool, torch.tensor(

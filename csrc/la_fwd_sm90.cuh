@@ -902,14 +902,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   if (t == 0) bulk_wait_all<false>();  // the output stores are done with smem
 
-  // the final state: the sequence's, or a short first segment's, from which the scan starts
-  // (its ws slot: pass 1 skips that segment)
   const int64_t out_row = last_seg && p.state_out != nullptr ? state_out_row(p.state_rows, si.seq) : -1;
-  float* const out = out_row >= 0 ? p.state_out + (out_row * p.seg.H + h) * HD * HD
-                     : !kReverse && !kTerms && !last_seg && si.seg == 0 && short_first(p.seg)
-                         ? p.ws + ((int64_t)g * p.seg.H + h) * HD * HD
-                         : nullptr;
-  if (out != nullptr) store_state_slice<Tr::kBoxes>(out, s_acc, w, warp, lane);
+  if (out_row >= 0)
+    store_state_slice<Tr::kBoxes>(p.state_out + (out_row * p.seg.H + h) * HD * HD, s_acc, w, warp, lane);
 #endif
 }
 

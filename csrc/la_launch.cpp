@@ -2,7 +2,6 @@
 #include "la_launch.h"
 
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -77,8 +76,6 @@ template <typename Pass>
 void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
                     int64_t se, const StateRows& rows, const float* slope, int64_t D, int64_t E,
                     bool reverse, cudaStream_t stream) {
-  TORCH_CHECK(!short_first(pl.seg), "lightning_attention_C: a short first segment is planned for "
-              "the sm_90a sweeps forward in time without moments only");
   if (pl.multi) {
     pass(/*pass1=*/true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -90,48 +87,6 @@ void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// An event that orders two streams (no timing); CUDA releases it once recorded work is done.
-struct StreamEvent {
-  cudaEvent_t event;
-  StreamEvent() { C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming)); }
-  ~StreamEvent() { cudaEventDestroy(event); }
-  StreamEvent(const StreamEvent&) = delete;
-  StreamEvent& operator=(const StreamEvent&) = delete;
-  // `to` waits for the work of `from` issued so far
-  void order(cudaStream_t from, cudaStream_t to) {
-    C10_CUDA_CHECK(cudaEventRecord(event, from));
-    C10_CUDA_CHECK(cudaStreamWaitEvent(to, event, 0));
-  }
-};
-
-// The passes of a sweep forward in time with a short first segment (SegParams), pass(params,
-// pass1, stream) running a pass: pass 2 of each sequence's first segment on a side stream
-// beside pass 1 of the others (which skips it), then the scan from the first segment's final
-// state and pass 2 of the others. The side stream starts after all earlier work of `stream`
-// (which allocated every buffer of the call) and `stream` waits for it before the scan: the
-// caching allocator and a CUDA graph capture see the call as work of `stream` alone.
-template <typename Pass>
-void short_first_passes(const FwdParams& p, Pass&& pass, const Plan& pl, int64_t D, int64_t E,
-                        cudaStream_t stream) {
-  FwdParams first = p, later = p;
-  first.seg.runs = kFirstSegs;
-  first.seg.num_segs = (p.seg.B - 1) * p.seg.segs_per_seq + 1;  // up to the last one's first
-  later.seg.runs = kLaterSegs;
-  const cudaStream_t side = c10::cuda::getStreamFromPool().stream();
-  StreamEvent forked, joined;
-  forked.order(stream, side);
-  pass(first, /*pass1=*/false, side);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  pass(later, /*pass1=*/true, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  joined.order(side, stream);
-  run_state_scan(p.seg, pl.ws_local.data_ptr<float>(), pl.ws.data_ptr<float>(), nullptr, nullptr,
-                 0, 0, StateRows{}, p.slope, (int)D, (int)E, /*reverse=*/false, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  pass(later, /*pass1=*/false, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 }  // namespace
 
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
@@ -139,19 +94,12 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
   // build has it; the mma.sync kernel otherwise, the dq sweep's d slope terms included (pass 1
   // with the moments, pass 2 with the terms). A pass 1 with moments takes whole segments (the
-  // plan's parts == 1), as does the mma.sync pass 1. A short first segment: the sm_90a kernel
-  // without terms, its pass 2 beside pass 1 of the others.
+  // plan's parts == 1), as does the mma.sync pass 1.
   TORCH_CHECK((pl.sm90 && p.terms == nullptr) || pl.seg.parts == 1,
               "lightning_attention_C: this pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;
-    if (short_first(pl.seg) && pl.sm90 && p.terms == nullptr) {
-      auto pass = [](const FwdParams& pp, bool pass1, cudaStream_t s) {
-        run_fwd_sm90<T, kHD>(pp, pass1, /*reverse=*/false, s);
-      };
-      return short_first_passes(p, pass, pl, D, E, stream);
-    }
     auto pass = [&](bool pass1) {
       if (pl.sm90)
         run_fwd_sm90<T, kHD>(p, pass1, /*reverse=*/false, stream);

@@ -22,8 +22,7 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const float* dstate_f = nullptr);
 
 // The forward's passes: pass 1 and the scan when the plan has several segments per
-// sequence, then pass 2 (with a short first segment, its pass 2 beside pass 1 of the others,
-// on a side stream). The one place that chooses the forward kernel.
+// sequence, then pass 2. The one place that chooses the forward kernel.
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
                        const Plan& pl, cudaStream_t stream);
 

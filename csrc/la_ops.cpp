@@ -121,22 +121,19 @@ int64_t guard_num_seqs(const Tensor& q, const std::optional<Tensor>& cu) {
 }
 
 // o = forward(q, k, v) with each sequence's state read from `state_in` and its final state
-// written to `state_out` (either nullptr: none) at the rows `rows` names, segment lengths
-// forced or planned (la_plan.h plan_seg_lens). The one launch of fwd and pool_prefill.
+// written to `state_out` (either nullptr: none) at the rows `rows` names. The one launch of
+// fwd and pool_prefill.
 Tensor forward(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                const std::optional<Tensor>& slope, double scale,
                const std::optional<Tensor>& cu_seqlens, int64_t num_seqs, const float* state_in,
-               float* state_out, const StateRows& rows, std::optional<int64_t> seg_len,
-               std::optional<int64_t> first_len) {
+               float* state_out, const StateRows& rows, std::optional<int64_t> seg_len) {
   const int64_t D = q_.size(3), E = v_.size(3);
   c10::cuda::CUDAGuard device(q_.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   Tensor o = output_like_layout(q_, E);
   const auto slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_);
-  const Plan pl = make_plan(
-      q, cu, num_seqs, D, E,
-      plan_seg_lens(q, cu.has_value(), D, seg_len, first_len, /*forward_time=*/true), stream);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
   FwdParams p = fwd_params(q, k, v, o, ptr_or_null<float>(slope_c), (float)scale, state_in, E, 1,
                            state_out, pl);
   p.state_rows = rows;
@@ -148,7 +145,7 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q, const Tensor& k, const Tensor
                                   const std::optional<Tensor>& slope, double scale,
                                   const std::optional<Tensor>& initial_state,
                                   const std::optional<Tensor>& cu_seqlens, bool output_final_state,
-                                  std::optional<int64_t> seg_len, std::optional<int64_t> first_len) {
+                                  std::optional<int64_t> seg_len) {
   guard_qkv(q, k, v);
   const int64_t H = q.size(1), D = q.size(3), E = v.size(3);
   const int64_t num_seqs = guard_num_seqs(q, cu_seqlens);
@@ -160,7 +157,7 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q, const Tensor& k, const Tensor
   const auto init = contiguous(initial_state);
   Tensor o = forward(q, k, v, slope, scale, cu_seqlens, num_seqs, ptr_or_null<float>(init),
                      output_final_state ? final_state.data_ptr<float>() : nullptr, StateRows{},
-                     seg_len, first_len);
+                     seg_len);
   return {o, final_state};
 }
 
@@ -202,7 +199,7 @@ Tensor la_pool_prefill(const Tensor& q, const Tensor& k, const Tensor& v,
                        (int)state_pool.size(0)};
   float* pool = state_pool.data_ptr<float>();
   return forward(q, k, v, slope, scale, cu_seqlens, num_seqs, has_c.has_value() ? pool : nullptr,
-                 pool, rows, seg_len, std::nullopt);
+                 pool, rows, seg_len);
 }
 
 // Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
@@ -215,7 +212,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
     const Tensor& dout_, const std::optional<Tensor>& dfinal_state, const Tensor& q_,
     const Tensor& k_, const Tensor& v_, const std::optional<Tensor>& slope, double scale,
     const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens,
-    bool need_dslope, std::optional<int64_t> seg_len, std::optional<int64_t> first_len) {
+    bool need_dslope, std::optional<int64_t> seg_len) {
   guard_qkv(q_, k_, v_);
   const int64_t H = q_.size(1), N = q_.size(2), D = q_.size(3), E = v_.size(3);
   LA_GUARD(dout_.device() == q_.device() && dout_.scalar_type() == q_.scalar_type() &&
@@ -238,24 +235,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   const auto init = contiguous(initial_state), dfinal = contiguous(dfinal_state),
              slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);
-  const SegLens lens = plan_seg_lens(q, cu.has_value(), D, seg_len, std::nullopt,
-                                     /*forward_time=*/false);
-  const Plan pl = make_plan(q, cu, num_seqs, D, E, lens, stream, /*moments=*/need_dslope);
-  // the dq sweep runs forward in time: without moments it may have a short first segment,
-  // then on a plan of its own
-  const SegLens lens_q = need_dslope ? lens
-                                     : plan_seg_lens(q, cu.has_value(), D, seg_len, first_len,
-                                                     /*forward_time=*/true);
-  const Plan plq = lens_q == lens ? pl : make_plan(q, cu, num_seqs, D, E, lens_q, stream);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream, /*moments=*/need_dslope);
   const float* slope_p = ptr_or_null<float>(slope_c);
 
   // dq_t = scale · do_t S_tᵀ: the forward on (do, v, k) with the transposed initial state
   // (and the transposed final state's gradient for the d slope terms).
   const FwdParams pq = fwd_params(dout, v, k, dq, slope_p, (float)scale, ptr_or_null<float>(init),
-                                  /*sd=*/1, /*se=*/E, nullptr, plq, &q,
+                                  /*sd=*/1, /*se=*/E, nullptr, pl, &q,
                                   need_dslope ? terms.data_ptr<float>() : nullptr,
                                   ptr_or_null<float>(dfinal));
-  launch_fwd_passes(pq, q.scalar_type(), D, E, plq, stream);
+  launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
 
   // dv_t = k_t G_t and dk_t = v_t G_tᵀ on sm_90a: the kernel in reversed time on (k, q, do)
   // with the final state's gradient (its last state is the initial state's gradient) ...
@@ -374,17 +363,15 @@ Tensor la_pool_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor&
 }  // namespace la
 
 // seg_len: a forced segment length (tests take both the single- and multi-segment paths);
-// None plans it from the shape and the device. first_len: a forced length of each sequence's
-// first segment, where a short one can be (la_plan.h plan_seg_lens), for tests likewise.
+// None plans it from the shape and the device.
 TORCH_LIBRARY(lightning_attention_C, m) {
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, Tensor? slope, float scale, Tensor? initial_state, "
-      "Tensor? cu_seqlens, bool output_final_state, int? seg_len=None, int? first_len=None) "
-      "-> (Tensor, Tensor)");
+      "Tensor? cu_seqlens, bool output_final_state, int? seg_len=None) -> (Tensor, Tensor)");
   m.def(
       "bwd(Tensor dout, Tensor? dfinal_state, Tensor q, Tensor k, Tensor v, Tensor? slope, "
       "float scale, Tensor? initial_state, Tensor? cu_seqlens, bool need_dslope, "
-      "int? seg_len=None, int? first_len=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int? seg_len=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state, Tensor? slope, float scale) -> Tensor");
   // serving: states in a pool addressed by slot, updated in place
   m.def(

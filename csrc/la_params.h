@@ -8,30 +8,20 @@
 namespace la {
 
 // One (batch or packed sequence, head, segment) is one CTA. A segment is `seg_len` tokens
-// (a multiple of the 64-token block) of one sequence, the first one `first_len`; the last
-// segment of a sequence may be shorter, and an empty sequence has one empty segment (it still
-// passes its state through).
-//
-// A short first segment (first_len < seg_len; forward in time, without cu_seqlens) needs no
-// pass 1: its pass 2 starts from the initial state and runs beside pass 1 of the others
-// (la_launch.cpp), its final state going to its own ws slot, from which the scan starts.
+// (a multiple of the 64-token block) of one sequence; the last segment of a sequence may be
+// shorter, and an empty sequence has one empty segment (it still passes its state through).
 struct SegParams {
   int B, H, N;          // q is (B, H, N, D); with cu_seqlens B == 1
   int num_seqs;         // B, or len(cu_seqlens) - 1
   int seg_len;          // tokens per segment
-  int segs_per_seq;     // without cu_seqlens: 1 + ceil((N - first_len) / seg_len) (>= 1)
+  int segs_per_seq;     // without cu_seqlens: ceil(N / seg_len) (>= 1)
   int num_segs;         // grid.x: B * segs_per_seq, or an upper bound with cu_seqlens
   int parts;            // pass 1 (sm_90a) cuts each segment into parts of part_len tokens
   int part_len;         // (a multiple of 64; the last parts of a short segment may be empty),
                         // one CTA each; 1 part: the segment itself
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
-  int first_len;        // tokens of each sequence's first segment (<= seg_len)
-  int runs;             // which segments a launch runs (SegRuns); the others' CTAs return
 };
-
-// The segments a launch runs: a short first segment's pass 2 runs alone, before the others'.
-enum SegRuns : int { kAllSegs = 0, kFirstSegs = 1, kLaterSegs = 2 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
 // addresses rows of a pool by slot; otherwise sequence i is row i.
@@ -103,30 +93,16 @@ struct SegInfo {
   bool valid;
 };
 
-// Whether the plan has a short first segment (see SegParams).
-__host__ __device__ __forceinline__ bool short_first(const SegParams& p) {
-  return p.first_len < p.seg_len;
-}
-
 #ifdef __CUDACC__
-// Segment `seg` of a sequence of `seqlen` tokens: its first token and its length (0 for the
-// one segment of an empty sequence).
-__device__ __forceinline__ int seg_start(const SegParams& p, int seg) {
-  return seg == 0 ? 0 : p.first_len + (seg - 1) * p.seg_len;
-}
-__device__ __forceinline__ int seg_length(const SegParams& p, int seg, int seqlen) {
-  return max(0, min(seg == 0 ? p.first_len : p.seg_len, seqlen - seg_start(p, seg)));
-}
-
 __device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
   SegInfo s;
-  int seqlen;
   if (p.seq_info == nullptr) {
     s.seq = g / p.segs_per_seq;
     s.seg = g - s.seq * p.segs_per_seq;
     s.nseg = p.segs_per_seq;
     s.bos = 0;
-    seqlen = p.N;
+    s.start = s.seg * p.seg_len;
+    s.len = min(p.seg_len, p.N - s.start);
     s.valid = true;
   } else {
     const int seq = p.seg_seq[g];
@@ -136,11 +112,9 @@ __device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
     s.bos = info.x;
     s.seg = g - info.z;
     s.nseg = info.w;
-    seqlen = info.y - info.x;
+    s.start = s.seg * p.seg_len;
+    s.len = max(0, min(p.seg_len, info.y - info.x - s.start));
   }
-  s.start = seg_start(p, s.seg);
-  s.len = seg_length(p, s.seg, seqlen);
-  if (p.runs != kAllSegs) s.valid = s.valid && (s.seg == 0) == (p.runs == kFirstSegs);
   return s;
 }
 
@@ -193,9 +167,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the planner may take a short first segment for the sm_90a sweeps forward in time
-// (LIGHTNING_ATTENTION_SM90_SHORT_FIRST=1, la_sm90_host.cu; la_plan.cpp says when).
-bool sm90_short_first();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
@@ -208,9 +179,7 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // carried beside the states (the first one is state_in too). With slots (a pool, which pass 2
 // updates in place) the scan also writes that first incoming state (and moment) into ws
 // (ws_m): pass 2 then reads every incoming state of a sequence of several segments from ws,
-// never the pool row that the sequence's last segment overwrites meanwhile. With a short first
-// segment (forward, no slots, no ws_m) the scan starts from that segment's final state in its
-// own ws slot (its pass 2 ran before), never reading state_in.
+// never the pool row that the sequence's last segment overwrites meanwhile.
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
                     const float* state_in, int64_t state_in_sd, int64_t state_in_se,
                     const StateRows& rows, const float* slope, int D, int E, bool reverse,

@@ -4,7 +4,6 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
-#include <cmath>
 #include <mutex>
 
 #include "la_specs.h"
@@ -82,88 +81,40 @@ int pick_parts(int64_t segs, int64_t blocks, int64_t slots) {
   return (int)parts;
 }
 
-// Whether the sm_90a kernels run on the device.
-bool runs_sm90(const DeviceInfo& dev) {
-  return dev.cc_major == 9 && dev.cc_minor == 0 && sm90_available();
-}
-
-// CTAs per SM of the sm_90a passes 1 and 2 (Sm90FwdTraits kMinBlocksPerSM).
-int sm90_ctas_per_sm(int64_t D) { return D == 64 ? 2 : 1; }
-
-// A short first segment (SegParams): segment 0's pass 2 (L0 blocks) runs beside pass 1 of
-// segments 1 .. k-1 (L blocks each), then the scan and pass 2 of segments 1 .. k, in about
-// (L0 + L)·t2 against L'·t1 + L'·t2 for k uniform segments of L' blocks. Balanced at
-// L0·t2 = L·t1 with L0 + k·L the sequence's blocks, so L0 ≈ 0.35·L; t1, t2: the sm_90a pass 1
-// and pass 2 per 64-token block and CTA, ~0.8 and ~2.3 µs on an H200 (W: D = E = 128, bf16;
-// at N = 64K, k = 4: (L0, L) = (80, 236) blocks, ~0.73 ms against ~0.85). Only where the k
-// uniform segments of `rows` sequences run in one wave of `slots` CTAs, so that segment 0's
-// CTAs fit beside pass 1's, and L0 is not empty.
-std::optional<SegLens> short_first_lens(int64_t rows, int64_t N, int64_t k, int64_t slots) {
-  constexpr double kT1 = 0.8, kT2 = 2.3;
-  if (k < 2 || rows * k > slots) return std::nullopt;
-  const int64_t blocks = (N + 63) / 64;
-  const int64_t L = std::llround((double)blocks / (k + kT1 / kT2));
-  const int64_t L0 = blocks - k * L;
-  if (L0 < 1 || L0 >= L) return std::nullopt;
-  return SegLens{(int)(L0 * 64), (int)(L * 64)};
-}
-
 }  // namespace
 
-SegLens plan_seg_lens(const at::Tensor& q, bool packed, int64_t D, std::optional<int64_t> seg_len,
-                      std::optional<int64_t> first_len, bool forward_time) {
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
-  const DeviceInfo& dev = device_info(q.get_device());
-  const bool sm90 = runs_sm90(dev);
-  int L;
-  if (seg_len.has_value()) {
-    TORCH_CHECK(*seg_len >= 64 && *seg_len % 64 == 0 && *seg_len <= (int64_t(1) << 30),
-                "lightning_attention_C: seg_len must be a positive multiple of 64 (got ", *seg_len, ")");
-    L = (int)*seg_len;
-  } else if (packed) {  // packed sequences of unknown lengths: the longest segment
-    // (<= kMaxSegLen) that gives four CTAs per SM if the tokens formed one sequence
-    L = kMaxSegLen;
-    while (L > kMinSegLen && H * ((N + L - 1) / L) < 4 * dev.sms) L /= 2;
-  } else {
-    L = pick_seg_len(B * H, N, dev.sms, sm90);
-  }
-  TORCH_CHECK(!first_len.has_value() || (*first_len >= 64 && *first_len % 64 == 0 && *first_len <= L),
-              "lightning_attention_C: first_len must be a positive multiple of 64, at most the "
-              "segment length ", L, " (got ", first_len.value_or(0), ")");
-  const SegLens uniform{L, L};
-  if (!forward_time || packed || !sm90) return uniform;
-  if (first_len.has_value()) return SegLens{(int)*first_len, L};
-  if (seg_len.has_value() || !sm90_short_first()) return uniform;
-  return short_first_lens(B * H, N, (N + L - 1) / L, (int64_t)dev.sms * sm90_ctas_per_sm(D))
-      .value_or(uniform);
-}
-
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
-               int64_t D, int64_t E, SegLens lens, cudaStream_t stream, bool moments) {
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream,
+               bool moments) {
   Plan pl;
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
   const DeviceInfo& dev = device_info(q.get_device());
   pl.cc_major = dev.cc_major;
   pl.cc_minor = dev.cc_minor;
-  pl.sm90 = runs_sm90(dev);
+  pl.sm90 = dev.cc_major == 9 && dev.cc_minor == 0 && sm90_available();
   // forward pass-2 pipeline depth: 3 stages where shared memory allows (Hopper), else 2
   pl.fwd_stages = smem_fwd_pass2((int)D, 3) <= dev.smem_optin ? 3 : 2;
-  const int L = lens.seg_len;
-  TORCH_CHECK(lens.first_len == L || (pl.sm90 && !cu.has_value() && !moments),
-              "lightning_attention_C: a short first segment is for the sm_90a sweeps forward in "
-              "time without cu_seqlens and moments");
+  int L;
+  if (seg_len.has_value()) {
+    TORCH_CHECK(*seg_len >= 64 && *seg_len % 64 == 0 && *seg_len <= (int64_t(1) << 30),
+                "lightning_attention_C: seg_len must be a positive multiple of 64 (got ", *seg_len, ")");
+    L = (int)*seg_len;
+  } else if (cu.has_value()) {  // packed sequences of unknown lengths: the longest segment
+    // (<= kMaxSegLen) that gives four CTAs per SM if the tokens formed one sequence
+    L = kMaxSegLen;
+    while (L > kMinSegLen && H * ((N + L - 1) / L) < 4 * dev.sms) L /= 2;
+  } else {
+    L = pick_seg_len(B * H, N, dev.sms, pl.sm90);
+  }
   pl.seg.B = (int)B;
   pl.seg.H = (int)H;
   pl.seg.N = (int)N;
   pl.seg.num_seqs = (int)num_seqs;
   pl.seg.seg_len = L;
-  pl.seg.first_len = lens.first_len;
   if (!cu.has_value()) {
-    const int64_t L0 = lens.first_len;
-    pl.seg.segs_per_seq = N <= L0 ? 1 : (int)(1 + (N - L0 + L - 1) / L);
+    pl.seg.segs_per_seq = (int)std::max<int64_t>(1, (N + L - 1) / L);
     pl.seg.num_segs = (int)(B * pl.seg.segs_per_seq);
     pl.multi = pl.seg.segs_per_seq > 1;
-    if (!pl.multi) pl.seg.first_len = L;  // one segment: nothing runs ahead
   } else {
     pl.seg.segs_per_seq = 0;
     pl.seg.num_segs = (int)((N + L - 1) / L + num_seqs);
@@ -180,16 +131,13 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   // whole segments; the mma.sync pass 1 takes whole segments too).
   pl.seg.parts = 1;
   pl.seg.part_len = L;
-  const bool ahead = short_first(pl.seg);
   if (pl.multi && pl.sm90 && !moments) {
     const int64_t blocks = (L + 63) / 64;
-    // segments that have a pass 1 (all but each sequence's last, and a short first one;
-    // packed: at most N / L)
-    const int64_t segs = cu.has_value() ? H * ((N + L - 1) / L)
-                                        : B * H * (pl.seg.segs_per_seq - (ahead ? 2 : 1));
-    // CTAs of one wave, less those of a short first segment's pass 2 beside it
-    const int64_t slots = (int64_t)dev.sms * sm90_ctas_per_sm(D) - (ahead ? B * H : 0);
-    const int parts = segs > 0 ? pick_parts(segs, blocks, slots) : 1;
+    // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
+    const int64_t segs =
+        cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
+    const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
+    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm);
     const int64_t part_blocks = (blocks + parts - 1) / parts;
     pl.seg.part_len = (int)(part_blocks * 64);
     pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);

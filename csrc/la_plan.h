@@ -30,25 +30,12 @@ struct Plan {
   bool sm90 = false;  // the sm_90a kernels (la_fwd_sm90.cuh) run the forward and the sweeps
 };
 
-// A plan's segment lengths in tokens (SegParams): each sequence's first segment and the others.
-struct SegLens {
-  int first_len = 0, seg_len = 0;
-  bool operator==(const SegLens& o) const { return first_len == o.first_len && seg_len == o.seg_len; }
-};
-
-// The segment lengths for q (B, H, N, D), with cu_seqlens or not. `seg_len`: a forced segment
-// length (a positive multiple of 64; tests use it to take the single- and multi-segment
-// paths), or nullopt to plan it. `forward_time`: only sweeps forward in time without d slope
-// moments (the forward, the plain dq sweep) run on the plan, so on sm_90a without cu_seqlens
-// it may have a short first segment: where LIGHTNING_ATTENTION_SM90_SHORT_FIRST=1 and it pays,
-// or `first_len` forced (a positive multiple of 64, at most the segment length; elsewhere
-// ignored). Reads the device's properties once per device and caches them.
-SegLens plan_seg_lens(const at::Tensor& q, bool packed, int64_t D, std::optional<int64_t> seg_len,
-                      std::optional<int64_t> first_len, bool forward_time);
-
-// The plan of those lengths: segments, pass 1's parts, the varlen table and the workspace.
-// `moments`: the dq sweep carries d slope moments beside its states.
+// `seg_len`: a forced segment length (a positive multiple of 64; tests use it to take the
+// single- and multi-segment paths), or nullopt to plan it. `moments`: the dq sweep carries
+// d slope moments beside its states. Reads the device's properties once per device and
+// caches them.
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
-               int64_t D, int64_t E, SegLens lens, cudaStream_t stream, bool moments = false);
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream,
+               bool moments = false);
 
 }  // namespace la

@@ -64,13 +64,11 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 
 // grid (num_seqs, H, ceil(D·E / 256)); one thread per state element walks the parts of its
 // sequence's segments in order (forward) or in reverse (backward). Part j of segment s holds
-// the tokens [start_s + j·part_len, + part_len) of the sequence, clipped to the segment
+// the tokens [s·seg_len + j·part_len, + part_len) of the sequence, clipped to the segment
 // (maybe empty); its local state is ws_local[s·parts + j], ws[s] itself with one part. With
 // carry_0 = state_in:
 //   forward:  carry = λ^{len} carry + local over the parts of segments 0 .. nseg-2 in order;
 //             after the last part of segment s, ws[s + 1] = carry (segment s + 1's incoming)
-//   a short first segment (forward): carry = ws[0], segment 0's final state (its pass 2 ran
-//             before), which is ws[1]; then the parts of segments 1 .. nseg-2 as above
 //   backward: the parts of segments nseg-1 .. 1 in reverse; after the first part of segment s,
 //             ws[s - 1] = carry
 // kMoment (forward, one part per segment): the moments beside the states, with the states'
@@ -110,17 +108,16 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   // tokens of part f (= s·parts + j)
   auto len_of = [&](int f) {
     const int s = f / parts, j = f - s * parts;
-    return max(0, min(p.part_len, seg_length(p, s, seqlen) - j * p.part_len));
+    const int seg = min(p.seg_len, seqlen - s * p.seg_len);
+    return max(0, min(p.part_len, seg - j * p.part_len));
   };
-  const bool ahead = short_first(p);
-  const int64_t row = state_in && !ahead ? state_in_row(rows, seq) : -1;
-  float carry = ahead ? ws[off(0)] : row >= 0 ? state_in[(row * H + h) * DE + d * sd + e * se] : 0.f;
+  const int64_t row = state_in ? state_in_row(rows, seq) : -1;
+  float carry = row >= 0 ? state_in[(row * H + h) * DE + d * sd + e * se] : 0.f;
   float carry_m = carry;
   // parts in processing order: f = part(i); every part but those of the last segment in
-  // processing order (and of a short first segment) has a local state
-  const int skip = ahead ? parts : 0;
-  const int cnt = (nseg - 1) * parts - skip;
-  auto part = [&](int i) { return reverse ? nseg * parts - 1 - i : skip + i; };
+  // processing order has a local state
+  const int cnt = (nseg - 1) * parts;
+  auto part = [&](int i) { return reverse ? nseg * parts - 1 - i : i; };
   // Loads run a chunk ahead of the dependent chain of carries, 8 independent loads in flight.
   constexpr int kC = 8;
   float nxt[kC], nxt_m[kC];
@@ -132,8 +129,6 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
     ws[off(reverse ? nseg - 1 : 0)] = carry;
     if (kMoment) ws_m[off(0)] = carry_m;
-  } else if (ahead) {  // segment 1's incoming state (its local state, with one part, loaded)
-    ws[off(1)] = carry;
   }
   for (int base = 0; base < cnt; base += kC) {
     float loc[kC], loc_m[kC];

@@ -84,11 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// A short first segment whose pass 2 runs beside pass 1 of the others (la_plan.cpp), when
-// LIGHTNING_ATTENTION_SM90_SHORT_FIRST=1 (read once; off until measured on the GPU).
-bool sm90_short_first() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_SHORT_FIRST", false);
-  return on;
-}
-
 }  // namespace la

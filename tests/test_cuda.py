@@ -46,13 +46,12 @@ def check_cuda(*, D=64, dtype=torch.bfloat16, initial_state=True, final_state=Tr
 @pytest.fixture
 def seg_len(monkeypatch):
     """Force the segment length (tokens) of the CUDA ops: 128 takes the multi-segment path
-    (pass 1, scan, pass 2) at any N > 128, 2^20 the single-segment one; `first`, the first
-    segment's length where the ops can take a short one (la_plan.h plan_seg_lens)."""
-    def set_len(n, first=None):
+    (pass 1, scan, pass 2) at any N > 128, 2^20 the single-segment one."""
+    def set_len(n):
         ops = torch.ops.lightning_attention_C
         monkeypatch.setitem(dispatch.BACKENDS, "cuda", C._replace(
-            fwd=functools.partial(ops.fwd.default, seg_len=n, first_len=first),
-            bwd=functools.partial(ops.bwd.default, seg_len=n, first_len=first)))
+            fwd=functools.partial(ops.fwd.default, seg_len=n),
+            bwd=functools.partial(ops.bwd.default, seg_len=n)))
     return set_len
 
 
@@ -111,55 +110,6 @@ def test_long_segments(D, seg, varlen, seg_len):
     cu = [0, 100, 100, 1300, 1301, 2000] if varlen else None
     check_cuda(B=1 if varlen else 2, H=2, N=2000 if varlen else 1000, D=D, slope_grad=False,
                cu_seqlens=cu, scale=-0.5)
-
-
-@gpu
-@built
-@pytest.mark.parametrize("D", HEAD_DIMS)
-@pytest.mark.parametrize("N,first,seg", [(4097, 128, 448), (4097, 64, 1024), (4097, 192, 384),
-                                         (1000, 512, 1024), (65, 128, 448)],
-                         ids=["parts", "one-block-first", "whole-segments", "no-pass-1",
-                              "one-segment"])
-@pytest.mark.parametrize("slope", ["none", "fixed", "learned"])
-@pytest.mark.parametrize("states", [True, False])
-@pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
-def test_short_first_segment(D, N, first, seg, slope, states, layout, seg_len):
-    """A short first segment (on sm_90a: its pass 2 on a side stream beside pass 1 of the
-    others, the scan from its final state) in the forward and the dq sweep; with a learned
-    slope the dq sweep carries d slope moments and keeps uniform segments. Pass 1 in parts
-    of 4 blocks, over whole segments (ws_local is ws), absent (two segments), and one
-    segment (N <= first)."""
-    seg_len(seg, first=first)
-    check_cuda(B=2, H=2, N=N, D=D, layout=layout, decay=slope != "none",
-               slope_grad=slope == "learned", initial_state=states, final_state=states,
-               scale=-0.5)
-
-
-@gpu
-@built
-def test_short_first_segment_in_a_cuda_graph():
-    """The short first segment's side stream inside a CUDA graph capture (forked from the
-    capturing stream and joined back): the replay gives the eager call's values bitwise,
-    forward and backward."""
-    ops = torch.ops.lightning_attention_C
-    q, k, v = utils.make_inputs(2, 2, 4097, 128, 128, dtype=torch.bfloat16, device="cuda")
-    slope = utils.rand_slope(2, "cuda")
-    s0 = utils.rand_state(2, 2, 128, 128, "cuda")
-    do = torch.randn_like(v)
-
-    def run():
-        lens = dict(seg_len=448, first_len=128)
-        return (*ops.fwd(q, k, v, slope, 1.0, s0, None, True, **lens),
-                *ops.bwd(do, None, q, k, v, slope, 1.0, s0, None, False, **lens))
-
-    want = run()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        got = run()
-    graph.replay()
-    torch.cuda.synchronize()
-    for x, y in zip(got, want, strict=True):
-        assert torch.equal(x, y)
 
 
 @gpu

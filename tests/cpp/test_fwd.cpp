@@ -30,8 +30,8 @@ int main() {
                                                   const std::optional<Tensor>&, double,
                                                   const std::optional<Tensor>&,
                                                   const std::optional<Tensor>&, bool,
-                                                  std::optional<int64_t>, std::optional<int64_t>)>();
-  auto [o, fs] = op.call(q, k, v, slope, scale, s0, std::nullopt, true, std::nullopt, std::nullopt);
+                                                  std::optional<int64_t>)>();
+  auto [o, fs] = op.call(q, k, v, slope, scale, s0, std::nullopt, true, std::nullopt);
   Tensor qc = q.cpu().to(at::kDouble), kc = k.cpu().to(at::kDouble), vc = v.cpu().to(at::kDouble);
   Tensor lam = at::exp(-slope.cpu().to(at::kDouble));
   Tensor oc = o.cpu().to(at::kDouble), fc = fs.cpu().to(at::kDouble);

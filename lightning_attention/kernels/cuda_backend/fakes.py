@@ -10,15 +10,14 @@ def _state(q, v, cu_seqlens):
 
 
 @torch.library.register_fake("lightning_attention_C::fwd")
-def _fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, seg_len=None,
-         first_len=None):
+def _fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, seg_len=None):
     o = empty_like_layout(q, v.shape[-1])
     return o, _state(q, v, cu_seqlens) if output_final_state else no_state(q)
 
 
 @torch.library.register_fake("lightning_attention_C::bwd")
 def _bwd(dout, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope,
-         seg_len=None, first_len=None):
+         seg_len=None):
     dq, dk, dv = (empty_like_layout(x, x.shape[-1]) for x in (q, k, v))
     ds0 = _state(q, v, cu_seqlens) if initial_state is not None else no_state(q)
     terms = q.new_empty(q.shape[:3], dtype=torch.float32) if need_dslope else no_state(q)
