@@ -19,8 +19,9 @@ minimax  transformers' MiniMaxLightningAttention layer (H = 64, D = 128, N = 409
          bf16) with and without integrations.minimax.patch (needs transformers).
 generate greedy generation tokens/s of the small random MiniMax model of
          examples/minimax_generate.py, with and without the patch (needs transformers).
-Median ms (triton's do_bench on a GPU). Prints a table and writes JSON (--json). The CUDA
-pool kernels serve auto dispatch unless LIGHTNING_ATTENTION_CUDA_SERVING=0 (JSON: cuda_serving).
+Median ms (triton's do_bench on a GPU). Prints a table and writes JSON (--json, default
+bench/results/serving.json). The CUDA pool kernels serve auto dispatch unless
+LIGHTNING_ATTENTION_CUDA_SERVING=0 (JSON: cuda_serving).
 """
 import argparse
 import copy
@@ -206,7 +207,7 @@ def main(argv=None):
                    default=[1, 1023, 4096, 8192, 12288, 16384, 16384, 7168])
     p.add_argument("--minimax-heads", type=int, default=64)
     p.add_argument("--minimax-n", type=int, default=4096)
-    p.add_argument("--json", default="bench_serving.json")
+    p.add_argument("--json", default="bench/results/serving.json")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
     args = p.parse_args(argv)
     device = torch.device("cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda")
@@ -224,6 +225,7 @@ def main(argv=None):
             print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in row.items()), flush=True)
             rows.append(row)
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                    "cuda_serving": cuda_backend.SERVING, "rows": rows}, f, indent=1)

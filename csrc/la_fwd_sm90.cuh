@@ -717,8 +717,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
     // committed, not waited for (without kTerms)
     auto issue_state_update = [&] {
       uint32_t ka[Tr::kBoxes][4][4];
-      state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp,
-                                                        lane, n);
+      state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane,
+                                                   n);
       wgmma_fence();
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
