@@ -31,11 +31,13 @@
 
 namespace la {
 
-// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms (see la_fwd_sm90_kernel).
-template <typename T, int HD, bool kReverse = false, bool kTerms = false>
+// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms; kWeightV: the forward's
+// state update with the key weights on V (see la_fwd_sm90_kernel).
+template <typename T, int HD, bool kReverse = false, bool kTerms = false, bool kWeightV = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
+  static_assert(!kWeightV || (!kReverse && !kTerms), "the key weights on V: the forward's");
   // the forward-time order without terms: the state update issued early
   static constexpr bool kEarly = !kReverse && !kTerms;
   static constexpr int kBlock = 64;
@@ -58,6 +60,7 @@ struct Sm90FwdTraits {
   // written)
   static constexpr int kStateCopies = kShareP ? 1 : 2;
   static constexpr int kPBoxes = kShareP ? 2 : 0;          // the published P, by block parity
+  static constexpr int kWBoxes = kWeightV ? kConsumers : 0;  // each consumer's weighted V_w
   static constexpr int kBarrierBytes = 2 * kStages * 8;
   // kTerms, per block parity: each consumer's 64 row partials, then its warps' shares of the
   // block's first-token and last-token terms (4 + 4)
@@ -66,7 +69,7 @@ struct Sm90FwdTraits {
   // 1 KiB of slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
   static constexpr int kSmem = kStages * kStageBytes +
                                kConsumers * (kStateCopies * kStateCopyBytes + kBoxBytes) +
-                               kPBoxes * kBoxBytes + kBarrierBytes + kRedBytes + 1024;
+                               (kPBoxes + kWBoxes) * kBoxBytes + kBarrierBytes + kRedBytes + 1024;
 };
 
 namespace sm90 {
@@ -341,6 +344,92 @@ __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
   for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
 }
 
+// Kᵀ, unweighted, as the A fragments of the state update with the key weights on V (the
+// layout of weighted_keys_t's, keys 16kk + 2tq + (x & 1) (+8 for x & 2) in the low and high
+// halves of ka[dt][kk][x]). The keys from n on are set to zero by a mask (rows of the next
+// packed sequence, maybe not finite, must not meet the zero rows of diag(w) V); the masks are
+// computed from n in every block, without a branch (all ones in a full block; see kSelect of
+// weighted_keys_t).
+template <typename T, int kTiles>
+__device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK, int warp, int lane,
+                                       int n) {
+  const int mat = lane >> 3;
+  const int m = n - 2 * (lane & 3);  // key 2tq + o keeps where o < m
+  uint32_t keep[4][2];               // [kk][x >> 1]: per 16-bit half, all ones for a kept key
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int o = 16 * kk + 8 * h;
+      keep[kk][h] = (o < m ? 0x0000ffffu : 0u) | (o + 1 < m ? 0xffff0000u : 0u);
+    }
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
+      const int col = warp * 16 + ((mat & 1) ? 8 : 0);
+      ldsm_x4_t(ka[dt][kk], uK + dt * 8192 + sw128(key, col));
+#pragma unroll
+      for (int x = 0; x < 4; ++x) ka[dt][kk][x] &= keep[kk][x >> 1];
+    }
+}
+
+// diag(w) X of a (64 tokens, 64) 16-bit box at `src` into the box at `dst`, by the 128 threads
+// of a warpgroup. The 128-byte swizzle moves 16-byte chunks only within their row, so each
+// chunk keeps its offset and `dst` has `src`'s layout (its operand descriptors are `src`'s
+// with another base): thread t takes the chunks t + 128q (q < 4), 8 columns of token row
+// t / 8 + 16q, weight w[q], in fp32.
+template <typename T>
+__device__ __forceinline__ void weighted_rows(uint32_t dst, uint32_t src, const float (&w)[4], int t) {
+  using P2 = Pack2<T>;
+  uint32_t x[4][4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(x[q][0]), "=r"(x[q][1]), "=r"(x[q][2]), "=r"(x[q][3])
+                 : "r"(src + (t + 128 * q) * 16));
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = P2::unpack(x[q][i]);
+      x[q][i] = P2::pack(f.x * w[q], f.y * w[q]);
+    }
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + (t + 128 * q) * 16),
+                 "r"(x[q][0]), "r"(x[q][1]), "r"(x[q][2]), "r"(x[q][3]));
+}
+
+// The operands of the forward's state update with the key weights on V (kWeightV),
+//   acc = λ^n acc + Kᵀ (diag(w) V_w),   w_j = λ^{n-1-j} (0 from n on):
+// acc decayed by λ^n, diag(w) V_w into the box at uW (V_w's layout, so that the products take
+// V's B descriptors with uW as base), the unweighted Kᵀ fragments `ka` (keys from n on zero).
+// V_w's rows from n on are zero already (zero_rows), and weigh 0. Ends with the warpgroup's
+// barrier (named barrier `bar`): the box is complete for the wgmma when it returns.
+template <typename T, int kTiles>
+__device__ __forceinline__ void weighted_v_operands(float (&acc)[kTiles][32],
+                                                    uint32_t (&ka)[kTiles][4][4],
+                                                    const BlockDecay<false>& dec, float nl2,
+                                                    uint32_t uK, uint32_t uV, uint32_t uW, int t,
+                                                    int bar, int n) {
+  float w[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) w[q] = Decay<false>::key(nl2, 1.f, (t >> 3) + 16 * q, n);
+  weighted_rows<T>(uW, uV, w, t);
+  fence_async_shared();
+  const float total = n == 64 ? dec.total : decay_pow(nl2, (float)n);
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[dt][i] *= total;
+  keys_t<T, kTiles>(ka, uK, (t >> 5), t & 31, n);
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
+  named_barrier(bar, 128);
+}
+
 // Rows n.. of a (64, 64) 16-bit box set to zero by the 128 threads of a warpgroup (rows past a
 // sequence's end may hold the next packed sequence, finite or not, and must not meet a 0 · x).
 __device__ __forceinline__ void zero_rows(uint32_t box, int n, int t) {
@@ -547,9 +636,14 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // barrier of both), and both read P as the A operand of P·V from the box. The meeting also
 // ends Q·S(c)'s reads of each state copy, so one copy per consumer is enough (the 16 KiB each
 // that the boxes need).
-template <typename T, int HD, bool kReverse, bool kTerms>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
-                                  Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
+// kWeightV (the forward, behind LIGHTNING_ATTENTION_SM90_FWD_WV=1, not yet measured) moves the
+// state update's key weights from Kᵀ to V: (diag(w) K)ᵀ V_w = Kᵀ (diag(w) V_w). Each consumer
+// writes diag(w) V_w, its own 64 columns, into a box of its own, and takes Kᵀ as ldmatrix.trans
+// gives it (the keys from n on masked to zero): the weighting of all D rows of Kᵀ in registers,
+// which every consumer did for itself, becomes one of 64 × 64 elements per consumer.
+template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightV = false>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>::kThreads,
+                                  Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -557,7 +651,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>;
   constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -571,13 +665,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
 
   // smem: [stage][Q K V (rq)][box] | [consumer][kStateCopies] state copies | [consumer] output
-  // box | (kShareP) [2 block parities] P | full[], empty[] barriers | (kTerms) [2 block
-  // parities] the terms' shares
+  // box | (kShareP) [2 block parities] P | (kWeightV) [consumer] diag(w) V_w | full[], empty[]
+  // barriers | (kTerms) [2 block parities] the terms' shares
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t states = base + kStages * Tr::kStageBytes;
   const uint32_t staging = states + Tr::kConsumers * Tr::kStateCopies * Tr::kStateCopyBytes;
   const uint32_t pboxes = staging + Tr::kConsumers * Tr::kBoxBytes;
-  const uint32_t bars = pboxes + Tr::kPBoxes * Tr::kBoxBytes;
+  const uint32_t wboxes = pboxes + Tr::kPBoxes * Tr::kBoxBytes;
+  const uint32_t bars = wboxes + Tr::kWBoxes * Tr::kBoxBytes;
   const Ring<kStages> ring{bars};
   float* red = reinterpret_cast<float*>(smem_raw + (bars + Tr::kBarrierBytes - smem_u32(smem_raw)));
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
@@ -715,16 +810,25 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
     uint32_t pa[4][4];
     // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w, token j's weight 0 past n; issued and
     // committed, not waited for (without kTerms)
+    // (kWeightV: Σ_dt K_dtᵀ (diag(λ^{n-1-j}) V_w) from this consumer's box uB, rewritten in
+    // every block: the previous block's update, its reader, was waited for in that block
+    // before the warpgroup's barrier at the block's end)
     auto issue_state_update = [&] {
       uint32_t ka[Tr::kBoxes][4][4];
-      state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane,
-                                                   n);
+      uint32_t uB = uV;
+      if constexpr (kWeightV) {
+        uB = wboxes + w * Tr::kBoxBytes;
+        weighted_v_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, uK, uV, uB, t, bar_id, n);
+      } else {
+        state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane,
+                                                     n);
+      }
       wgmma_fence();
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uB + kk * 2048));
       wgmma_commit();
     };
     float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share
@@ -917,10 +1021,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightV = false>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kWeightV>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -949,6 +1053,10 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {
+    // the key weights on V: at D = 128 (where both consumers weighted all of Kᵀ) only
+    if constexpr (HD == 128) {
+      if (sm90_fwd_wv()) return launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
+    }
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
 }

@@ -84,4 +84,11 @@ bool sm90_fused_bwd() {
   return on;
 }
 
+// The forward's state update with the key weights on V (la_fwd_sm90_kernel kWeightV) with
+// LIGHTNING_ATTENTION_SM90_FWD_WV=1 (read once; not yet measured on the GPU).
+bool sm90_fwd_wv() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FWD_WV", false);
+  return on;
+}
+
 }  // namespace la
