@@ -414,7 +414,7 @@ __device__ __forceinline__ void weighted_v_operands(float (&acc)[kTiles][32],
                                                     const BlockDecay<false>& dec, float nl2,
                                                     uint32_t uK, uint32_t uV, uint32_t uW, int t,
                                                     int bar, int n) {
-  float w[4];
+  float w[4];  // (the forward's key weights carry no scale)
 #pragma unroll
   for (int q = 0; q < 4; ++q) w[q] = Decay<false>::key(nl2, 1.f, (t >> 3) + 16 * q, n);
   weighted_rows<T>(uW, uV, w, t);
