@@ -346,23 +346,15 @@ __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
 
 // Kᵀ, unweighted, as the A fragments of the state update with the key weights on V (the
 // layout of weighted_keys_t's, keys 16kk + 2tq + (x & 1) (+8 for x & 2) in the low and high
-// halves of ka[dt][kk][x]). The keys from n on are set to zero by a mask (rows of the next
-// packed sequence, maybe not finite, must not meet the zero rows of diag(w) V); the masks are
-// computed from n in every block, without a branch (all ones in a full block; see kSelect of
-// weighted_keys_t).
+// halves of ka[dt][kk][x]). In a partial block the keys from n on are set to zero by a mask
+// (rows of the next packed sequence, maybe not finite, must not meet the zero rows of
+// diag(w) V): one branch around the masks, after all the loads (unlike the weighting's compare
+// per pair, see kSelect of weighted_keys_t, it leaves the loads back to back and a full
+// block's path without the masks).
 template <typename T, int kTiles>
 __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK, int warp, int lane,
                                        int n) {
   const int mat = lane >> 3;
-  const int m = n - 2 * (lane & 3);  // key 2tq + o keeps where o < m
-  uint32_t keep[4][2];               // [kk][x >> 1]: per 16-bit half, all ones for a kept key
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int o = 16 * kk + 8 * h;
-      keep[kk][h] = (o < m ? 0x0000ffffu : 0u) | (o + 1 < m ? 0xffff0000u : 0u);
-    }
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
@@ -370,9 +362,22 @@ __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK
       const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
       const int col = warp * 16 + ((mat & 1) ? 8 : 0);
       ldsm_x4_t(ka[dt][kk], uK + dt * 8192 + sw128(key, col));
-#pragma unroll
-      for (int x = 0; x < 4; ++x) ka[dt][kk][x] &= keep[kk][x >> 1];
     }
+  if (n < 64) {
+    const int m = n - 2 * (lane & 3);  // key 2tq + o keeps where o < m
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int o = 16 * kk + 8 * h;
+        const uint32_t keep = (o < m ? 0x0000ffffu : 0u) | (o + 1 < m ? 0xffff0000u : 0u);
+#pragma unroll
+        for (int dt = 0; dt < kTiles; ++dt) {
+          ka[dt][kk][2 * h] &= keep;
+          ka[dt][kk][2 * h + 1] &= keep;
+        }
+      }
+  }
 }
 
 // diag(w) X of a (64 tokens, 64) 16-bit box at `src` into the box at `dst`, by the 128 threads
