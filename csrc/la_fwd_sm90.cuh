@@ -281,6 +281,16 @@ __device__ __forceinline__ void masked_frags(uint32_t (&pa)[4][4], const float (
   }
 }
 
+// Fragment (dt, kk) of Kᵀ as an A operand, by ldmatrix.trans of the K tile at uK: rows
+// d = 64dt + 16·warp + (0..15), keys 16kk + (0..15).
+__device__ __forceinline__ void load_keys_t(uint32_t (&f)[4], uint32_t uK, int dt, int kk, int warp,
+                                            int lane) {
+  const int mat = lane >> 3;
+  const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
+  const int col = warp * 16 + ((mat & 1) ? 8 : 0);
+  ldsm_x4_t(f, uK + dt * 8192 + sw128(key, col));
+}
+
 // (diag(wk) K)ᵀ as the A fragments of the state update: rows d = 64dt + 16·warp + (0..15) of
 // Kᵀ, keys 16kk.. (ldmatrix.trans of the K tile's rows), key weights wk[kk][x] (keys
 // 16kk + 2tq + (x & 1) (+8 for x & 2)). In a partial block of n tokens the keys from n on
@@ -296,14 +306,12 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
                                                 const float (&wk)[4][4], int warp, int lane, int n,
                                                 uint32_t (*lo)[4][4] = nullptr) {
   using P2 = Pack2<T>;
-  const int mat = lane >> 3, tq = lane & 3;
+  const int tq = lane & 3;
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
-      const int col = warp * 16 + ((mat & 1) ? 8 : 0);
-      ldsm_x4_t(ka[dt][kk], uK + dt * 8192 + sw128(key, col));
+      load_keys_t(ka[dt][kk], uK, dt, kk, warp, lane);
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const float2 f = P2::unpack(ka[dt][kk][x]);
@@ -354,15 +362,10 @@ __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
 template <typename T, int kTiles>
 __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK, int warp, int lane,
                                        int n) {
-  const int mat = lane >> 3;
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const int key = kk * 16 + (lane & 7) + ((mat & 2) ? 8 : 0);
-      const int col = warp * 16 + ((mat & 1) ? 8 : 0);
-      ldsm_x4_t(ka[dt][kk], uK + dt * 8192 + sw128(key, col));
-    }
+    for (int kk = 0; kk < 4; ++kk) load_keys_t(ka[dt][kk], uK, dt, kk, warp, lane);
   if (n < 64) {
     const int m = n - 2 * (lane & 3);  // key 2tq + o keeps where o < m
 #pragma unroll
