@@ -17,6 +17,13 @@
 // column of Hᵀ is a row of H), so the consumers write their slices of H into one 16-bit copy
 // (double-buffered) and meet at a barrier per block. The copy is read as an MN-major operand
 // (K H, its rows d) and as a K-major one (V Hᵀ, rows d with E contiguous): no transposed copy.
+//
+// kWeightDO (D = 128, behind LIGHTNING_ATTENTION_SM90_BWD_WDO=1, not yet measured) moves the
+// H update's key weights from Qᵀ to dO, as the forward's kWeightV moves them to V:
+// (diag(w) Q)ᵀ dO_w = Qᵀ (diag(w) dO_w). Each consumer writes diag(w) dO_w into its dK staging
+// box (shared memory has no room for another; see the kernel for why the box is free then)
+// and takes Qᵀ as ldmatrix.trans gives it: the weighting of all D rows of Qᵀ, which both
+// consumers did, becomes one of 64 × 64 elements per consumer.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -47,7 +54,7 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD>
+template <typename T, int HD, bool kWeightDO = false>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                                   Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -196,8 +203,23 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #pragma unroll
     for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
     // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
+    // (kWeightDO: Σ_dt Q_dtᵀ (diag(scale λ^{j+1}) dO_w) from this consumer's dK box. The box's
+    // last reader, the TMA store of the previous block's dK, was committed in one bulk group
+    // with the dV store; the dV path above waited for that group's reads (bulk_wait_all by
+    // t == 0, then the warpgroup's barrier), so the box is free from there on; a partial
+    // block is the first processed, after no store. The update reads the box in the group
+    // with dK += P₂·Q_w, and dK goes into the box below only after the wait for that group.
+    // Q's and dO's rows from n on are zeroed before the loop: the masks of a partial block's
+    // Qᵀ fragments are not needed, but cost nothing in a full block.)
     uint32_t qa[Tr::kBoxes][4][4];
-    state_update_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, warp, lane, n);
+    uint32_t uB = uDOw;
+    if constexpr (kWeightDO) {
+      uB = dk_box;
+      weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, uDOw, uB, t, own_bar,
+                                         n);
+    } else {
+      state_update_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, warp, lane, n);
+    }
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
@@ -205,7 +227,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
     for (int dt = 0; dt < Tr::kBoxes; ++dt)
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uDOw + kk * 2048));
+        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uB + kk * 2048));
     wgmma_commit();
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
@@ -256,9 +278,17 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #endif
 }
 
+template <typename T, int HD, bool kWeightDO>
+void launch_bwd_sm90(const CUtensorMap (&m)[6], const BwdParams& p, cudaStream_t stream) {
+  using Tr = Sm90BwdTraits<T, HD>;
+  auto kernel = la_bwd_sm90_kernel<T, HD, kWeightDO>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
+                                                                              m[4], m[5], p);
+}
+
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90BwdTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const SegParams& sg = p.seg;
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, sg.N, sg.H, sg.B, p.q_rs, p.q_hs, p.q_bs);
@@ -267,9 +297,12 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  auto kernel = la_bwd_sm90_kernel<T, HD>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
+  const CUtensorMap maps[6] = {tq, tk, tv, tdo, tdk, tdv};
+  // the key weights on dO: at D = 128 (where both consumers weighted all of Qᵀ) only
+  if constexpr (HD == 128) {
+    if (sm90_bwd_wdo()) return launch_bwd_sm90<T, HD, true>(maps, p, stream);
+  }
+  launch_bwd_sm90<T, HD, false>(maps, p, stream);
 }
 
 }  // namespace la

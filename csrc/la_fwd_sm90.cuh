@@ -410,22 +410,24 @@ __device__ __forceinline__ void weighted_rows(uint32_t dst, uint32_t src, const 
                  "r"(x[q][0]), "r"(x[q][1]), "r"(x[q][2]), "r"(x[q][3]));
 }
 
-// The operands of the forward's state update with the key weights on V (kWeightV),
-//   acc = λ^n acc + Kᵀ (diag(w) V_w),   w_j = λ^{n-1-j} (0 from n on):
-// acc decayed by λ^n, diag(w) V_w into the box at uW (V_w's layout, so that the products take
-// V's B descriptors with uW as base), the unweighted Kᵀ fragments `ka` (keys from n on zero).
-// V_w's rows from n on are zero already (zero_rows), and weigh 0. Ends with the warpgroup's
-// barrier (named barrier `bar`): the box is complete for the wgmma when it returns.
-template <typename T, int kTiles>
-__device__ __forceinline__ void weighted_v_operands(float (&acc)[kTiles][32],
+// The operands of a block's state update with the key weights on the B operand (the
+// forward's S with K, V_w: kWeightV; the backward's H with Q, dO_w: la_bwd_sm90.cuh kWeightDO),
+//   acc = λ^n acc + Kᵀ (diag(w) X_w),   w_j = Decay::key (0 from n on):
+// acc decayed by λ^n, diag(w) X_w of the box at uX into the box at uW (X_w's layout, so that
+// the products take X's B descriptors with uW as base), the unweighted Kᵀ fragments `ka` (keys
+// from n on zero). X_w's rows from n on are zero already (zero_rows), and weigh 0. Ends with
+// the warpgroup's barrier (named barrier `bar`): the box is complete for the wgmma when it
+// returns.
+template <typename T, int kTiles, bool kReverse>
+__device__ __forceinline__ void weighted_b_operands(float (&acc)[kTiles][32],
                                                     uint32_t (&ka)[kTiles][4][4],
-                                                    const BlockDecay<false>& dec, float nl2,
-                                                    uint32_t uK, uint32_t uV, uint32_t uW, int t,
-                                                    int bar, int n) {
-  float w[4];  // (the forward's key weights carry no scale)
+                                                    const BlockDecay<kReverse>& dec, float nl2,
+                                                    float scale, uint32_t uK, uint32_t uX,
+                                                    uint32_t uW, int t, int bar, int n) {
+  float w[4];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) w[q] = Decay<false>::key(nl2, 1.f, (t >> 3) + 16 * q, n);
-  weighted_rows<T>(uW, uV, w, t);
+  for (int q = 0; q < 4; ++q) w[q] = Decay<kReverse>::key(nl2, scale, (t >> 3) + 16 * q, n);
+  weighted_rows<T>(uW, uX, w, t);
   fence_async_shared();
   const float total = n == 64 ? dec.total : decay_pow(nl2, (float)n);
 #pragma unroll
@@ -826,7 +828,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeight
       uint32_t uB = uV;
       if constexpr (kWeightV) {
         uB = wboxes + w * Tr::kBoxBytes;
-        weighted_v_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, uK, uV, uB, t, bar_id, n);
+        weighted_b_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, uV, uB, t, bar_id, n);
       } else {
         state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane,
                                                      n);
