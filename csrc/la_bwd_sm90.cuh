@@ -208,7 +208,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
     // with the dV store; the dV path above waited for that group's reads (bulk_wait_all by
     // t == 0, then the warpgroup's barrier), so the box is free from there on; a partial
     // block is the first processed, after no store. The update reads the box in the group
-    // with dK += P₂·Q_w, and dK goes into the box below only after the wait for that group.
+    // with dK += P₂·Q_w, and dK goes into the box below only after the wait for that group
+    // (a wgmma-group is the warpgroup's: its completion ends all four warps' reads).
     // Q's and dO's rows from n on are zeroed before the loop: the masks of a partial block's
     // Qᵀ fragments are not needed, but cost nothing in a full block.)
     uint32_t qa[Tr::kBoxes][4][4];
