@@ -224,11 +224,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
-#pragma unroll
-    for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_sw128(uB + kk * 2048));
+    issue_state_products<T>(h_acc, qa, uB);
     wgmma_commit();
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue

@@ -195,6 +195,10 @@ struct BlockDecay {
     row[1] = F::row(nl2, scale, r0 + 8, n);
     total = decay_pow(nl2, (float)n);
   }
+  // λ^n for a block of n tokens: the stored one for a full block, computed for a partial one
+  __device__ __forceinline__ float block_total(float nl2, int n) const {
+    return n == 64 ? total : decay_pow(nl2, (float)n);
+  }
   // the state update's key weights and λ^n for a block of n tokens: the stored ones for a
   // full block, computed for a partial one (a segment's last block)
   __device__ __forceinline__ void keys(float (&w)[4][4], float& tot, float nl2, float scale, int tq,
@@ -204,9 +208,8 @@ struct BlockDecay {
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
       for (int x = 0; x < 4; ++x) w[kk][x] = wk[kk][x];
-    tot = total;
+    tot = block_total(nl2, n);
     if (!full) {
-      tot = decay_pow(nl2, (float)n);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
@@ -352,6 +355,19 @@ __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
   for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
 }
 
+// The state update's products acc[dt] += ka[dt] · B (RS, the A fragments of
+// state_update_operands or weighted_b_operands, B the (64 tokens, 64) box at uB), not
+// committed: the caller fences before and commits after (with other products of the group).
+template <typename T, int kTiles>
+__device__ __forceinline__ void issue_state_products(float (&acc)[kTiles][32],
+                                                     const uint32_t (&ka)[kTiles][4][4],
+                                                     uint32_t uB) {
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(acc[dt], ka[dt][kk], desc_sw128(uB + kk * 2048));
+}
+
 // Kᵀ, unweighted, as the A fragments of the state update with the key weights on V (the
 // layout of weighted_keys_t's, keys 16kk + 2tq + (x & 1) (+8 for x & 2) in the low and high
 // halves of ka[dt][kk][x]). In a partial block the keys from n on are set to zero by a mask
@@ -359,7 +375,7 @@ __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
 // diag(w) V): one branch around the masks, after all the loads (unlike the weighting's compare
 // per pair, see kSelect of weighted_keys_t, it leaves the loads back to back and a full
 // block's path without the masks).
-template <typename T, int kTiles>
+template <int kTiles>
 __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK, int warp, int lane,
                                        int n) {
 #pragma unroll
@@ -429,12 +445,12 @@ __device__ __forceinline__ void weighted_b_operands(float (&acc)[kTiles][32],
   for (int q = 0; q < 4; ++q) w[q] = Decay<kReverse>::key(nl2, scale, (t >> 3) + 16 * q, n);
   weighted_rows<T>(uW, uX, w, t);
   fence_async_shared();
-  const float total = n == 64 ? dec.total : decay_pow(nl2, (float)n);
+  const float total = dec.block_total(nl2, n);
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
     for (int i = 0; i < 32; ++i) acc[dt][i] *= total;
-  keys_t<T, kTiles>(ka, uK, (t >> 5), t & 31, n);
+  keys_t(ka, uK, (t >> 5), t & 31, n);
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
   named_barrier(bar, 128);
@@ -834,11 +850,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeight
                                                      n);
       }
       wgmma_fence();
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uB + kk * 2048));
+      issue_state_products<T>(s_acc, ka, uB);
       wgmma_commit();
     };
     float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share

@@ -155,11 +155,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       uint32_t ka[kTiles][4][4];
       weighted_keys_t<T, kTiles>(ka, uK, wb, warp, lane, n);
       wgmma_fence();
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_rs_64x64<T>(s_acc[dt], ka[dt][kk], desc_sw128(uV + kk * 2048));
+      issue_state_products<T>(s_acc, ka, uV);
       wgmma_commit();
       if (b > 0) {  // block b - 1 is done; block b runs under the next block's fragments
         wgmma_wait<1>();
