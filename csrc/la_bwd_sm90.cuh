@@ -18,7 +18,7 @@
 // (double-buffered) and meet at a barrier per block. The copy is read as an MN-major operand
 // (K H, its rows d) and as a K-major one (V Hᵀ, rows d with E contiguous): no transposed copy.
 //
-// kWeightDO (D = 128, behind LIGHTNING_ATTENTION_SM90_BWD_WDO=1, not yet measured) moves the
+// kWeightDO (D = 128) moves the
 // H update's key weights from Qᵀ to dO, as the forward's kWeightV moves them to V:
 // (diag(w) Q)ᵀ dO_w = Qᵀ (diag(w) dO_w). Each consumer writes diag(w) dO_w into its dK staging
 // box (shared memory has no room for another; see the kernel for why the box is free then)
@@ -38,6 +38,9 @@ struct Sm90BwdTraits {
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
+  // with two consumers, the H update's key weights on dO rather than on Qᵀ, which both
+  // consumers weighted in full (see the kernel)
+  static constexpr bool kWeightDO = kConsumers == 2;
   static constexpr int kStages = 2;
   static constexpr int kBoxBytes = 64 * 64 * 2;        // (64 rows, 64 columns), 16-bit
   static constexpr int kBoxes = HD / 64;               // boxes per (64, HD) tile
@@ -54,7 +57,7 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD, bool kWeightDO = false>
+template <typename T, int HD>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                                   Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -66,6 +69,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
   using Tr = Sm90BwdTraits<T, HD>;
+  constexpr bool kWeightDO = Tr::kWeightDO;
   constexpr int kStages = Tr::kStages;
   enum { kQ, kK, kV, kDO };  // tiles of a stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -275,15 +279,6 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
 #endif
 }
 
-template <typename T, int HD, bool kWeightDO>
-void launch_bwd_sm90(const CUtensorMap (&m)[6], const BwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90BwdTraits<T, HD>;
-  auto kernel = la_bwd_sm90_kernel<T, HD, kWeightDO>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
-                                                                              m[4], m[5], p);
-}
-
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -294,12 +289,10 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  const CUtensorMap maps[6] = {tq, tk, tv, tdo, tdk, tdv};
-  // the key weights on dO: at D = 128 (where both consumers weighted all of Qᵀ) only
-  if constexpr (HD == 128) {
-    if (sm90_bwd_wdo()) return launch_bwd_sm90<T, HD, true>(maps, p, stream);
-  }
-  launch_bwd_sm90<T, HD, false>(maps, p, stream);
+  using Tr = Sm90BwdTraits<T, HD>;
+  auto kernel = la_bwd_sm90_kernel<T, HD>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+  kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }
 
 }  // namespace la

@@ -18,6 +18,7 @@
 //   P   = (Q Kᵀ) ⊙ M                     SS wgmma (64 × 64), masked and decayed in registers
 //   O   = λ^{i+1} · Q S_w + P V_w         SS wgmma from a 16-bit copy of S_w, then RS with P
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w   RS wgmma, Kᵀ fragments by ldmatrix.trans
+//       (kWeightV, D = 128: as Kᵀ (diag(λ^{n-1-j}) V_w), the weights on V_w)
 // The warpgroups never wait for each other (but with kShareP, where they share P once per
 // block): each keeps its own copy of its state slice (double-buffered; kShareP: single) and
 // releases a stage of the ring when it is done with it.
@@ -31,13 +32,11 @@
 
 namespace la {
 
-// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms; kWeightV: the forward's
-// state update with the key weights on V (see la_fwd_sm90_kernel).
-template <typename T, int HD, bool kReverse = false, bool kTerms = false, bool kWeightV = false>
+// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms.
+template <typename T, int HD, bool kReverse = false, bool kTerms = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
-  static_assert(!kWeightV || (!kReverse && !kTerms), "the key weights on V: the forward's");
   // the forward-time order without terms: the state update issued early
   static constexpr bool kEarly = !kReverse && !kTerms;
   static constexpr int kBlock = 64;
@@ -45,6 +44,9 @@ struct Sm90FwdTraits {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // with the early order and two consumers, P once per block, shared (see la_fwd_sm90_kernel)
   static constexpr bool kShareP = kEarly && kConsumers == 2;
+  // with the early order and two consumers, the state update's key weights on V rather than
+  // on Kᵀ, which both consumers weighted in full (see la_fwd_sm90_kernel)
+  static constexpr bool kWeightV = kEarly && kConsumers == 2;
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
@@ -662,14 +664,14 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // barrier of both), and both read P as the A operand of P·V from the box. The meeting also
 // ends Q·S(c)'s reads of each state copy, so one copy per consumer is enough (the 16 KiB each
 // that the boxes need).
-// kWeightV (the forward, behind LIGHTNING_ATTENTION_SM90_FWD_WV=1, not yet measured) moves the
+// kWeightV (kEarly with two consumers, D = 128) moves the
 // state update's key weights from Kᵀ to V: (diag(w) K)ᵀ V_w = Kᵀ (diag(w) V_w). Each consumer
 // writes diag(w) V_w, its own 64 columns, into a box of its own, and takes Kᵀ as ldmatrix.trans
 // gives it (the keys from n on masked to zero): the weighting of all D rows of Kᵀ in registers,
 // which every consumer did for itself, becomes one of 64 × 64 elements per consumer.
-template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightV = false>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>::kThreads,
-                                  Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>::kMinBlocksPerSM)
+template <typename T, int HD, bool kReverse, bool kTerms>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
+                                  Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -677,8 +679,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeight
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>;
-  constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP, kWeightV = Tr::kWeightV;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -1043,10 +1045,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightV = false>
+template <typename T, int HD, bool kReverse, bool kTerms>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightV>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kWeightV>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -1075,10 +1077,6 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {
-    // the key weights on V: at D = 128 (where both consumers weighted all of Kᵀ) only
-    if constexpr (HD == 128) {
-      if (sm90_fwd_wv()) return launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
-    }
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
 }

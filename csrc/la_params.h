@@ -167,12 +167,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the sm_90a forward at D = 128 takes the state update with the key weights on V
-// (la_fwd_sm90_kernel kWeightV): with LIGHTNING_ATTENTION_SM90_FWD_WV=1 (la_sm90_host.cu).
-bool sm90_fwd_wv();
-// Whether the fused sm_90a dk/dv sweep at D = 128 takes the H update with the key weights on
-// dO (la_bwd_sm90_kernel kWeightDO): with LIGHTNING_ATTENTION_SM90_BWD_WDO=1 (la_sm90_host.cu).
-bool sm90_bwd_wdo();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -84,18 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The forward's state update with the key weights on V (la_fwd_sm90_kernel kWeightV) with
-// LIGHTNING_ATTENTION_SM90_FWD_WV=1 (read once; not yet measured on the GPU).
-bool sm90_fwd_wv() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FWD_WV", false);
-  return on;
-}
-
-// The fused dk/dv kernel's H update with the key weights on dO (la_bwd_sm90_kernel kWeightDO)
-// with LIGHTNING_ATTENTION_SM90_BWD_WDO=1 (read once; not yet measured on the GPU).
-bool sm90_bwd_wdo() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_WDO", false);
-  return on;
-}
-
 }  // namespace la
