@@ -30,7 +30,7 @@
 
 namespace la {
 
-template <typename T, int HD>
+template <typename T, int HD, bool kWeightsOnDO = HD == 128>
 struct Sm90BwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static constexpr int kConsumers = HD / 64;
@@ -38,9 +38,10 @@ struct Sm90BwdTraits {
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
-  // with two consumers, the H update's key weights on dO rather than on Qᵀ, which both
-  // consumers weighted in full (see the kernel)
-  static constexpr bool kWeightDO = kConsumers == 2;
+  // the H update's key weights on dO rather than on Qᵀ (see the kernel): at D = 128, where
+  // both consumers weighted all of Qᵀ; at D = 64 (one consumer, as many weights either way)
+  // with LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1, not yet measured
+  static constexpr bool kWeightDO = kWeightsOnDO;
   static constexpr int kStages = 2;
   static constexpr int kBoxBytes = 64 * 64 * 2;        // (64 rows, 64 columns), 16-bit
   static constexpr int kBoxes = HD / 64;               // boxes per (64, HD) tile
@@ -57,9 +58,9 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD>
-__global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
-                                  Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
+template <typename T, int HD, bool kWeightsOnDO = HD == 128>
+__global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
+                                  Sm90BwdTraits<T, HD, kWeightsOnDO>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads,
                        const __grid_constant__ CUtensorMap tm_dv, const BwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90BwdTraits<T, HD>;
+  using Tr = Sm90BwdTraits<T, HD, kWeightsOnDO>;
   constexpr bool kWeightDO = Tr::kWeightDO;
   constexpr int kStages = Tr::kStages;
   enum { kQ, kK, kV, kDO };  // tiles of a stage
@@ -289,8 +290,11 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  using Tr = Sm90BwdTraits<T, HD>;
+  using Tr = Sm90BwdTraits<T, HD>;  // (the same shared memory with the key weights on dO)
   auto kernel = la_bwd_sm90_kernel<T, HD>;
+  if constexpr (HD == 64) {  // the key weights on dO at D = 64 (a candidate)
+    if (sm90_d64_weights()) kernel = la_bwd_sm90_kernel<T, HD, true>;
+  }
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }

@@ -32,8 +32,8 @@
 
 namespace la {
 
-// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms.
-template <typename T, int HD, bool kReverse = false, bool kTerms = false>
+// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms; kWeightsOnV: see kWeightV.
+template <typename T, int HD, bool kReverse = false, bool kTerms = false, bool kWeightsOnV = HD == 128>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
@@ -44,9 +44,11 @@ struct Sm90FwdTraits {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // with the early order and two consumers, P once per block, shared (see la_fwd_sm90_kernel)
   static constexpr bool kShareP = kEarly && kConsumers == 2;
-  // with the early order and two consumers, the state update's key weights on V rather than
-  // on Kᵀ, which both consumers weighted in full (see la_fwd_sm90_kernel)
-  static constexpr bool kWeightV = kEarly && kConsumers == 2;
+  // with the early order, the state update's key weights on V rather than on Kᵀ (see
+  // la_fwd_sm90_kernel): at D = 128, where both consumers weighted all of Kᵀ; at D = 64 (one
+  // consumer, as many weights either way) with LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1, not yet
+  // measured
+  static constexpr bool kWeightV = kEarly && kWeightsOnV;
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
@@ -72,6 +74,8 @@ struct Sm90FwdTraits {
   static constexpr int kSmem = kStages * kStageBytes +
                                kConsumers * (kStateCopies * kStateCopyBytes + kBoxBytes) +
                                (kPBoxes + kWBoxes) * kBoxBytes + kBarrierBytes + kRedBytes + 1024;
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
 namespace sm90 {
@@ -669,9 +673,9 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // writes diag(w) V_w, its own 64 columns, into a box of its own, and takes Kᵀ as ldmatrix.trans
 // gives it (the keys from n on masked to zero): the weighting of all D rows of Kᵀ in registers,
 // which every consumer did for itself, becomes one of 64 × 64 elements per consumer.
-template <typename T, int HD, bool kReverse, bool kTerms>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
-                                  Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
+template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightsOnV = HD == 128>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>::kThreads,
+                                  Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -679,7 +683,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>;
   constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP, kWeightV = Tr::kWeightV;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -1045,10 +1049,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightsOnV = HD == 128>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kWeightsOnV>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -1077,6 +1081,9 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {
+    if constexpr (HD == 64) {  // the key weights on V at D = 64 (a candidate)
+      if (sm90_d64_weights()) return launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
+    }
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
 }

@@ -84,4 +84,12 @@ bool sm90_fused_bwd() {
   return on;
 }
 
+// At D = 64 the key weights on V in the forward's state update (la_fwd_sm90_kernel kWeightV)
+// and on dO in the fused dk/dv kernel's (la_bwd_sm90_kernel kWeightDO), as at D = 128, with
+// LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1 (read once; not yet measured on the GPU).
+bool sm90_d64_weights() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_D64_WEIGHTS", false);
+  return on;
+}
+
 }  // namespace la
