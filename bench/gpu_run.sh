@@ -7,6 +7,10 @@
 #           test_cuda.py without the long sequences, LIGHTNING_ATTENTION_SM90=0),
 #           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/),
 #           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
+# A candidate behind a switch: AB="LIGHTNING_ATTENTION_...=1" times our CUDA backend without and
+# with it, alternating, twice each (AB_ARGS adds bench_speed.py arguments, e.g. "--heads 64
+# --dim 64"; default N = 1K, 16K, 64K), instead of the benchmark beside the peers; the tests
+# and the sanitizer then run with the switch set.
 set -u
 export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
 export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0a}
@@ -25,7 +29,16 @@ cuobjdump --dump-sass lightning_attention/_C*.so > /tmp/sass.txt 2>/dev/null
 echo "HMMA in SASS: $(grep -c ' HMMA' /tmp/sass.txt), HGMMA: $(grep -c HGMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
 awk '/Function :/{f=$3} / HMMA/{n[f]++} /HGMMA/{g[f]++} /UTMALDG/{l[f]++} /UTMASTG/{s[f]++} END{for(k in n) print "  HMMA", n[k], k; for(k in g) print "  HGMMA", g[k], "UTMALDG", l[k]+0, "UTMASTG", s[k]+0, k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > $OUT/mma_sass.txt
 grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > $OUT/ptxas_summary.txt
-if [ -z "${SKIP_BENCH:-}" ]; then
+if [ -n "${AB:-}" ]; then
+  for r in 1 2; do
+    for sw in "" "$AB"; do
+      env $sw timeout 90 python3 bench/bench_speed.py --backends cuda --no-peers --n ${AB_N:-1024 16384 65536} \
+        ${AB_ARGS:-} --json /tmp/ab.json > /tmp/ab.log 2>&1
+      echo "A/B run $r ${sw:-default} rc=$?"; grep "lightning_attention cuda" /tmp/ab.log | tee -a $OUT/ab.log
+    done
+  done
+  export "$AB"
+elif [ -z "${SKIP_BENCH:-}" ]; then
   timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py --json $OUT/speed.json > $OUT/speed.log 2>&1
   echo "bench rc=$?"
   timeout 40 python3 bench/bench_speed.py --decode --json $OUT/decode.json > $OUT/decode.log 2>&1
