@@ -24,6 +24,14 @@
 // box (shared memory has no room for another; see the kernel for why the box is free then)
 // and takes Qᵀ as ldmatrix.trans gives it: the weighting of all D rows of Qᵀ, which both
 // consumers did, becomes one of 64 × 64 elements per consumer.
+//
+// kLean (D = 128, behind LIGHTNING_ATTENTION_SM90_BWD_LEAN=1; not yet measured) shortens each
+// consumer's instruction stream per full block, which paces the sweep, with the same products
+// and the same roundings: a full block's masks are factors (the triangle's zeros folded into
+// BlockDecay::mask once per CTA, full_frags: no compare or select per element), every
+// wgmma's descriptors come from its operand's first one by desc_add in uniform registers
+// (w broadcast from lane 0), and the H update's key weights are a full block's in every block
+// (a partial block's rows from n on are zero already).
 #pragma once
 
 #include "la_fwd_sm90.cuh"
