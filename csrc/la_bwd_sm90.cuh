@@ -24,11 +24,94 @@
 // box (shared memory has no room for another; see the kernel for why the box is free then)
 // and takes Qᵀ as ldmatrix.trans gives it: the weighting of all D rows of Qᵀ, which both
 // consumers did, becomes one of 64 × 64 elements per consumer.
+//
+// kLean (D = 128, behind LIGHTNING_ATTENTION_SM90_BWD_LEAN=1; not yet measured) shortens each
+// consumer's instruction stream per full block, which paces the sweep, with the same products
+// and the same roundings: a full block's masks are factors (the triangle's zeros folded into
+// BlockDecay::mask once per CTA, full_frags: no compare or select per element), every
+// wgmma's descriptors come from its operand's first one by desc_add in uniform registers
+// (w broadcast from lane 0), and the H update's key weights are a full block's in every block
+// (a partial block's rows from n on are zero already).
 #pragma once
 
 #include "la_fwd_sm90.cuh"
 
 namespace la {
+
+namespace sm90 {
+
+// kLean helpers (la_bwd_sm90_kernel): the full 64-token block's path without the partial
+// block's compares.
+
+// P ⊙ M of a full block as the A fragments of the four 16-key steps, with the triangle of M
+// already in the factors (`maskz`: 0 where the key precedes the row, see the kernel): one
+// multiply and half a pack per element, no compare or select. The layout is masked_frags':
+// pa[kk][x] holds elements 8kk + 2x and 8kk + 2x + 1.
+template <typename T>
+__device__ __forceinline__ void full_frags(uint32_t (&pa)[4][4], const float (&p)[32],
+                                           const float (&maskz)[32]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int e = 8 * kk + 2 * x;
+      pa[kk][x] = Pack2<T>::pack(p[e] * maskz[e], p[e + 1] * maskz[e + 1]);
+    }
+}
+
+// A 16-bit pair as two floats; bf16 by moving its halves into the high bits (exact, as
+// __bfloat1622float2, in two instructions instead of three)
+template <typename T>
+__device__ __forceinline__ float2 unpack_lean(uint32_t u) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  else
+    return Pack2<T>::unpack(u);
+}
+
+// weighted_b_operands (la_fwd_sm90.cuh) for the fused kernel: the same operands, with the
+// key weights `w` of a full block (computed before the loop) in every block, and the unpack
+// of unpack_lean. In a partial block (the first processed) the rows of X_w from n on are
+// zero (zero_rows before the loop), so their weight need not be 0 (0 · w is 0; the keys
+// below n weigh scale·λ^{j+1} whatever n).
+template <typename T, int kTiles>
+__device__ __forceinline__ void lean_weighted_b_operands(float (&acc)[kTiles][32],
+                                                         uint32_t (&ka)[kTiles][4][4],
+                                                         const BlockDecay<true>& dec,
+                                                         const float (&w)[4], float nl2,
+                                                         uint32_t uK, uint32_t uX, uint32_t uW,
+                                                         int t, int bar, int n) {
+  using P2 = Pack2<T>;
+  uint32_t x[4][4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(x[q][0]), "=r"(x[q][1]), "=r"(x[q][2]), "=r"(x[q][3])
+                 : "r"(uX + (t + 128 * q) * 16));
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = unpack_lean<T>(x[q][i]);
+      x[q][i] = P2::pack(f.x * w[q], f.y * w[q]);
+    }
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(uW + (t + 128 * q) * 16),
+                 "r"(x[q][0]), "r"(x[q][1]), "r"(x[q][2]), "r"(x[q][3]));
+  fence_async_shared();
+  const float total = dec.block_total(nl2, n);
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[dt][i] *= total;
+  keys_t(ka, uK, (t >> 5), t & 31, n);
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
+  named_barrier(bar, 128);
+}
+
+}  // namespace sm90
 
 template <typename T, int HD, bool kWeightsOnDO = HD == 128>
 struct Sm90BwdTraits {
@@ -58,7 +141,7 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD, bool kWeightsOnDO = HD == 128>
+template <typename T, int HD, bool kWeightsOnDO = HD == 128, bool kLean = false>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
                                   Sm90BwdTraits<T, HD, kWeightsOnDO>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -108,18 +191,37 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
   // -------------------------------------------------------------------------- consumers
   regs_alloc<Tr::kConsumerRegs>();
   const int w = wg - 1;                       // columns [64w, 64w + 64) of E (H, dV), of D (dK)
+  // kLean: w as a value the compiler knows to be the same in the warp (a shuffle from lane 0),
+  // so that the shared-memory addresses and wgmma descriptors derived from it are built in
+  // uniform registers, not per thread and moved there for every wgmma
+  const int wu = kLean ? __shfl_sync(0xffffffffu, w, 0) : w;
   const int t = tid - 128 * wg;               // thread in the warpgroup
   const int warp = t >> 5, lane = t & 31;
   const int gq = lane >> 2, tq = lane & 3;
   const int own_bar = 1 + w;                  // this warpgroup's named barrier
   const int all_bar = 1 + Tr::kConsumers;     // every consumer's
   constexpr int kAll = 128 * Tr::kConsumers;
-  const uint32_t slice = w * Tr::kSliceBytes;  // this consumer's columns of E in an H copy
-  const uint32_t dv_box = staging + w * 2 * Tr::kBoxBytes, dk_box = dv_box + Tr::kBoxBytes;
+  const uint32_t slice = wu * Tr::kSliceBytes;  // this consumer's columns of E in an H copy
+  const uint32_t dv_box = staging + wu * 2 * Tr::kBoxBytes, dk_box = dv_box + Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
   BlockDecay<true> dec;
   dec.init(nl2, p.scale, r0, tq);
+  // kLean: a full block's masks as factors. The triangle of Mᵀ (key j kept where j >= row) is
+  // the same in every full block, so its zeros go into the factors once here and a full
+  // block's P ⊙ M is one multiply per element (full_frags): the kept elements get the same
+  // factor and the same rounding as masked_frags', the others 0 (p · 0, p finite: a full
+  // block's rows are all the sequence's own tokens) instead of a selected 0. A partial block
+  // still selects (masked_frags only reads the factors of kept elements). And the weights of
+  // the H update's keys in a full block, once.
+  float wfull[4];
+  if constexpr (kLean) {
+#pragma unroll
+    for (int e = 0; e < 32; ++e)
+      if (8 * (e >> 2) + 2 * tq + (e & 1) < r0 + ((e & 2) ? 8 : 0)) dec.mask[e] = 0.f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) wfull[q] = Decay<true>::key(nl2, p.scale, (t >> 3) + 16 * q, 64);
+  }
 
   // incoming H of the segment: d final_state (a sequence's last segment, or 0 without it),
   // else the reverse scan's
@@ -159,7 +261,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
     const int blk = nblk - 1 - c;  // the block's place in the segment
     const int n = min(64, si.len - blk * 64);
     const uint32_t uQ = tile(s, kQ), uK = tile(s, kK), uV = tile(s, kV), uDO = tile(s, kDO);
-    const uint32_t uQw = uQ + w * Tr::kBoxBytes, uDOw = uDO + w * Tr::kBoxBytes;
+    const uint32_t uQw = uQ + wu * Tr::kBoxBytes, uDOw = uDO + wu * Tr::kBoxBytes;
     const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
     const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
     const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
@@ -168,22 +270,28 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
     float dv_acc[32], dk_acc[32];
     uint32_t pa[4][4];
     wgmma_fence();
-    issue_qs<T, HD>(dv_acc, uK, hc + slice);
+    issue_qs<T, HD, kLean>(dv_acc, uK, hc + slice);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(p_acc);
     fence_regs(dv_acc);
-    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+    if (kLean && n == 64)
+      full_frags<T>(pa, p_acc, dec.mask);
+    else
+      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
     wgmma_fence();
+    // kLean: each k step's descriptor by desc_add from the first one
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dv_acc, pa[kk], desc_sw128(uDOw + kk * 2048));
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs_64x64<T>(dv_acc, pa[kk],
+                        kLean ? desc_add(desc_sw128(uDOw), kk * 2048) : desc_sw128(uDOw + kk * 2048));
     wgmma_commit();
     // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w; Hᵀ_w from the copy's rows [64w, 64w + 64)
     wgmma_fence();
-    issue_qk<T, HD>(p_acc, uV, uDO);
-    issue_qk<T, HD, Tr::kSliceBytes>(dk_acc, uV, hc + w * Tr::kBoxBytes);
+    issue_qk<T, HD, 8192, kLean>(p_acc, uV, uDO);
+    issue_qk<T, HD, Tr::kSliceBytes, kLean>(dk_acc, uV, hc + wu * Tr::kBoxBytes);
     wgmma_commit();
 
     // dV out while the tensor cores run dK's products: a full block through its staging box
@@ -204,7 +312,10 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
     wgmma_wait<0>();
     fence_regs(p_acc);
     fence_regs(dk_acc);
-    masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+    if (kLean && n == 64)
+      full_frags<T>(pa, p_acc, dec.mask);
+    else
+      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
     // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
@@ -219,7 +330,12 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
     // Qᵀ fragments are not needed, but cost nothing in a full block.)
     uint32_t qa[Tr::kBoxes][4][4];
     uint32_t uB = uDOw;
-    if constexpr (kWeightDO) {
+    if constexpr (kLean) {
+      static_assert(kWeightDO, "kLean builds on kWeightDO");
+      uB = dk_box;
+      lean_weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, wfull, nl2, uQ, uDOw, uB, t,
+                                              own_bar, n);
+    } else if constexpr (kWeightDO) {
       uB = dk_box;
       weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, uDOw, uB, t, own_bar,
                                          n);
@@ -227,16 +343,26 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
       state_update_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, warp, lane, n);
     }
     wgmma_fence();
+    if constexpr (kLean) {
+      const uint64_t dQw = desc_sw128(uQw), dB = desc_sw128(uB);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
-    issue_state_products<T>(h_acc, qa, uB);
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_add(dQw, kk * 2048));
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_add(dB, kk * 2048));
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
+      issue_state_products<T>(h_acc, qa, uB);
+    }
     wgmma_commit();
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
       mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
       wgmma_fence();
-      issue_qk<T, HD>(p_acc, tile(s1, kK), tile(s1, kQ));
+      issue_qk<T, HD, 8192, kLean>(p_acc, tile(s1, kK), tile(s1, kQ));
       wgmma_commit();
       wgmma_wait<1>();
     } else {
@@ -294,6 +420,9 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   auto kernel = la_bwd_sm90_kernel<T, HD>;
   if constexpr (HD == 64) {  // the key weights on dO at D = 64 (a candidate)
     if (sm90_d64_weights()) kernel = la_bwd_sm90_kernel<T, HD, true>;
+  }
+  if constexpr (HD == 128) {  // the lean full-block path (a candidate)
+    if (sm90_bwd_lean()) kernel = la_bwd_sm90_kernel<T, HD, true, true>;
   }
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);

@@ -92,4 +92,11 @@ bool sm90_d64_weights() {
   return on;
 }
 
+// The fused dk/dv kernel's lean full-block path (la_bwd_sm90.cuh kLean, D = 128) with
+// LIGHTNING_ATTENTION_SM90_BWD_LEAN=1 (read once; not yet measured).
+bool sm90_bwd_lean() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_LEAN", false);
+  return on;
+}
+
 }  // namespace la
