@@ -59,58 +59,6 @@ __device__ __forceinline__ void full_frags(uint32_t (&pa)[4][4], const float (&p
     }
 }
 
-// A 16-bit pair as two floats; bf16 by moving its halves into the high bits (exact, as
-// __bfloat1622float2, in two instructions instead of three)
-template <typename T>
-__device__ __forceinline__ float2 unpack_lean(uint32_t u) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
-  else
-    return Pack2<T>::unpack(u);
-}
-
-// weighted_b_operands (la_fwd_sm90.cuh) for the fused kernel: the same operands, with the
-// key weights `w` of a full block (computed before the loop) in every block, and the unpack
-// of unpack_lean. In a partial block (the first processed) the rows of X_w from n on are
-// zero (zero_rows before the loop), so their weight need not be 0 (0 · w is 0; the keys
-// below n weigh scale·λ^{j+1} whatever n).
-template <typename T, int kTiles>
-__device__ __forceinline__ void lean_weighted_b_operands(float (&acc)[kTiles][32],
-                                                         uint32_t (&ka)[kTiles][4][4],
-                                                         const BlockDecay<true>& dec,
-                                                         const float (&w)[4], float nl2,
-                                                         uint32_t uK, uint32_t uX, uint32_t uW,
-                                                         int t, int bar, int n) {
-  using P2 = Pack2<T>;
-  uint32_t x[4][4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(x[q][0]), "=r"(x[q][1]), "=r"(x[q][2]), "=r"(x[q][3])
-                 : "r"(uX + (t + 128 * q) * 16));
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = unpack_lean<T>(x[q][i]);
-      x[q][i] = P2::pack(f.x * w[q], f.y * w[q]);
-    }
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(uW + (t + 128 * q) * 16),
-                 "r"(x[q][0]), "r"(x[q][1]), "r"(x[q][2]), "r"(x[q][3]));
-  fence_async_shared();
-  const float total = dec.block_total(nl2, n);
-#pragma unroll
-  for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-    for (int i = 0; i < 32; ++i) acc[dt][i] *= total;
-  keys_t(ka, uK, (t >> 5), t & 31, n);
-#pragma unroll
-  for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
-  named_barrier(bar, 128);
-}
-
 }  // namespace sm90
 
 template <typename T, int HD, bool kWeightsOnDO = HD == 128>
@@ -333,8 +281,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
     if constexpr (kLean) {
       static_assert(kWeightDO, "kLean builds on kWeightDO");
       uB = dk_box;
-      lean_weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, wfull, nl2, uQ, uDOw, uB, t,
-                                              own_bar, n);
+      weighted_b_operands<T, Tr::kBoxes, true, true>(h_acc, qa, dec, wfull, nl2, uQ, uDOw, uB, t,
+                                                     own_bar, n);
     } else if constexpr (kWeightDO) {
       uB = dk_box;
       weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, uDOw, uB, t, own_bar,

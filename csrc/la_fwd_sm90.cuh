@@ -410,7 +410,9 @@ __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK
 // chunk keeps its offset and `dst` has `src`'s layout (its operand descriptors are `src`'s
 // with another base): thread t takes the chunks t + 128q (q < 4), 8 columns of token row
 // t / 8 + 16q, weight w[q], in fp32.
-template <typename T>
+// kShiftUnpack: bf16 unpacked by moving its halves into the high bits (exact, as
+// __bfloat1622float2, in two instructions instead of three; the lean dk/dv kernel's).
+template <typename T, bool kShiftUnpack = false>
 __device__ __forceinline__ void weighted_rows(uint32_t dst, uint32_t src, const float (&w)[4], int t) {
   using P2 = Pack2<T>;
   uint32_t x[4][4];
@@ -423,7 +425,10 @@ __device__ __forceinline__ void weighted_rows(uint32_t dst, uint32_t src, const 
   for (int q = 0; q < 4; ++q)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 f = P2::unpack(x[q][i]);
+      const uint32_t u = x[q][i];
+      const float2 f = kShiftUnpack && std::is_same_v<T, __nv_bfloat16>
+                           ? make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u))
+                           : P2::unpack(u);
       x[q][i] = P2::pack(f.x * w[q], f.y * w[q]);
     }
 #pragma unroll
@@ -439,17 +444,16 @@ __device__ __forceinline__ void weighted_rows(uint32_t dst, uint32_t src, const 
 // the products take X's B descriptors with uW as base), the unweighted Kᵀ fragments `ka` (keys
 // from n on zero). X_w's rows from n on are zero already (zero_rows), and weigh 0. Ends with
 // the warpgroup's barrier (named barrier `bar`): the box is complete for the wgmma when it
-// returns.
-template <typename T, int kTiles, bool kReverse>
+// returns. This form takes the weights `w` of this thread's rows (t / 8 + 16q) as given (the
+// lean dk/dv kernel computes a full block's once) and kShiftUnpack of weighted_rows.
+template <typename T, int kTiles, bool kReverse, bool kShiftUnpack = false>
 __device__ __forceinline__ void weighted_b_operands(float (&acc)[kTiles][32],
                                                     uint32_t (&ka)[kTiles][4][4],
-                                                    const BlockDecay<kReverse>& dec, float nl2,
-                                                    float scale, uint32_t uK, uint32_t uX,
-                                                    uint32_t uW, int t, int bar, int n) {
-  float w[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) w[q] = Decay<kReverse>::key(nl2, scale, (t >> 3) + 16 * q, n);
-  weighted_rows<T>(uW, uX, w, t);
+                                                    const BlockDecay<kReverse>& dec,
+                                                    const float (&w)[4], float nl2, uint32_t uK,
+                                                    uint32_t uX, uint32_t uW, int t, int bar,
+                                                    int n) {
+  weighted_rows<T, kShiftUnpack>(uW, uX, w, t);
   fence_async_shared();
   const float total = dec.block_total(nl2, n);
 #pragma unroll
@@ -460,6 +464,18 @@ __device__ __forceinline__ void weighted_b_operands(float (&acc)[kTiles][32],
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
   named_barrier(bar, 128);
+}
+// The same with w_j = Decay::key (0 from n on).
+template <typename T, int kTiles, bool kReverse>
+__device__ __forceinline__ void weighted_b_operands(float (&acc)[kTiles][32],
+                                                    uint32_t (&ka)[kTiles][4][4],
+                                                    const BlockDecay<kReverse>& dec, float nl2,
+                                                    float scale, uint32_t uK, uint32_t uX,
+                                                    uint32_t uW, int t, int bar, int n) {
+  float w[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) w[q] = Decay<kReverse>::key(nl2, scale, (t >> 3) + 16 * q, n);
+  weighted_b_operands<T, kTiles>(acc, ka, dec, w, nl2, uK, uX, uW, t, bar, n);
 }
 
 // Rows n.. of a (64, 64) 16-bit box set to zero by the 128 threads of a warpgroup (rows past a
