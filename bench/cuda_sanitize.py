@@ -5,10 +5,6 @@
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
 LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
-Run it also with LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1 (the D = 64 forward kernel, dq sweep
-and fused dk/dv kernel with the key weights on V and dO).
-Run it also with LIGHTNING_ATTENTION_SM90_BWD_LEAN=1 (the fused kernel's lean full-block path
-at D = 128).
 On sm_90a the segments of 7 blocks take pass 1 in two parts, and the d slope cases' dq sweep
 runs on the sm_90a kernels (pass 1 with the moments, pass 2 with the terms); with
 LIGHTNING_ATTENTION_SM90=0 every case runs the mma.sync kernels of the sm_80 build.

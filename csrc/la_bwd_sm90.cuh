@@ -18,20 +18,20 @@
 // (double-buffered) and meet at a barrier per block. The copy is read as an MN-major operand
 // (K H, its rows d) and as a K-major one (V Hᵀ, rows d with E contiguous): no transposed copy.
 //
-// kWeightDO (D = 128) moves the
-// H update's key weights from Qᵀ to dO, as the forward's kWeightV moves them to V:
-// (diag(w) Q)ᵀ dO_w = Qᵀ (diag(w) dO_w). Each consumer writes diag(w) dO_w into its dK staging
-// box (shared memory has no room for another; see the kernel for why the box is free then)
-// and takes Qᵀ as ldmatrix.trans gives it: the weighting of all D rows of Qᵀ, which both
-// consumers did, becomes one of 64 × 64 elements per consumer.
+// The H update's key weights are on dO rather than on Qᵀ, as the forward's kWeightV puts them
+// on V: (diag(w) Q)ᵀ dO_w = Qᵀ (diag(w) dO_w). Each consumer writes diag(w) dO_w into its dK
+// staging box (shared memory has no room for another; see the kernel for why the box is free
+// then) and takes Qᵀ as ldmatrix.trans gives it: the weighting of all D rows of Qᵀ, which every
+// consumer did, becomes one of 64 × 64 elements per consumer.
 //
-// kLean (D = 128, behind LIGHTNING_ATTENTION_SM90_BWD_LEAN=1; not yet measured) shortens each
-// consumer's instruction stream per full block, which paces the sweep, with the same products
-// and the same roundings: a full block's masks are factors (the triangle's zeros folded into
-// BlockDecay::mask once per CTA, full_frags: no compare or select per element), every
-// wgmma's descriptors come from its operand's first one by desc_add in uniform registers
-// (w broadcast from lane 0), and the H update's key weights are a full block's in every block
-// (a partial block's rows from n on are zero already).
+// kLean (D = 128) shortens each consumer's instruction stream per full block, which paces the
+// sweep there, with the same products and the same roundings: a full block's masks are
+// factors (the triangle's zeros folded into BlockDecay::mask once per CTA, full_frags: no
+// compare or select per element), every wgmma's descriptors come from its operand's first one
+// by desc_add in uniform registers (w broadcast from lane 0), and the H update's key weights
+// are a full block's in every block (a partial block's rows from n on are zero already).
+// Measured: fwd+bwd 3.5-5% faster at D = 128; at D = 64 (one consumer, two CTAs per SM) 14%
+// fewer instructions a block made it 1-2% slower at 16K-64K, so D = 64 keeps the plain path.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -61,7 +61,7 @@ __device__ __forceinline__ void full_frags(uint32_t (&pa)[4][4], const float (&p
 
 }  // namespace sm90
 
-template <typename T, int HD, bool kWeightsOnDO = HD == 128>
+template <typename T, int HD>
 struct Sm90BwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static constexpr int kConsumers = HD / 64;
@@ -69,10 +69,6 @@ struct Sm90BwdTraits {
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
-  // the H update's key weights on dO rather than on Qᵀ (see the kernel): at D = 128, where
-  // both consumers weighted all of Qᵀ; at D = 64 (one consumer, as many weights either way)
-  // with LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1, not yet measured
-  static constexpr bool kWeightDO = kWeightsOnDO;
   static constexpr int kStages = 2;
   static constexpr int kBoxBytes = 64 * 64 * 2;        // (64 rows, 64 columns), 16-bit
   static constexpr int kBoxes = HD / 64;               // boxes per (64, HD) tile
@@ -89,9 +85,8 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD, bool kWeightsOnDO = HD == 128, bool kLean = false>
-__global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
-                                  Sm90BwdTraits<T, HD, kWeightsOnDO>::kMinBlocksPerSM)
+template <typename T, int HD, bool kLean = HD == 128>
+__global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -100,8 +95,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
                        const __grid_constant__ CUtensorMap tm_dv, const BwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90BwdTraits<T, HD, kWeightsOnDO>;
-  constexpr bool kWeightDO = Tr::kWeightDO;
+  using Tr = Sm90BwdTraits<T, HD>;
   constexpr int kStages = Tr::kStages;
   enum { kQ, kK, kV, kDO };  // tiles of a stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -267,7 +261,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
 #pragma unroll
     for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
     // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
-    // (kWeightDO: Σ_dt Q_dtᵀ (diag(scale λ^{j+1}) dO_w) from this consumer's dK box. The box's
+    // (as Σ_dt Q_dtᵀ (diag(scale λ^{j+1}) dO_w) from this consumer's dK box. The box's
     // last reader, the TMA store of the previous block's dK, was committed in one bulk group
     // with the dV store; the dV path above waited for that group's reads (bulk_wait_all by
     // t == 0, then the warpgroup's barrier), so the box is free from there on; a partial
@@ -277,19 +271,13 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kWeightsOnDO>::kThreads,
     // Q's and dO's rows from n on are zeroed before the loop: the masks of a partial block's
     // Qᵀ fragments are not needed, but cost nothing in a full block.)
     uint32_t qa[Tr::kBoxes][4][4];
-    uint32_t uB = uDOw;
-    if constexpr (kLean) {
-      static_assert(kWeightDO, "kLean builds on kWeightDO");
-      uB = dk_box;
+    const uint32_t uB = dk_box;
+    if constexpr (kLean)
       weighted_b_operands<T, Tr::kBoxes, true, true>(h_acc, qa, dec, wfull, nl2, uQ, uDOw, uB, t,
                                                      own_bar, n);
-    } else if constexpr (kWeightDO) {
-      uB = dk_box;
+    else
       weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, uDOw, uB, t, own_bar,
                                          n);
-    } else {
-      state_update_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, warp, lane, n);
-    }
     wgmma_fence();
     if constexpr (kLean) {
       const uint64_t dQw = desc_sw128(uQw), dB = desc_sw128(uB);
@@ -364,14 +352,8 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  using Tr = Sm90BwdTraits<T, HD>;  // (the same shared memory with the key weights on dO)
+  using Tr = Sm90BwdTraits<T, HD>;
   auto kernel = la_bwd_sm90_kernel<T, HD>;
-  if constexpr (HD == 64) {  // the key weights on dO at D = 64 (a candidate)
-    if (sm90_d64_weights()) kernel = la_bwd_sm90_kernel<T, HD, true>;
-  }
-  if constexpr (HD == 128) {  // the lean full-block path (a candidate)
-    if (sm90_bwd_lean()) kernel = la_bwd_sm90_kernel<T, HD, true, true>;
-  }
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }

@@ -18,7 +18,7 @@
 //   P   = (Q Kᵀ) ⊙ M                     SS wgmma (64 × 64), masked and decayed in registers
 //   O   = λ^{i+1} · Q S_w + P V_w         SS wgmma from a 16-bit copy of S_w, then RS with P
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w   RS wgmma, Kᵀ fragments by ldmatrix.trans
-//       (kWeightV, D = 128: as Kᵀ (diag(λ^{n-1-j}) V_w), the weights on V_w)
+//       (kWeightV, the forward-time order: as Kᵀ (diag(λ^{n-1-j}) V_w), the weights on V_w)
 // The warpgroups never wait for each other (but with kShareP, where they share P once per
 // block): each keeps its own copy of its state slice (double-buffered; kShareP: single) and
 // releases a stage of the ring when it is done with it.
@@ -32,8 +32,8 @@
 
 namespace la {
 
-// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms; kWeightsOnV: see kWeightV.
-template <typename T, int HD, bool kReverse = false, bool kTerms = false, bool kWeightsOnV = HD == 128>
+// kReverse: the dk/dv sweep; kTerms: the dq sweep with d slope terms.
+template <typename T, int HD, bool kReverse = false, bool kTerms = false>
 struct Sm90FwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static_assert(!(kReverse && kTerms), "the terms are the forward dq sweep's");
@@ -45,10 +45,8 @@ struct Sm90FwdTraits {
   // with the early order and two consumers, P once per block, shared (see la_fwd_sm90_kernel)
   static constexpr bool kShareP = kEarly && kConsumers == 2;
   // with the early order, the state update's key weights on V rather than on Kᵀ (see
-  // la_fwd_sm90_kernel): at D = 128, where both consumers weighted all of Kᵀ; at D = 64 (one
-  // consumer, as many weights either way) with LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1, not yet
-  // measured
-  static constexpr bool kWeightV = kEarly && kWeightsOnV;
+  // la_fwd_sm90_kernel)
+  static constexpr bool kWeightV = kEarly;
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
@@ -306,11 +304,8 @@ __device__ __forceinline__ void load_keys_t(uint32_t (&f)[4], uint32_t uK, int d
 // are selected away, never multiplied (rows of the next packed sequence, maybe not finite);
 // not by their weight's sign: a negative scale makes the reversed weights negative.
 // kSplit (the d slope terms' operands): the weighted keys as two 16-bit parts, ka and the
-// remainder lo, two products (see state_update in la_common.cuh). kSelect: the keys from n on
-// selected away in full blocks too, rather than a full block's product without the compare:
-// ptxas makes that choice a branch around every pair of keys (64 per block), which leaves
-// each ldmatrix result used right after its load and no two pairs interleaved.
-template <typename T, int kTiles, bool kSplit = false, bool kSelect = false>
+// remainder lo, two products (see state_update in la_common.cuh).
+template <typename T, int kTiles, bool kSplit = false>
 __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK,
                                                 const float (&wk)[4][4], int warp, int lane, int n,
                                                 uint32_t (*lo)[4][4] = nullptr) {
@@ -333,7 +328,7 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
           const float2 hi = P2::unpack(ka[dt][kk][x]);
           lo[dt][kk][x] = P2::pack(x0 - hi.x, x1 - hi.y);
         } else {
-          ka[dt][kk][x] = !kSelect && n == 64
+          ka[dt][kk][x] = n == 64
                               ? P2::pack(f.x * w0, f.y * w1)
                               : P2::pack(key0 < n ? f.x * w0 : 0.f, key0 + 1 < n ? f.y * w1 : 0.f);
         }
@@ -344,7 +339,7 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
 // The operands of a block's state update acc = λ^n acc + (diag(w) K)ᵀ X (the forward's S with
 // K, V; the backward's H with Q, dO): acc decayed by λ^n and the weighted keys at uK as the A
 // fragments `ka`; the caller issues the products.
-template <typename T, int kTiles, bool kSelect = false, bool kReverse>
+template <typename T, int kTiles, bool kReverse>
 __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
                                                       uint32_t (&ka)[kTiles][4][4],
                                                       const BlockDecay<kReverse>& dec, float nl2,
@@ -356,7 +351,7 @@ __device__ __forceinline__ void state_update_operands(float (&acc)[kTiles][32],
   for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
     for (int i = 0; i < 32; ++i) acc[dt][i] *= total;
-  weighted_keys_t<T, kTiles, false, kSelect>(ka, uK, wk, warp, lane, n);
+  weighted_keys_t<T, kTiles>(ka, uK, wk, warp, lane, n);
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt) fence_regs(acc[dt]);
 }
@@ -378,9 +373,9 @@ __device__ __forceinline__ void issue_state_products(float (&acc)[kTiles][32],
 // layout of weighted_keys_t's, keys 16kk + 2tq + (x & 1) (+8 for x & 2) in the low and high
 // halves of ka[dt][kk][x]). In a partial block the keys from n on are set to zero by a mask
 // (rows of the next packed sequence, maybe not finite, must not meet the zero rows of
-// diag(w) V): one branch around the masks, after all the loads (unlike the weighting's compare
-// per pair, see kSelect of weighted_keys_t, it leaves the loads back to back and a full
-// block's path without the masks).
+// diag(w) V): one branch around the masks, after all the loads (a compare per pair of keys
+// would become a branch around each, each ldmatrix result used right after its load; this
+// leaves the loads back to back and a full block's path without the masks).
 template <int kTiles>
 __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK, int warp, int lane,
                                        int n) {
@@ -438,7 +433,7 @@ __device__ __forceinline__ void weighted_rows(uint32_t dst, uint32_t src, const 
 }
 
 // The operands of a block's state update with the key weights on the B operand (the
-// forward's S with K, V_w: kWeightV; the backward's H with Q, dO_w: la_bwd_sm90.cuh kWeightDO),
+// forward's S with K, V_w: kWeightV; the backward's H with Q, dO_w: la_bwd_sm90.cuh),
 //   acc = λ^n acc + Kᵀ (diag(w) X_w),   w_j = Decay::key (0 from n on):
 // acc decayed by λ^n, diag(w) X_w of the box at uX into the box at uW (X_w's layout, so that
 // the products take X's B descriptors with uW as base), the unweighted Kᵀ fragments `ka` (keys
@@ -677,21 +672,23 @@ __device__ __forceinline__ void block_terms(float* out, float* red, float part0,
 // has drained, the update's operands are built under Q·S, and the next block's state copy is
 // written under P·V and P(c + 1) rather than after both; its Q·S and P products take their
 // descriptors by addition (desc_add), a third of the instructions between two of their
-// wgmmas, and the update's operands are built without branches (weighted_keys_t kSelect).
+// wgmmas.
 // kShareP (kEarly with two consumers, D = 128) computes P(c) once per block instead of by
 // each consumer: consumer c % 2 masks it under Q·S(c) and publishes it as a 16-bit (64, 64)
 // box (one of two, by block parity); the consumers meet once per block after Q·S(c) (a
 // barrier of both), and both read P as the A operand of P·V from the box. The meeting also
 // ends Q·S(c)'s reads of each state copy, so one copy per consumer is enough (the 16 KiB each
 // that the boxes need).
-// kWeightV (kEarly with two consumers, D = 128) moves the
-// state update's key weights from Kᵀ to V: (diag(w) K)ᵀ V_w = Kᵀ (diag(w) V_w). Each consumer
-// writes diag(w) V_w, its own 64 columns, into a box of its own, and takes Kᵀ as ldmatrix.trans
-// gives it (the keys from n on masked to zero): the weighting of all D rows of Kᵀ in registers,
-// which every consumer did for itself, becomes one of 64 × 64 elements per consumer.
-template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightsOnV = HD == 128>
-__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>::kThreads,
-                                  Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>::kMinBlocksPerSM)
+// kWeightV (= kEarly) moves the state update's key weights from Kᵀ to V:
+// (diag(w) K)ᵀ V_w = Kᵀ (diag(w) V_w). Each consumer writes diag(w) V_w, its own 64 columns,
+// into a box of its own, and takes Kᵀ as ldmatrix.trans gives it (the keys from n on masked to
+// zero): the weighting of all D rows of Kᵀ in registers, which every consumer did for itself,
+// becomes one of 64 × 64 elements per consumer (measured: the forward 5% faster at D = 128;
+// at D = 64, one consumer and as many weights either way, 1,363 -> 1,219 instructions a
+// loop and about 1% at 64K).
+template <typename T, int HD, bool kReverse, bool kTerms>
+__global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
+                                  Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -699,7 +696,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeight
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
   constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP, kWeightV = Tr::kWeightV;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -868,8 +865,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms, kWeight
         uB = wboxes + w * Tr::kBoxBytes;
         weighted_b_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, uV, uB, t, bar_id, n);
       } else {
-        state_update_operands<T, Tr::kBoxes, kEarly>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane,
-                                                     n);
+        state_update_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane, n);
       }
       wgmma_fence();
       issue_state_products<T>(s_acc, ka, uB);
@@ -1065,10 +1061,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms, bool kWeightsOnV = HD == 128>
+template <typename T, int HD, bool kReverse, bool kTerms>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
-  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms, kWeightsOnV>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kWeightsOnV>;
+  using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -1097,9 +1093,6 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);
   } else {
-    if constexpr (HD == 64) {  // the key weights on V at D = 64 (a candidate)
-      if (sm90_d64_weights()) return launch_fwd_sm90<T, HD, false, false, true>(maps, p, stream);
-    }
     launch_fwd_sm90<T, HD, false, false>(maps, p, stream);
   }
 }

@@ -167,12 +167,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the sm_90a forward and fused dk/dv sweep at D = 64 take their state updates with the
-// key weights on V / dO (kWeightV, kWeightDO): with LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1.
-bool sm90_d64_weights();
-// The fused kernel's lean full-block path at D = 128 (la_bwd_sm90.cuh kLean), with
-// LIGHTNING_ATTENTION_SM90_BWD_LEAN=1 (read once; not yet measured).
-bool sm90_bwd_lean();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

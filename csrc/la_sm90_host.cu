@@ -84,19 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// At D = 64 the key weights on V in the forward's state update (la_fwd_sm90_kernel kWeightV)
-// and on dO in the fused dk/dv kernel's (la_bwd_sm90_kernel kWeightDO), as at D = 128, with
-// LIGHTNING_ATTENTION_SM90_D64_WEIGHTS=1 (read once; not yet measured on the GPU).
-bool sm90_d64_weights() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_D64_WEIGHTS", false);
-  return on;
-}
-
-// The fused dk/dv kernel's lean full-block path (la_bwd_sm90.cuh kLean, D = 128) with
-// LIGHTNING_ATTENTION_SM90_BWD_LEAN=1 (read once; not yet measured).
-bool sm90_bwd_lean() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_BWD_LEAN", false);
-  return on;
-}
-
 }  // namespace la
