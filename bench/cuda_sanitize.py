@@ -52,5 +52,9 @@ for D in (64, 128):
         x = [torch.randn(80, H, D, device="cuda", dtype=dtype) for _ in range(3)]
         ops.pool_decode(*x, torch.randn(100, H, D, D, device="cuda"),
                         torch.randperm(100, device="cuda")[:80].int(), slope, 1.0)
+# D = E = 256: a state of 256 KB (the bulk decode kernel's ring of 64 KB taken four times)
+x = [torch.randn(3, 2, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+ops.pool_decode(*x, torch.randn(4, 2, 256, 256, device="cuda"),
+                torch.tensor([2, 0, -1], dtype=torch.int32, device="cuda"), torch.rand(2, device="cuda"), 1.0)
 torch.cuda.synchronize()
 print("sanitize case done")
