@@ -21,13 +21,13 @@ for N in args.n:
     q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
                    for _ in range(4))
     for _ in range(3):
-        C.fwd(q, k, v, slope, 1.0, None, None, False)
-        C.bwd(do, None, q, k, v, slope, 1.0, None, None, args.dslope)
+        kept = C.fwd(q, k, v, slope, 1.0, None, None, False)[2]
+        C.bwd(do, None, q, k, v, slope, 1.0, None, None, args.dslope, kept)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            C.fwd(q, k, v, slope, 1.0, None, None, False)
-            C.bwd(do, None, q, k, v, slope, 1.0, None, None, args.dslope)
+            kept = C.fwd(q, k, v, slope, 1.0, None, None, False)[2]
+            C.bwd(do, None, q, k, v, slope, 1.0, None, None, args.dslope, kept)
         torch.cuda.synchronize()
     print(f"N = {N}, B = {B}: per-kernel CUDA time over 5 fwd+bwd (ms total)")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=10, max_name_column_width=70))

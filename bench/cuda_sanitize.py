@@ -28,11 +28,11 @@ for D in (64, 128):
         # without and with d slope
         for seg_len in (None, 128, 320, 448):
             for dslope in (False, True):
-                o, fs = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len)
-                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, dslope,
+                o, fs, kept = C.fwd(q, k, v, slope, 1.0, s0, None, True, seg_len=seg_len)
+                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s0, None, dslope, kept,
                       seg_len=seg_len)
-                o, fs = C.fwd(q, k, v, slope, 1.0, s1, cu, True, seg_len=seg_len)
-                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, dslope,
+                o, fs, kept = C.fwd(q, k, v, slope, 1.0, s1, cu, True, seg_len=seg_len)
+                C.bwd(do, torch.randn_like(fs), q, k, v, slope, 1.0, s1, cu, dslope, kept,
                       seg_len=seg_len)
             # no decay, no states; (B, N, H, D) memory
             C.bwd(do, None, q, k, v, None, 0.5, None, None, False, seg_len=seg_len)

@@ -770,7 +770,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
 
   // incoming state of the segment: the scan's state (segments after the first, and the first
   // too with slots: the scan copied the pool row, which this sequence's last segment
-  // overwrites), the initial state, or 0
+  // overwrites; in the dq sweep maybe the forward's, transposed), the initial state, or 0
   // (kTerms: the moment M from ws_m beside it, else M = S)
   float s_acc[Tr::kBoxes][32], m_acc[Tr::kBoxes][32];
   {
@@ -780,6 +780,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
     const bool from_ws = !first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr);
     if (from_ws) {
       src = p.ws + ws_at;
+      if (p.ws_transposed) {
+        sd = 1;
+        se = HD;
+      }
     } else if (p.state_in != nullptr) {
       const int64_t row = state_in_row(p.state_rows, si.seq);
       src = row >= 0 ? p.state_in + (row * p.seg.H + h) * HD * HD : nullptr;

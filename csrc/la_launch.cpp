@@ -68,15 +68,15 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 namespace {
 
-// The passes of one sweep: when the plan has several segments per sequence, pass 1 (the
-// local state of each segment, or of each part of it, and moment with ws_m) and the scan
-// (incoming states, in sequence order or reversed, the first one being `state_in` with element
-// strides (sd, se) at the rows `rows` names); then pass 2.
+// The passes of one sweep: when the plan has several segments per sequence and the incoming
+// states are not given, pass 1 (the local state of each segment, or of each part of it, and
+// moment with ws_m) and the scan (incoming states, in sequence order or reversed, the first
+// one being `state_in` with element strides (sd, se) at the rows `rows` names); then pass 2.
 template <typename Pass>
 void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
                     int64_t se, const StateRows& rows, const float* slope, int64_t D, int64_t E,
-                    bool reverse, cudaStream_t stream) {
-  if (pl.multi) {
+                    bool reverse, cudaStream_t stream, bool states_given = false) {
+  if (pl.multi && !states_given) {
     pass(/*pass1=*/true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     run_state_scan(pl.seg, pl.ws_local.data_ptr<float>(), pl.ws.data_ptr<float>(), ws_m, state_in,
@@ -90,7 +90,7 @@ void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state
 }  // namespace
 
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
-                       const Plan& pl, cudaStream_t stream) {
+                       const Plan& pl, cudaStream_t stream, bool states_given) {
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
   // build has it; the mma.sync kernel otherwise, the dq sweep's d slope terms included (pass 1
   // with the moments, pass 2 with the terms). A pass 1 with moments takes whole segments (the
@@ -107,7 +107,7 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
         run_fwd<T, kHD>(p, pass1, pl.fwd_stages, stream);
     };
     segment_passes(pl, pass, p.ws_m, p.state_in, p.state_in_sd, p.state_in_se, p.state_rows,
-                   p.slope, D, E, /*reverse=*/false, stream);
+                   p.slope, D, E, /*reverse=*/false, stream, states_given);
   });
 }
 

@@ -22,9 +22,10 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const float* dstate_f = nullptr);
 
 // The forward's passes: pass 1 and the scan when the plan has several segments per
-// sequence, then pass 2. The one place that chooses the forward kernel.
+// sequence, then pass 2. The one place that chooses the forward kernel. `states_given`: p.ws
+// holds every segment's incoming state already (the dq sweep on the forward's): pass 2 only.
 void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int64_t E,
-                       const Plan& pl, cudaStream_t stream);
+                       const Plan& pl, cudaStream_t stream, bool states_given = false);
 
 // One gradient of the dk/dv sweep on the sm_90a kernel in reversed time (la_fwd_sm90.cuh:
 // dV from (k, q, do), dK from (v, do, q)): pass 1 and the reverse scan when the plan has

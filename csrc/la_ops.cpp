@@ -120,10 +120,19 @@ int64_t guard_num_seqs(const Tensor& q, const std::optional<Tensor>& cu) {
   return cu->size(0) - 1;
 }
 
+// The incoming states of a plan's segments that the forward keeps for the dq sweep of its
+// backward (la_bwd): the plan's ws, (num_segs, H, D, E), when the sm_90a kernels run a
+// multi-segment plan; else none, (0, H, D, E). One D×E state per segment and head, and the
+// plan keeps segments × heads near one wave of CTAs: megabytes where K, V are gigabytes.
+Tensor kept_states(const Plan& pl, const Tensor& q, int64_t H, int64_t D, int64_t E) {
+  if (pl.multi && pl.sm90) return pl.ws;
+  return at::empty({0, H, D, E}, q.options().dtype(at::kFloat));
+}
+
 // o = forward(q, k, v) with each sequence's state read from `state_in` and its final state
-// written to `state_out` (either nullptr: none) at the rows `rows` names. The one launch of
-// fwd and pool_prefill.
-Tensor forward(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+// written to `state_out` (either nullptr: none) at the rows `rows` names, and the states the
+// backward may reuse (kept_states). The one launch of fwd and pool_prefill.
+std::tuple<Tensor, Tensor> forward(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                const std::optional<Tensor>& slope, double scale,
                const std::optional<Tensor>& cu_seqlens, int64_t num_seqs, const float* state_in,
                float* state_out, const StateRows& rows, std::optional<int64_t> seg_len) {
@@ -138,10 +147,10 @@ Tensor forward(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                            state_out, pl);
   p.state_rows = rows;
   launch_fwd_passes(p, q.scalar_type(), D, E, pl, stream);
-  return o;
+  return {o, kept_states(pl, q, q.size(1), D, E)};
 }
 
-std::tuple<Tensor, Tensor> la_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
+std::tuple<Tensor, Tensor, Tensor> la_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const std::optional<Tensor>& slope, double scale,
                                   const std::optional<Tensor>& initial_state,
                                   const std::optional<Tensor>& cu_seqlens, bool output_final_state,
@@ -155,10 +164,10 @@ std::tuple<Tensor, Tensor> la_fwd(const Tensor& q, const Tensor& k, const Tensor
                            ? new_output({num_seqs, H, D, E}, q.options().dtype(at::kFloat))
                            : no_state(q);
   const auto init = contiguous(initial_state);
-  Tensor o = forward(q, k, v, slope, scale, cu_seqlens, num_seqs, ptr_or_null<float>(init),
-                     output_final_state ? final_state.data_ptr<float>() : nullptr, StateRows{},
-                     seg_len);
-  return {o, final_state};
+  auto [o, kept] = forward(q, k, v, slope, scale, cu_seqlens, num_seqs, ptr_or_null<float>(init),
+                           output_final_state ? final_state.data_ptr<float>() : nullptr,
+                           StateRows{}, seg_len);
+  return {o, final_state, kept};
 }
 
 // A float32 (num_slots, H, D, E) pool, contiguous (its rows are updated in place), and int32
@@ -198,8 +207,8 @@ Tensor la_pool_prefill(const Tensor& q, const Tensor& k, const Tensor& v,
   const StateRows rows{slots_c.data_ptr<int>(), ptr_or_null<bool>(has_c),
                        (int)state_pool.size(0)};
   float* pool = state_pool.data_ptr<float>();
-  return forward(q, k, v, slope, scale, cu_seqlens, num_seqs, has_c.has_value() ? pool : nullptr,
-                 pool, rows, seg_len);
+  return std::get<0>(forward(q, k, v, slope, scale, cu_seqlens, num_seqs,
+                             has_c.has_value() ? pool : nullptr, pool, rows, seg_len));
 }
 
 // Returns (dq, dk, dv, d initial_state or empty, d slope terms or empty). The terms
@@ -207,12 +216,15 @@ Tensor la_pool_prefill(const Tensor& q, const Tensor& k, const Tensor& v,
 // term included (each sequence's sum is its d log λ; ops.py sums them into d slope): the
 // dq sweep computes them from fp32 tiles, its fp32 state and moment, and weighted operands
 // split into two 16-bit parts (la_fwd_kernel.cuh), so that d slope of 16-bit inputs does not
-// lose accuracy with the sequence's length.
+// lose accuracy with the sequence's length. `kept`: the forward's third output (kept_states);
+// when it holds states, the dq sweep starts its segments from them instead of running its own
+// pass 1 and scan over v, k (dq_t = scale · do_t S_tᵀ: S_t is the forward's state), except with
+// the d slope terms, whose sweep carries moments beside its states.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
     const Tensor& dout_, const std::optional<Tensor>& dfinal_state, const Tensor& q_,
     const Tensor& k_, const Tensor& v_, const std::optional<Tensor>& slope, double scale,
     const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens,
-    bool need_dslope, std::optional<int64_t> seg_len) {
+    bool need_dslope, const std::optional<Tensor>& kept, std::optional<int64_t> seg_len) {
   guard_qkv(q_, k_, v_);
   const int64_t H = q_.size(1), N = q_.size(2), D = q_.size(3), E = v_.size(3);
   LA_GUARD(dout_.device() == q_.device() && dout_.scalar_type() == q_.scalar_type() &&
@@ -237,14 +249,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);
   const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream, /*moments=*/need_dslope);
   const float* slope_p = ptr_or_null<float>(slope_c);
+  const bool reuse = kept.has_value() && kept->numel() > 0 && !need_dslope;
+  if (reuse)
+    LA_GUARD(pl.multi && pl.sm90 && kept->device() == q_.device() &&
+                 kept->scalar_type() == at::kFloat && kept->is_contiguous() &&
+                 kept->sizes() == at::IntArrayRef({pl.seg.num_segs, H, D, E}),
+             "the forward's kept states do not match this call's plan (got ", kept->sizes(), ")");
 
   // dq_t = scale · do_t S_tᵀ: the forward on (do, v, k) with the transposed initial state
-  // (and the transposed final state's gradient for the d slope terms).
-  const FwdParams pq = fwd_params(dout, v, k, dq, slope_p, (float)scale, ptr_or_null<float>(init),
-                                  /*sd=*/1, /*se=*/E, nullptr, pl, &q,
-                                  need_dslope ? terms.data_ptr<float>() : nullptr,
-                                  ptr_or_null<float>(dfinal));
-  launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream);
+  // (and the transposed final state's gradient for the d slope terms), from the forward's
+  // segment states, transposed, when it kept them.
+  FwdParams pq = fwd_params(dout, v, k, dq, slope_p, (float)scale, ptr_or_null<float>(init),
+                            /*sd=*/1, /*se=*/E, nullptr, pl, &q,
+                            need_dslope ? terms.data_ptr<float>() : nullptr,
+                            ptr_or_null<float>(dfinal));
+  if (reuse) {
+    pq.ws = kept->data_ptr<float>();
+    pq.ws_transposed = true;
+  }
+  launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream, /*states_given=*/reuse);
 
   // dv_t = k_t G_t and dk_t = v_t G_tᵀ on sm_90a: the kernel in reversed time on (k, q, do)
   // with the final state's gradient (its last state is the initial state's gradient) ...
@@ -363,15 +386,16 @@ Tensor la_pool_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor&
 }  // namespace la
 
 // seg_len: a forced segment length (tests take both the single- and multi-segment paths);
-// None plans it from the shape and the device.
+// None plans it from the shape and the device. fwd's third output is what bwd takes as `kept`
+// (la_bwd): its first dimension depends on the device's plan.
 TORCH_LIBRARY(lightning_attention_C, m) {
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, Tensor? slope, float scale, Tensor? initial_state, "
-      "Tensor? cu_seqlens, bool output_final_state, int? seg_len=None) -> (Tensor, Tensor)");
+      "Tensor? cu_seqlens, bool output_final_state, int? seg_len=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "bwd(Tensor dout, Tensor? dfinal_state, Tensor q, Tensor k, Tensor v, Tensor? slope, "
       "float scale, Tensor? initial_state, Tensor? cu_seqlens, bool need_dslope, "
-      "int? seg_len=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? kept=None, int? seg_len=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state, Tensor? slope, float scale) -> Tensor");
   // serving: states in a pool addressed by slot, updated in place
   m.def(

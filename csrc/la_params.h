@@ -51,6 +51,8 @@ struct FwdParams {
   StateRows state_rows;      // rows of state_in and state_out; they may be one pool, updated
                              // in place
   float* ws;                 // per (segment, head) D×E states: local, then incoming
+  bool ws_transposed;        // pass 2 reads ws[segment] as E×D (the dq sweep on the forward's
+                             // incoming states, sm_90a)
   float* ws_local;           // per (segment part, head) local states of pass 1 (sm_90a); ws
                              // itself with one part per segment
   // d slope terms (dq sweep only, on (do, v, k)): terms[b, h, t] = τ_t, the per-token terms

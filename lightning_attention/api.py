@@ -37,8 +37,8 @@ def lightning_attn(q, k, v, slope=None, *, scale=1.0, initial_state=None,
         initial_state = initial_state.contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
-    o, final_state = ops.fwd(q, k, v, slope, initial_state, cu_seqlens, float(scale),
-                             bool(output_final_state), b.name)
+    o, final_state, _ = ops.fwd(q, k, v, slope, initial_state, cu_seqlens, float(scale),
+                                bool(output_final_state), b.name)
     return (o, final_state) if output_final_state else o
 
 

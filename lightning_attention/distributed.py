@@ -100,15 +100,15 @@ class _SequenceParallel(torch.autograd.Function):
         if rank > 0:
             s_in = torch.einsum("ph,pbhde->bhde", _decays(log_decay, before, states.dtype),
                                 states).contiguous()
-        o, _ = ops.fwd(q, k, v, slope, s_in, None, scale, False, backend)
-        ctx.save_for_backward(q, k, v, slope, s_in, log_decay, after)
+        o, _, kept = ops.fwd(q, k, v, slope, s_in, None, scale, False, backend)
+        ctx.save_for_backward(q, k, v, slope, s_in, log_decay, after, kept)
         ctx.scale, ctx.group, ctx.rank, ctx.world, ctx.backend = scale, group, rank, world, backend
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, k, v, slope, s_in, log_decay, after = ctx.saved_tensors
+        q, k, v, slope, s_in, log_decay, after, kept = ctx.saved_tensors
         if ctx.rank == 0:  # nobody before this rank reads its G
             g_loc = _zero_state(q, do)
         else:
@@ -122,7 +122,7 @@ class _SequenceParallel(torch.autograd.Function):
             do = do.contiguous()
         need_dslope = slope is not None and ctx.needs_input_grad[3]
         dq, dk, dv, _, terms = ops.bwd(do, dfinal, q, k, v, slope, s_in, None, ctx.scale,
-                                       need_dslope, ctx.backend)
+                                       need_dslope, kept, ctx.backend)
         dslope = None
         if need_dslope:
             dslope = ops._slope_grad(terms).to(slope.dtype)

@@ -1,5 +1,5 @@
-"""Output allocation: the caller's memory layout (BHND or BNHD), the state dtype, and the
-empty tensor that stands for "no state"."""
+"""Output allocation: the caller's memory layout (BHND or BNHD), the state dtype, the
+empty tensor that stands for "no state", and a forward's `kept` states."""
 import torch
 
 
@@ -21,6 +21,19 @@ def state_dtype(q: torch.Tensor) -> torch.dtype:
 def no_state(like: torch.Tensor) -> torch.Tensor:
     """Custom ops cannot return None: an empty float32 tensor stands for 'no state'."""
     return like.new_empty(0, dtype=torch.float32)
+
+
+def nothing_kept(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The `kept` output of a forward that keeps nothing for its backward: float32
+    (0, H, D, E) (kernels/__init__.py)."""
+    return q.new_empty(0, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
+
+
+def kept_like(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A fake kernel's `kept` output: its first dimension is the backend's plan, known only
+    when the kernels run (a size torch.compile treats as data-dependent)."""
+    n = torch.library.get_ctx().new_dynamic_size()
+    return q.new_empty(n, q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
 
 
 def empty_like_layout(x: torch.Tensor, last_dim: int, dtype=None) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from .dispatch import BACKENDS
-from .layout import empty_like_layout, no_state, num_states, state_dtype
+from .layout import (empty_like_layout, kept_like, no_state, nothing_kept, num_states,
+                     state_dtype)
 
 #: NVTX ranges for every call (read once: the profiler's own switch covers the rest).
 _NVTX = os.environ.get("LIGHTNING_ATTENTION_NVTX") == "1"
@@ -36,16 +37,17 @@ def _is_empty(q: Tensor, v: Tensor) -> bool:
 @torch.library.custom_op("lightning_attention::fwd", mutates_args=())
 def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
         initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], scale: float,
-        output_final_state: bool, backend: str) -> tuple[Tensor, Tensor]:
-    """(o (B, H, N, E) in q's layout, final_state float32 or an empty tensor)."""
+        output_final_state: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(o (B, H, N, E) in q's layout, final_state float32 or an empty tensor, what the
+    backend keeps for the backward: float32 (n, H, D, E), n = 0 for nothing)."""
     if _is_empty(q, v):
         o = empty_like_layout(q, v.shape[-1]).zero_()
         if not output_final_state:
-            return o, no_state(q)
+            return o, no_state(q), nothing_kept(q, v)
         B, H, _, D = q.shape
         state = (initial_state.clone() if initial_state is not None else
                  q.new_zeros(num_states(q, cu_seqlens), H, D, v.shape[-1], dtype=state_dtype(q)))
-        return o, state
+        return o, state, nothing_kept(q, v)
     with _nvtx("fwd", backend, q):
         return BACKENDS[backend].fwd(q, k, v, slope, scale, initial_state, cu_seqlens,
                                      output_final_state)
@@ -54,10 +56,12 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor],
 @fwd.register_fake
 def _(q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, backend):
     o = empty_like_layout(q, v.shape[-1])
-    if not output_final_state:
-        return o, no_state(q)
     H, D, E = q.shape[1], q.shape[3], v.shape[3]
-    return o, q.new_empty(num_states(q, cu_seqlens), H, D, E, dtype=state_dtype(q))
+    kept = kept_like(q, v)
+    if not output_final_state:
+        return o, no_state(q), kept
+    return o, q.new_empty(num_states(q, cu_seqlens), H, D, E, dtype=state_dtype(q)), kept
+
 
 
 # ---------------------------------------------------------------------------- backward
@@ -65,10 +69,11 @@ def _(q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, back
 @torch.library.custom_op("lightning_attention::bwd", mutates_args=())
 def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
         slope: Optional[Tensor], initial_state: Optional[Tensor],
-        cu_seqlens: Optional[Tensor], scale: float, need_dslope: bool, backend: str
-        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        cu_seqlens: Optional[Tensor], scale: float, need_dslope: bool,
+        kept: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv in the layouts of q, k, v; d initial_state, or empty without one;
-    the per-token d slope terms τ (B, H, N) with need_dslope, else empty)."""
+    the per-token d slope terms τ (B, H, N) with need_dslope, else empty). `kept`: the
+    same call's forward's third output, or None."""
     if _is_empty(q, v):
         dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
         terms = q.new_zeros(q.shape[:3], dtype=state_dtype(q)) if need_dslope else no_state(q)
@@ -78,11 +83,12 @@ def bwd(do: Tensor, dfinal_state: Optional[Tensor], q: Tensor, k: Tensor, v: Ten
         return dq, dk, dv, ds0, terms
     with _nvtx("bwd", backend, q):
         return BACKENDS[backend].bwd(do, dfinal_state, q, k, v, slope, scale, initial_state,
-                                     cu_seqlens, need_dslope)
+                                     cu_seqlens, need_dslope, kept)
 
 
 @bwd.register_fake
-def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, need_dslope, backend):
+def _(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens, scale, need_dslope, kept,
+      backend):
     grads = tuple(empty_like_layout(x, x.shape[-1]) for x in (q, k, v))
     ds0 = torch.empty_like(initial_state) if initial_state is not None else no_state(q)
     terms = q.new_empty(q.shape[:3], dtype=state_dtype(q)) if need_dslope else no_state(q)
@@ -97,12 +103,14 @@ def _slope_grad(terms):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, slope, initial_state, cu_seqlens, scale, output_final_state, backend = inputs
-    ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens)
+    kept = output[2]
+    ctx.mark_non_differentiable(kept)
+    ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens, kept)
     ctx.scale, ctx.backend, ctx.output_final_state = scale, backend, output_final_state
 
 
-def _backward(ctx, do, dfinal_state):
-    q, k, v, slope, initial_state, cu_seqlens = ctx.saved_tensors
+def _backward(ctx, do, dfinal_state, _dkept):
+    q, k, v, slope, initial_state, cu_seqlens, kept = ctx.saved_tensors
     if not ctx.output_final_state:
         dfinal_state = None
     elif dfinal_state is not None:
@@ -111,7 +119,7 @@ def _backward(ctx, do, dfinal_state):
         do = do.contiguous()
     need_dslope = slope is not None and ctx.needs_input_grad[3]
     dq, dk, dv, ds0, terms = bwd(do, dfinal_state, q, k, v, slope, initial_state, cu_seqlens,
-                                 ctx.scale, need_dslope, ctx.backend)
+                                 ctx.scale, need_dslope, kept, ctx.backend)
     dslope = None
     if need_dslope:
         dslope = _slope_grad(terms).to(slope.dtype)

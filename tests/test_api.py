@@ -128,7 +128,7 @@ def test_opcheck_bwd_and_decode():
     q, k, v, slope, s0, cu, scale, _, name = _op_args(False)
     do = torch.randn(1, 2, 70, 32)
     torch.library.opcheck(ops.bwd, (do, torch.randn_like(s0), q, k, v, slope, s0, cu, scale,
-                                    True, name))
+                                    True, None, name))
     qd, kd, vd = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     torch.library.opcheck(ops.decode, (qd, kd, vd, s0.clone(), slope, scale, name))
 

@@ -190,6 +190,41 @@ def test_deterministic_backward(need_dslope, D):
 
 @gpu
 @built
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("varlen", [False, True])
+def test_kept_states(D, varlen):
+    """Over several segments on sm_90a the forward keeps each segment's incoming state,
+    (segments, H, D, E), and the dq sweep starts from them, transposed: dq as from a backward
+    that rebuilds them (the same states from another pass: equal up to rounding), the other
+    gradients bitwise; every gradient against the float64 truth in test_backward_fixed_slope
+    and test_long_segments. A kept tensor of another plan is refused; a single segment keeps
+    nothing."""
+    N, H = 2000, 2
+    cu = torch.tensor([0, 100, 100, 1300, 1301, 2000], dtype=torch.int32, device="cuda") \
+        if varlen else None
+    B, S = (1, 5) if varlen else (2, 2)
+    q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    slope = utils.rand_slope(H, "cuda")
+    s0 = utils.rand_state(S, H, D, D, "cuda")
+    assert C.fwd(q, k, v, slope, 1.0, s0, cu, False, seg_len=1 << 20)[2].shape[0] == 0
+    kept = C.fwd(q, k, v, slope, 1.0, s0, cu, False, seg_len=256)[2]
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the forward keeps its states on sm_90a only")
+    assert kept.shape[0] > 1 and kept.shape[1:] == (H, D, D)
+    with_kept = C.bwd(do, None, q, k, v, slope, 0.7, s0, cu, False, kept, seg_len=256)
+    rebuilt = C.bwd(do, None, q, k, v, slope, 0.7, s0, cu, False, None, seg_len=256)
+    dq, dq_rebuilt = with_kept[0].float(), rebuilt[0].float()
+    # bf16 rounding of either (8 bits): a few 2^-9 of the largest |dq| at most
+    assert (dq - dq_rebuilt).abs().max() <= 2e-2 * dq_rebuilt.abs().max()
+    for a, b in zip(with_kept[1:], rebuilt[1:]):  # dk, dv, d initial state: another sweep
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="kept states"):
+        C.bwd(do, None, q, k, v, slope, 0.7, s0, cu, False, kept, seg_len=128)
+
+
+@gpu
+@built
 @pytest.mark.slow
 @pytest.mark.parametrize("decay", [True, False])
 def test_one_million_tokens(decay):
@@ -198,8 +233,8 @@ def test_one_million_tokens(decay):
     N, H, D = 1 << 20, 2, 64
     q, k, v = utils.make_inputs(1, H, N, D, D, dtype=torch.bfloat16, device="cuda")
     slope = torch.tensor([0.001, 2.0], device="cuda") if decay else None
-    o, fs = C.fwd(q, k, v, slope, 1.0, None, None, True)
-    ro, rfs = blocks.fwd(q.float(), k.float(), v.float(), slope, 1.0, None, None, True,
+    o, fs, _ = C.fwd(q, k, v, slope, 1.0, None, None, True)
+    ro, rfs, _ = blocks.fwd(q.float(), k.float(), v.float(), slope, 1.0, None, None, True,
                          block=1024)  # 1K Python steps instead of 16K
     rel = ((o.float() - ro).norm() / ro.norm()).item()
     assert rel < 1e-2, rel

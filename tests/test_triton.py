@@ -114,6 +114,30 @@ def test_cpu_feature_cases(interp, case):
     check(H=2, N=100, D=16, E=16, device=interp, **case)
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_cpu_kept_states(interp, seg, varlen):
+    """Over several segments the forward keeps each segment's incoming state and the
+    backward's dq pass starts from them: the gradients are those of a backward that
+    rebuilds the states (bitwise: the same pass computed them) and the float64 truth's, with
+    a fixed slope (a slope that requires grad rebuilds them with their moments)."""
+    seg(64)
+    cu = [0, 40, 40, 230, 300] if varlen else None
+    B = 1 if varlen else 2
+    q, k, v = utils.make_inputs(B, 2, 300, 32, 16, device=interp)
+    slope = utils.rand_slope(2, interp)
+    s0 = utils.rand_state(4 if varlen else B, 2, 32, 16, interp)
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    do, df = torch.randn_like(v), torch.randn_like(s0)
+    kept = T.fwd(q, k, v, slope, 0.8, s0, cut, True)[2]
+    assert kept.shape[0] > 0 and kept.shape[1:] == (2, 32, 16)
+    with_kept = T.bwd(do, df, q, k, v, slope, 0.8, s0, cut, False, kept)
+    rebuilt = T.bwd(do, df, q, k, v, slope, 0.8, s0, cut, False, None)
+    for a, b in zip(with_kept, rebuilt):
+        assert torch.equal(a, b)
+    check(B=B, H=2, N=300, D=32, E=16, device=interp, cu_seqlens=cu, initial_state=True,
+          final_state=True, scale=0.8, slope_grad=False)
+
+
 @pytest.mark.parametrize("seg_len", [None, 64])
 def test_cpu_varlen(interp, descending, seg, seg_len):
     seg(seg_len)
@@ -155,11 +179,11 @@ def test_cpu_empty(interp):
     """Empty inputs are answered by the op layer (ops.py), before any backend."""
     q, k, v = utils.make_inputs(2, 2, 0, 16, 32)
     s0 = utils.rand_state(2, 2, 16, 32)
-    o, fs = ops.fwd(q, k, v, None, s0, None, 1.0, True, "triton")
+    o, fs, kept = ops.fwd(q, k, v, None, s0, None, 1.0, True, "triton")
     assert o.shape == (2, 2, 0, 32) and torch.equal(fs, s0)
     df = torch.randn_like(s0)
     dq, dk, dv, ds0, terms = ops.bwd(torch.empty_like(o), df, q, k, v, None, s0, None, 1.0, True,
-                                     "triton")
+                                     kept, "triton")
     assert torch.equal(ds0, df) and dq.shape == q.shape and terms.shape == (2, 2, 0)
 
 

@@ -341,8 +341,8 @@ def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
         df = torch.randn_like(s0)
         cut = torch.tensor(cu, dtype=torch.int32, device=device)
         with poisoned():
-            o, fs = mod.fwd(q, k, v, slope, 0.8, s0, cut, True)
-            dq, dk, dv, ds0, terms = mod.bwd(do, df, q, k, v, slope, 0.8, s0, cut, True)
+            o, fs, kept = mod.fwd(q, k, v, slope, 0.8, s0, cut, True)
+            dq, dk, dv, ds0, terms = mod.bwd(do, df, q, k, v, slope, 0.8, s0, cut, True, kept)
         ref = truth(q, k, v, slope, 0.8, s0, cu, do, df)
         base = baseline(q, k, v, slope, 0.8, s0, cu, do, df)
         inside = torch.cat([torch.arange(a, b) for a, b in sequences(cu, N)]).to(device)
@@ -404,13 +404,13 @@ def check_long_sequence(backend, N=256 * 1024, D=64):
     do = torch.randn(1, H, N, D, device="cuda").to(torch.bfloat16)
     df = torch.randn(1, H, D, D, device="cuda")
     with poisoned():
-        o, fs = backend.fwd(q, k, v, slope, 1.0, s0, None, True)
-        grads = backend.bwd(do, df, q, k, v, slope, 1.0, s0, None, False)[:4]
+        o, fs, kept = backend.fwd(q, k, v, slope, 1.0, s0, None, True)
+        grads = backend.bwd(do, df, q, k, v, slope, 1.0, s0, None, False, kept)[:4]
     x64 = [x.double() for x in (q, k, v, do)]
-    ro, rfs = blocks.fwd(*x64[:3], slope.double(), 1.0, s0.double(), None, True, block=256)
+    ro, rfs, _ = blocks.fwd(*x64[:3], slope.double(), 1.0, s0.double(), None, True, block=256)
     rg = blocks.bwd(x64[3], df.double(), *x64[:3], slope.double(), 1.0, s0.double(), None,
                        False, block=256)
-    bo, bfs = blocks.fwd(q, k, v, slope, 1.0, s0, None, True, compute_dtype=torch.bfloat16)
+    bo, bfs, _ = blocks.fwd(q, k, v, slope, 1.0, s0, None, True, compute_dtype=torch.bfloat16)
     bg = blocks.bwd(do, df, q, k, v, slope, 1.0, s0, None, False, compute_dtype=torch.bfloat16)
     assert_close(o, ro, bo, "o")
     assert_close(fs, rfs, bfs, "final_state")

@@ -9,8 +9,8 @@ The kernel interface. Inputs are clean (lightning_attention/checks.py and ops.py
 and dtypes agree, every tensor is on one device, stride(-1) == 1, no dimension is empty.
 
     fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state)
-        -> (o, final_state)
-    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope)
+        -> (o, final_state, kept)
+    bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope, kept)
         -> (dq, dk, dv, dinitial_state, dslope_terms)
     decode(q, k, v, state, slope, scale) -> o          (state updated in place)
     state(a, b, slope, scale, to_end) -> float32 (B, H, D, E)
@@ -27,6 +27,13 @@ and dtypes agree, every tensor is on one device, stride(-1) == 1, no dimension i
 - "No state" is an empty float32 tensor, the form the custom ops return (they cannot return
   None): final_state without output_final_state, dinitial_state without initial_state,
   dslope_terms without need_dslope.
+- kept: what a forward keeps for its backward, float32 (n, H, D, E), n = 0 when nothing
+  (layout.nothing_kept); the same call's bwd takes it back as it is, or None. The cuda and
+  triton backends keep each segment's incoming state when a sequence spans several
+  segments: the dq sweep of the backward (dq_t = scale · do_t S_tᵀ, S_t the forward's state)
+  then starts each segment from it instead of reading k, v once more to rebuild it. n is the
+  backend's plan (device-dependent): one D×E state per segment and head, megabytes where
+  k, v are gigabytes.
 - bwd returns dinitial_state whenever initial_state is given. With need_dslope (slope is not
   None) it returns per-token terms τ, float32 (B, H, N), whose sum over each sequence's tokens
   is that sequence's dL/d log λ (λ = exp(−slope)), its final-state term included; how the

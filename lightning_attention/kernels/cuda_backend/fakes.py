@@ -1,7 +1,7 @@
 """Fake (meta) kernels of the C++ ops, so that torch.compile and opcheck can trace them."""
 import torch
 
-from ...layout import empty_like_layout, no_state, num_states
+from ...layout import empty_like_layout, kept_like, no_state, num_states
 
 
 def _state(q, v, cu_seqlens):
@@ -12,12 +12,13 @@ def _state(q, v, cu_seqlens):
 @torch.library.register_fake("lightning_attention_C::fwd")
 def _fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, seg_len=None):
     o = empty_like_layout(q, v.shape[-1])
-    return o, _state(q, v, cu_seqlens) if output_final_state else no_state(q)
+    final = _state(q, v, cu_seqlens) if output_final_state else no_state(q)
+    return o, final, kept_like(q, v)
 
 
 @torch.library.register_fake("lightning_attention_C::bwd")
 def _bwd(dout, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope,
-         seg_len=None):
+         kept=None, seg_len=None):
     dq, dk, dv = (empty_like_layout(x, x.shape[-1]) for x in (q, k, v))
     ds0 = _state(q, v, cu_seqlens) if initial_state is not None else no_state(q)
     terms = q.new_empty(q.shape[:3], dtype=torch.float32) if need_dslope else no_state(q)

@@ -8,7 +8,7 @@ yardstick of the tests.
 import torch
 
 from ... import config
-from ...layout import empty_like_layout, no_state, num_states, state_dtype
+from ...layout import empty_like_layout, no_state, nothing_kept, num_states, state_dtype
 from ...reference import decay_rate, seq_bounds
 
 
@@ -130,11 +130,12 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state, *,
     for t, b in parts:
         o[:, :, t], final[b] = _chunk_fwd(q[:, :, t], k[:, :, t], v[:, :, t], s, scale, s0[b],
                                           cdt, block)
-    return o, (final if output_final_state else no_state(q))
+    return o, (final if output_final_state else no_state(q)), nothing_kept(q, v)
 
 
-def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope, *,
-        compute_dtype=None, block=config.TORCH_BLOCK):
+def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope,
+        kept=None, *, compute_dtype=None, block=config.TORCH_BLOCK):
+    """`kept` is unused: this backend's forward keeps nothing."""
     acc, s, s0, cdt, parts = _setup(q, v, slope, initial_state, cu_seqlens, compute_dtype)
     dq, dk, dv = (empty_like_layout(x, x.shape[-1]).zero_() for x in (q, k, v))
     ds = dfinal_state.to(acc) if dfinal_state is not None else torch.zeros_like(s0)

@@ -18,7 +18,7 @@ def pool_prefill(q, k, v, slope, scale, cu_seqlens, state_pool, slots, has_state
     if has_state is not None:
         keep = has_state[pos]
         init[pos[keep]] = state_pool[rows[keep]]
-    o, final = blocks.fwd(q, k, v, slope, scale, init, cu_seqlens, True)
+    o, final, _ = blocks.fwd(q, k, v, slope, scale, init, cu_seqlens, True)
     state_pool[rows] = final[pos]
     return o
 

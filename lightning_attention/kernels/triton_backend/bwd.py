@@ -126,7 +126,8 @@ def _seg_dkdv_kernel(
 _seg_dkdv_kernel = kernel(_seg_dkdv_kernel)
 
 
-def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope):
+def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need_dslope,
+        kept=None):
     B, H, N, K = q.shape
     V = v.shape[-1]
     dq = empty_like_layout(q, K)
@@ -140,10 +141,14 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
     NVT = triton.cdiv(V, BV)
     table = F.make_table(q, cu_seqlens, NVT)
 
-    # dq: the forward's pass 2 on (do, v, k) with the forward states transposed
-    # (and the state part of the d slope terms, from the states' moments)
+    # dq: the forward's pass 2 on (do, v, k) with the forward states transposed, those the
+    # forward kept when it did (and the state part of the d slope terms, from the states'
+    # moments, which only this pass computes)
     fstates = moments = None
-    if not table.single:
+    if not table.single and kept is not None and kept.shape[0] > 0 and not need_dslope:
+        assert kept.shape == (table.G, H, K, V), "kept states of another plan"
+        fstates = kept
+    elif not table.single:
         fstates = F.seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec,
                                moment=need_dslope)
         if need_dslope:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...layout import empty_like_layout, no_state, num_states
+from ...layout import empty_like_layout, no_state, nothing_kept, num_states
 from . import _common as C
 from ._common import kernel
 
@@ -471,6 +471,7 @@ def make_table(q, cu_seqlens, n_streams_extra=1):
 
 
 def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
+    """Keeps the segments' incoming states (seg_states) for the backward's dq pass."""
     B, H, N, K = q.shape
     V = v.shape[-1]
     o = empty_like_layout(q, V)
@@ -485,7 +486,7 @@ def fwd(q, k, v, slope, scale, initial_state, cu_seqlens, output_final_state):
         states = seg_states(k, v, slope, 1.0, initial_state, table, H, K, V, False, prec)
     seg_out(q, k, v, o, slope, scale, initial_state, states,
             final if output_final_state else None, table, H, K, V, False, prec)
-    return o, final
+    return o, final, (states if states is not None else nothing_kept(q, v))
 
 
 def pool_prefill(q, k, v, slope, scale, cu_seqlens, state_pool, slots, has_state):
