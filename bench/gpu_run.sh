@@ -15,6 +15,10 @@ set -u
 export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
 export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0a}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+# The system compiler, not the image's default /opt/gcc/bin/g++: an extension linked by that one
+# has no libstdc++ among its shared libraries (ldd), and every failing TORCH_CHECK in it (ours
+# or a minimal load_inline module's) ends the process with a segfault instead of a RuntimeError.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"; fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
