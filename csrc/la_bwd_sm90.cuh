@@ -32,6 +32,12 @@
 // are a full block's in every block (a partial block's rows from n on are zero already).
 // Measured: fwd+bwd 3.5-5% faster at D = 128; at D = 64 (one consumer, two CTAs per SM) 14%
 // fewer instructions a block made it 1-2% slower at 16K-64K, so D = 64 keeps the plain path.
+//
+// kSplit (D = 128, behind LIGHTNING_ATTENTION_SM90_SPLIT_RING=1, not measured yet): each stage's
+// Q, K and its V, dO land behind their own barriers. K Qᵀ of block c + 1, issued late in block
+// c, then waits for Q and K only (loaded first), and V, dO are waited for at their first use in
+// block c + 1: ncu found the consumers waiting on the ring a third of the time with the stage
+// freed only at the end of block c − 1.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -76,7 +82,7 @@ struct Sm90BwdTraits {
   static constexpr int kStageBytes = 4 * kTileBytes;   // Q, K, V, dO
   static constexpr int kSliceBytes = HD * 64 * 2;      // a consumer's (D, 64) slice of the H copy
   static constexpr int kCopyBytes = kConsumers * kSliceBytes;
-  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kBarrierBytes = sm90::Ring<kStages, 2>::kBarrierBytes;  // either ring
   // stages | 2 copies of H | per consumer the dV and dK output boxes | barriers; 1 KiB of
   // slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
   static constexpr int kSmem = kStages * kStageBytes + 2 * kCopyBytes + kConsumers * 2 * kBoxBytes +
@@ -85,7 +91,7 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD, bool kLean = HD == 128>
+template <typename T, int HD, bool kLean = HD == 128, bool kSplit = false>
 __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
@@ -110,7 +116,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
   const uint32_t copies = base + kStages * Tr::kStageBytes;
   const uint32_t staging = copies + 2 * Tr::kCopyBytes;
   const uint32_t bars = staging + Tr::kConsumers * 2 * Tr::kBoxBytes;
-  const Ring<kStages> ring{bars};
+  const Ring<kStages, kSplit ? 2 : 1> ring{bars};
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
 
   const int tid = threadIdx.x;
@@ -125,7 +131,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
     if (tid == 0) {  // blocks in reversed order; tiles kQ, kK, kV, kDO
       const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v, &tm_do};
       ring.template produce<Tr::kBoxes>(maps, nblk, /*reverse=*/true, (int)rows.tok0, h,
-                                        (int)rows.batch, tile);
+                                        (int)rows.batch, tile);  // kSplit: (Q, K), (V, dO)
     }
     return;
   }
@@ -187,6 +193,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
   float p_acc[32];
   if (nblk > 0) {
     mbar_wait(ring.full(0), 0);
+    if constexpr (kSplit) mbar_wait(ring.full(0, 1), 0);
     const int n = si.len - (nblk - 1) * 64;
     if (n < 64) {
       zero_rows(tile(0, kQ) + w * Tr::kBoxBytes, n, t);
@@ -223,6 +230,9 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
       masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
+    // kSplit: the block's V and dO (their group of the stage) from here on; its Q and K were
+    // waited for when K Qᵀ was issued
+    if constexpr (kSplit) mbar_wait(ring.full(s, 1), (c / kStages) & 1);
     wgmma_fence();
     // kLean: each k step's descriptor by desc_add from the first one
 #pragma unroll
@@ -296,7 +306,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
     const bool next = c + 1 < nblk;
     if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
       const int s1 = (c + 1) % kStages;
-      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
+      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);  // kSplit: its Q and K only
       wgmma_fence();
       issue_qk<T, HD, 8192, kLean>(p_acc, tile(s1, kK), tile(s1, kQ));
       wgmma_commit();
@@ -354,6 +364,8 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
   using Tr = Sm90BwdTraits<T, HD>;
   auto kernel = la_bwd_sm90_kernel<T, HD>;
+  if constexpr (HD == 128)
+    if (sm90_split_ring()) kernel = la_bwd_sm90_kernel<T, HD, true, true>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }

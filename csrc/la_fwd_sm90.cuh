@@ -63,7 +63,7 @@ struct Sm90FwdTraits {
   static constexpr int kStateCopies = kShareP ? 1 : 2;
   static constexpr int kPBoxes = kShareP ? 2 : 0;          // the published P, by block parity
   static constexpr int kWBoxes = kWeightV ? kConsumers : 0;  // each consumer's weighted V_w
-  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kBarrierBytes = sm90::Ring<kStages>::kBarrierBytes;
   // kTerms, per block parity: each consumer's 64 row partials, then its warps' shares of the
   // block's first-token and last-token terms (4 + 4)
   static constexpr int kRedFloats = kConsumers * (64 + 8);

@@ -90,19 +90,27 @@ __device__ __forceinline__ void bulk_wait_all() {
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
-// The TMA ring of a warp-specialised kernel: kStages stages, each with a `full` barrier (the
-// producer's one arrival with the stage's byte count) and an `empty` one (the consumers'
-// `releasers` arrivals free the stage). `bars` holds full[kStages], then empty[kStages].
-template <int kStages>
+// The TMA ring of a warp-specialised kernel: kStages stages, each with kGroups `full` barriers
+// (the producer's one arrival with the byte count of a group of the stage's tiles: maps
+// [g·kMaps/kGroups, (g+1)·kMaps/kGroups), loaded in that order, so a consumer can start on the
+// first group while the next lands) and an `empty` one (the consumers' `releasers` arrivals
+// free the stage). `bars` holds full[kGroups][kStages], then empty[kStages].
+template <int kStages, int kGroups = 1>
 struct Ring {
+  static constexpr int kBarrierBytes = 8 * (kGroups + 1) * kStages;
   uint32_t bars;
-  __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
-  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kStages + s); }
+  __device__ __forceinline__ uint32_t full(int s, int g = 0) const {
+    return bars + 8 * (g * kStages + s);
+  }
+  __device__ __forceinline__ uint32_t empty(int s) const {
+    return bars + 8 * (kGroups * kStages + s);
+  }
   // Thread 0 initialises the barriers; every thread of the CTA calls it (it synchronises).
   __device__ __forceinline__ void init(int releasers) const {
     if (threadIdx.x == 0) {
       for (int s = 0; s < kStages; ++s) {
-        mbar_init(full(s), 1);
+#pragma unroll
+        for (int g = 0; g < kGroups; ++g) mbar_init(full(s, g), 1);
         mbar_init(empty(s), releasers);
       }
       fence_barrier_init();
@@ -117,19 +125,24 @@ struct Ring {
   __device__ __forceinline__ void produce(const CUtensorMap* const (&maps)[kMaps], int nblk,
                                           bool reverse, int tok0, int h, int b,
                                           Tile&& tile) const {
+    static_assert(kMaps % kGroups == 0, "a whole number of maps per group");
+    constexpr int kGroupMaps = kMaps / kGroups;
     constexpr uint32_t kBoxBytes = 64 * 64 * 2;
 #pragma unroll
     for (int i = 0; i < kMaps; ++i) tma_prefetch_desc(maps[i]);
     for (int c = 0; c < nblk; ++c) {
       const int s = c % kStages;
       if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
-      mbar_expect_tx(full(s), kMaps * kBoxes * kBoxBytes);
       const int tok = tok0 + (reverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
-      for (int x = 0; x < kBoxes; ++x)
+      for (int g = 0; g < kGroups; ++g) {
+        mbar_expect_tx(full(s, g), kGroupMaps * kBoxes * kBoxBytes);
 #pragma unroll
-        for (int i = 0; i < kMaps; ++i)
-          tma_load_4d(tile(s, i) + x * kBoxBytes, maps[i], full(s), x * 64, tok, h, b);
+        for (int x = 0; x < kBoxes; ++x)
+#pragma unroll
+          for (int i = g * kGroupMaps; i < (g + 1) * kGroupMaps; ++i)
+            tma_load_4d(tile(s, i) + x * kBoxBytes, maps[i], full(s, g), x * 64, tok, h, b);
+      }
     }
   }
 };

@@ -35,7 +35,7 @@ struct Sm90StateTraits {
   static constexpr int kGroup = 4;                          // full blocks per loop iteration
   static constexpr int kStageBytes = 2 * Fwd::kTileBytes;   // K, V
   static constexpr int kStages = HD == 128 ? 7 : 6;
-  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kBarrierBytes = sm90::Ring<kStages>::kBarrierBytes;
   static constexpr int kSmem = kStages * kStageBytes + kBarrierBytes + 1024;  // 1 KiB: alignment
   static_assert(kStages > kGroup, "a group's stages and the next loads");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
