@@ -3,7 +3,8 @@
 # run the GPU tests and the sanitizer, check the SASS; logs under $OUT, a short summary last.
 #   bash bench/gpu_run.sh                 (peers join when .whl/ travels with the call)
 # Switches: SKIP_BENCH=1, SKIP_TESTS=1, FAST=1 (tests without the long sequences: -m "not slow"),
-#           SKIP_SANITIZE=1, MMA=1 (the mma.sync kernels of sm_80 builds on this card too:
+#           TESTS=tests/test_cuda.py (a part of the suite), SKIP_SANITIZE=1,
+#           MMA=1 (the mma.sync kernels of sm_80 builds on this card too:
 #           test_cuda.py without the long sequences, LIGHTNING_ATTENTION_SM90=0),
 #           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/),
 #           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
@@ -54,7 +55,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   # -v: one line per finished test, so a run cut by the timeout still names its failures;
   # SIGINT on timeout: pytest stops and still prints the durations
   timeout -s INT -k 30 ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -n ${WORKERS:-16} --durations=${DURATIONS:-15} \
-    ${FAST:+-m "not slow"} tests > $OUT/test.log 2>&1
+    ${FAST:+-m "not slow"} ${TESTS:-tests} > $OUT/test.log 2>&1
   echo "pytest rc=$? in $(( $(date +%s) - t0 )) s"; grep -E " (FAILED|ERROR) " $OUT/test.log | head -20
   grep -E "^(=+ )?[0-9]+ (passed|failed)" $OUT/test.log | tail -2
   grep -A16 "slowest.*durations" $OUT/test.log | tail -15
