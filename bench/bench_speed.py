@@ -11,7 +11,9 @@ For every N (B = tokens / N): median ms of the forward and of forward+backward, 
 the ratio to the memory floor (each input read once, each output written once, at the copy
 rate measured in the same run) and the peak memory beyond the inputs. Peers join when
 importable: lightning-attn 0.0.5 (`lightning_attn2`), fla-core (`chunk_simple_gla`),
-and PyTorch SDPA causal softmax attention. Prints a table, writes JSON.
+and PyTorch SDPA causal softmax attention. Prints a table, writes JSON. On a GPU each row
+ends with the card's SM clock, temperature and power after it, where pynvml (nvidia-ml-py)
+is importable.
 """
 import argparse
 import json
@@ -118,6 +120,17 @@ def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd, dslope=False):
     return res
 
 
+def gpu_state():
+    """The card's SM clock (MHz), temperature (C) and power (W) now, through NVML where it
+    is importable (pynvml, from nvidia-ml-py), else {}: a shape that reads slower in one run
+    than in another can be told apart from a card that slowed down."""
+    try:
+        return {"sm_clock_mhz": torch.cuda.clock_rate(), "temperature_c": torch.cuda.temperature(),
+                "power_w": torch.cuda.power_draw() / 1000}
+    except Exception:  # no pynvml, or NVML unavailable
+        return {}
+
+
 def decode_table(args, device, names):
     """One decode step per backend: the float32 state is read and written once, so the
     floor is a copy of the state's bytes."""
@@ -207,6 +220,8 @@ def main(argv=None):
             except Exception as e:  # a peer that cannot run this shape: note it, go on
                 r = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
             r.update(impl=name, N=N, B=B)
+            if device.type == "cuda":
+                r.update(gpu_state())
             if "fwd_ms" in r:
                 r["tokens_per_s"] = B * N / ((r.get("fwdbwd_ms") or r["fwd_ms"]) * 1e-3)
                 if rate:  # fwd: q, k, v, o; bwd: q, k, v, do, dq, dk, dv
@@ -274,7 +289,9 @@ def format_row(r):
     return (f"{r['impl']:<28}{r['N']:>7}{r['B']:>5}{cell('fwd_ms', '.3f'):>9}"
             f"{cell('fwdbwd_ms', '.3f'):>9}{r['tokens_per_s'] / 1e6:>9.1f}"
             f"{cell('fwd_floor_x', '.2f'):>10}{cell('fwdbwd_floor_x', '.2f'):>10}"
-            f"{cell('extra_mb', '.0f'):>10}")
+            f"{cell('extra_mb', '.0f'):>10}"
+            + (f"  {r['sm_clock_mhz']} MHz {r['temperature_c']} C {r['power_w']:.0f} W"
+               if "sm_clock_mhz" in r else ""))
 
 
 if __name__ == "__main__":
