@@ -36,8 +36,9 @@
 // kSplit (D = 128, behind LIGHTNING_ATTENTION_SM90_SPLIT_RING=1, not measured yet): each stage's
 // Q, K and its V, dO land behind their own barriers. K Qᵀ of block c + 1, issued late in block
 // c, then waits for Q and K only (loaded first), and V, dO are waited for at their first use in
-// block c + 1: ncu found the consumers waiting on the ring a third of the time with the stage
-// freed only at the end of block c − 1.
+// block c + 1. Why: ncu puts a third of the consumers' cycles between instructions on an L1TEX
+// scoreboard, and on a full block's path the only such waits are the ring's (the stage of
+// block c + 1 is refilled only once block c − 1 has ended).
 #pragma once
 
 #include "la_fwd_sm90.cuh"
