@@ -36,9 +36,11 @@
 // kSplit (D = 128, behind LIGHTNING_ATTENTION_SM90_SPLIT_RING=1, not measured yet): each stage's
 // Q, K and its V, dO land behind their own barriers. K Qᵀ of block c + 1, issued late in block
 // c, then waits for Q and K only (loaded first), and V, dO are waited for at their first use in
-// block c + 1. Why: ncu puts a third of the consumers' cycles between instructions on an L1TEX
-// scoreboard, and on a full block's path the only such waits are the ring's (the stage of
-// block c + 1 is refilled only once block c − 1 has ended).
+// block c + 1; each consumer frees a stage as soon as its last product reading it is done,
+// before the block's epilogue rather than after it. Why: ncu puts a third of the consumers'
+// cycles between instructions on an L1TEX scoreboard, and on a full block's path the only
+// such waits are the ring's (the stage of block c + 1 was refilled only once block c − 1 had
+// ended, epilogue included).
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -315,6 +317,9 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
     } else {
       wgmma_wait<0>();
     }
+    // kSplit: stage s is free here, its last readers (the products with Q_w and the H update)
+    // done; the producer may refill it during the epilogue below
+    if (kSplit && t == 0) mbar_arrive(ring.empty(s));
     fence_regs(dk_acc);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
@@ -337,7 +342,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
         tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
         bulk_commit();
       }
-      mbar_arrive(ring.empty(s));
+      if (!kSplit) mbar_arrive(ring.empty(s));
     }
     // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
     // must not cross the loop's back edge (the compiler would copy it there and serialise
