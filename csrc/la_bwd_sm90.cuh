@@ -319,7 +319,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
     }
     // kSplit: stage s is free here, its last readers (the products with Q_w and the H update)
     // done; the producer may refill it during the epilogue below
-    if (kSplit && t == 0) mbar_arrive(ring.empty(s));
+    if constexpr (kSplit)
+      if (t == 0) mbar_arrive(ring.empty(s));
     fence_regs(dk_acc);
 #pragma unroll
     for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
@@ -342,7 +343,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
         tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
         bulk_commit();
       }
-      if (!kSplit) mbar_arrive(ring.empty(s));
+      if constexpr (!kSplit) mbar_arrive(ring.empty(s));
     }
     // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
     // must not cross the loop's back edge (the compiler would copy it there and serialise
@@ -371,7 +372,7 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   using Tr = Sm90BwdTraits<T, HD>;
   auto kernel = la_bwd_sm90_kernel<T, HD>;
   if constexpr (HD == 128)
-    if (sm90_split_ring()) kernel = la_bwd_sm90_kernel<T, HD, true, true>;
+    if (sm90_split_ring()) kernel = la_bwd_sm90_kernel<T, HD, /*kLean=*/true, /*kSplit=*/true>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }
