@@ -12,13 +12,15 @@ the ratio to the memory floor (each input read once, each output written once, a
 rate measured in the same run) and the peak memory beyond the inputs. Peers join when
 importable: lightning-attn 0.0.5 (`lightning_attn2`), fla-core (`chunk_simple_gla`),
 and PyTorch SDPA causal softmax attention. Prints a table, writes JSON. On a GPU each row
-ends with the card's SM clock, temperature and power after it, where pynvml (nvidia-ml-py)
-is importable.
+ends with the card's SM clock, temperature and power while it ran (medians of samples taken
+during the timed calls), where pynvml (nvidia-ml-py) is importable.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import threading
 import time
 
 import torch
@@ -120,15 +122,44 @@ def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd, dslope=False):
     return res
 
 
-def gpu_state():
-    """The card's SM clock (MHz), temperature (C) and power (W) now, through NVML where it
-    is importable (pynvml, from nvidia-ml-py), else {}: a shape that reads slower in one run
-    than in another can be told apart from a card that slowed down."""
-    try:
-        return {"sm_clock_mhz": torch.cuda.clock_rate(), "temperature_c": torch.cuda.temperature(),
-                "power_w": torch.cuda.power_draw() / 1000}
-    except Exception:  # no pynvml, or NVML unavailable
-        return {}
+class GpuSampler:
+    """The card's SM clock (MHz), temperature (C) and power (W), read through NVML (pynvml,
+    from nvidia-ml-py) every 10 ms on a thread while the `with` block runs; `summary()` gives
+    their medians ({} where pynvml or NVML is missing). Read during the timed calls, not after
+    them: a shape that reads slower in one run than in another can be told apart from a card
+    that clocked down (power cap, heat) while running it."""
+
+    def __init__(self, period_s=0.01):
+        self.period_s, self.samples = period_s, []
+        self._stop = threading.Event()
+
+    def _read(self):
+        return (torch.cuda.clock_rate(), torch.cuda.temperature(), torch.cuda.power_draw() / 1000)
+
+    def _run(self):
+        while not self._stop.wait(self.period_s):
+            self.samples.append(self._read())
+
+    def __enter__(self):
+        try:
+            self._read()
+        except Exception:  # no pynvml, or NVML unavailable
+            self._thread = None
+            return self
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def summary(self):
+        if not self.samples:
+            return {}
+        clock, temp, power = (statistics.median(x) for x in zip(*self.samples))
+        return {"sm_clock_mhz": round(clock), "temperature_c": round(temp), "power_w": power}
 
 
 def decode_table(args, device, names):
@@ -214,14 +245,14 @@ def main(argv=None):
         B = max(1, args.tokens // N)
         tensor_bytes = B * N * H * D * elt
         for name, impl in impls.items():
+            sampler = GpuSampler()
             try:
-                r = measure(impl, B, H, N, D, D, dtype, device, bench, not args.fwd_only,
-                            args.dslope)
+                with sampler if device.type == "cuda" else contextlib.nullcontext():
+                    r = measure(impl, B, H, N, D, D, dtype, device, bench, not args.fwd_only,
+                                args.dslope)
             except Exception as e:  # a peer that cannot run this shape: note it, go on
                 r = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
-            r.update(impl=name, N=N, B=B)
-            if device.type == "cuda":
-                r.update(gpu_state())
+            r.update(impl=name, N=N, B=B, **sampler.summary())
             if "fwd_ms" in r:
                 r["tokens_per_s"] = B * N / ((r.get("fwdbwd_ms") or r["fwd_ms"]) * 1e-3)
                 if rate:  # fwd: q, k, v, o; bwd: q, k, v, do, dq, dk, dv

@@ -4,8 +4,7 @@
     compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
-LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both
-(and LIGHTNING_ATTENTION_SM90_SPLIT_RING=1 for the fused kernel's split-ring variant).
+LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
 On sm_90a the segments of 7 blocks take pass 1 in two parts, and the d slope cases' dq sweep
 runs on the sm_90a kernels (pass 1 with the moments, pass 2 with the terms); with
 LIGHTNING_ATTENTION_SM90=0 every case runs the mma.sync kernels of the sm_80 build.

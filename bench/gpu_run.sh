@@ -4,6 +4,7 @@
 #   bash bench/gpu_run.sh                 (peers join when .whl/ travels with the call)
 # Switches: SKIP_BENCH=1, SKIP_TESTS=1, FAST=1 (tests without the long sequences: -m "not slow"),
 #           TESTS=tests/test_cuda.py (a part of the suite), SKIP_SANITIZE=1,
+#           SPEED_ARGS="--n 1024 65536" (bench_speed.py arguments beside the peers),
 #           MMA=1 (the mma.sync kernels of sm_80 builds on this card too:
 #           test_cuda.py without the long sequences, LIGHTNING_ATTENTION_SM90=0),
 #           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/),
@@ -44,7 +45,7 @@ if [ -n "${AB:-}" ]; then
   done
   export "$AB"
 elif [ -z "${SKIP_BENCH:-}" ]; then
-  timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py --json $OUT/speed.json > $OUT/speed.log 2>&1
+  timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py ${SPEED_ARGS:-} --json $OUT/speed.json > $OUT/speed.log 2>&1
   echo "bench rc=$?"
   timeout 40 python3 bench/bench_speed.py --decode --json $OUT/decode.json > $OUT/decode.log 2>&1
 fi

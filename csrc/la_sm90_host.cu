@@ -84,12 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The fused dk/dv kernel at D = 128 with each stage's (Q, K) and (V, dO) behind their own
-// barriers (la_bwd_sm90.cuh, kSplit) when LIGHTNING_ATTENTION_SM90_SPLIT_RING=1 (read once; a
-// candidate, not measured yet).
-bool sm90_split_ring() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_SPLIT_RING", false);
-  return on;
-}
-
 }  // namespace la

@@ -193,6 +193,15 @@ def baseline(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None
     return plain(q, k, v, slope, scale, initial_state, cu_seqlens, do, dfinal)
 
 
+#: assert_close's factor for a float32 state (or its gradient) summed from products of 16-bit
+#: operands. Such a state adds hundreds of roundings of weighted keys, values or queries, and
+#: the kernels round other weighted operands than the baseline (weights relative to a block's
+#: end, not the sequence's): over 25 draws per case on the H200 (final states of 1,299 tokens,
+#: fp16 and bf16, D = 64 and 128) the kernel's largest error was 0.9-1.1x the baseline's in the
+#: median and up to 1.9x, and 2.4x in one draw of a whole suite run.
+STATE_FACTOR = 3.0
+
+
 def max_err(x, ref):
     return (x.detach().double() - ref).abs().max().item() if ref.numel() else 0.0
 
@@ -293,7 +302,7 @@ def check_backend(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, d
     assert_close(o, ref[0], base[0], "o", factor)
     if final_state:
         assert fs.dtype == acc_dtype(dtype)
-        assert_close(fs, ref[1], base[1], "final_state", factor)
+        assert_close(fs, ref[1], base[1], "final_state", max(factor, STATE_FACTOR))
     if not grads:
         return
     for name, leaf, r, b in zip(("dq", "dk", "dv", "dslope", "dinitial_state"),
@@ -350,8 +359,9 @@ def check_malformed(mod, device="cpu", dtype=torch.float32, N=100, D=16, E=32):
         for name, x, r, b in zip(("o", "dq", "dk", "dv"), (o, dq, dk, dv),
                                  [ref[0], *ref[2][:3]], [base[0], *base[2][:3]]):
             assert_close(rows(x), rows(r), rows(b), f"cu_seqlens={cu}: {name}")
-        assert_close(fs, ref[1], base[1], f"cu_seqlens={cu}: final_state")
-        assert_close(ds0, ref[2][4], base[2][4], f"cu_seqlens={cu}: dinitial_state")
+        assert_close(fs, ref[1], base[1], f"cu_seqlens={cu}: final_state", STATE_FACTOR)
+        assert_close(ds0, ref[2][4], base[2][4], f"cu_seqlens={cu}: dinitial_state",
+                     STATE_FACTOR)
         # the terms of the tokens inside the sequences add up to d log λ
         assert_dslope(-rows(terms).double().sum(dim=(0, 2)), ref[2][3], dtype,
                       f"cu_seqlens={cu}: d slope", base=base[2][3])
@@ -387,9 +397,9 @@ def check_state(backend, *, B=2, H=3, N=65, D=32, E=48, dtype=torch.float32, dev
     mod = dispatch.BACKENDS[backend]
     st = mod.state(k, v, slope, 1.0, True)
     assert st.dtype == torch.float32
-    assert_close(st, ref_final, base_final, f"{backend} state (k, v)")
+    assert_close(st, ref_final, base_final, f"{backend} state (k, v)", STATE_FACTOR)
     assert_close(mod.state(q, do, slope, scale, False), ref_g[4], base_g[4],
-                 f"{backend} state (q, do)")
+                 f"{backend} state (q, do)", STATE_FACTOR)
 
 
 def check_long_sequence(backend, N=256 * 1024, D=64):
@@ -413,6 +423,6 @@ def check_long_sequence(backend, N=256 * 1024, D=64):
     bo, bfs, _ = blocks.fwd(q, k, v, slope, 1.0, s0, None, True, compute_dtype=torch.bfloat16)
     bg = blocks.bwd(do, df, q, k, v, slope, 1.0, s0, None, False, compute_dtype=torch.bfloat16)
     assert_close(o, ro, bo, "o")
-    assert_close(fs, rfs, bfs, "final_state")
+    assert_close(fs, rfs, bfs, "final_state", STATE_FACTOR)
     for name, a, r, b in zip(("dq", "dk", "dv", "dinitial_state"), grads, rg, bg):
         assert_close(a, r, b, name)
