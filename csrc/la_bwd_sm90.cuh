@@ -113,6 +113,12 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
   enum { kQ, kK, kV, kDO };  // tiles of a stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
+  const int g = blockIdx.x, h = blockIdx.y;
+  const SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  const bool first_seg = si.seg == si.nseg - 1;  // processed first: takes d final_state
+  const bool last_seg = si.seg == 0;             // gives d initial_state
+
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t copies = base + kStages * Tr::kStageBytes;
   const uint32_t staging = copies + 2 * Tr::kCopyBytes;
@@ -122,27 +128,17 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
 
   const int tid = threadIdx.x;
   ring.init(Tr::kConsumers);
+
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
   const int wg = tid / 128;
-  // The CTA's items (segment g of head h, item = g + num_segs · h) as in la_fwd_sm90_kernel:
-  // blockIdx.x, then every gridDim.x-th, the ring running on across them (c0: its blocks
-  // before the item's first).
-  const int items = p.seg.num_segs * p.seg.H;
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Tr::kProducerRegs>();
     if (tid == 0) {  // blocks in reversed order; tiles kQ, kK, kV, kDO
       const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v, &tm_do};
-      int c0 = 0;
-      for (int item = blockIdx.x; item < items; item += gridDim.x) {
-        const int g = item % p.seg.num_segs, h = item / p.seg.num_segs;
-        const SegInfo si = get_seg(p.seg, g);
-        if (!si.valid) continue;
-        const int nblk = (si.len + 63) / 64;
-        const SegRows rows = seg_rows(p.seg, si, h);
-        ring.template produce<Tr::kBoxes>(maps, nblk, /*reverse=*/true, (int)rows.tok0, h,
-                                          (int)rows.batch, tile, c0);  // kSplit: (Q, K), (V, dO)
-        c0 += nblk;
-      }
+      ring.template produce<Tr::kBoxes>(maps, nblk, /*reverse=*/true, (int)rows.tok0, h,
+                                        (int)rows.batch, tile);  // kSplit: (Q, K), (V, dO)
     }
     return;
   }
@@ -162,228 +158,208 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
   constexpr int kAll = 128 * Tr::kConsumers;
   const uint32_t slice = wu * Tr::kSliceBytes;  // this consumer's columns of E in an H copy
   const uint32_t dv_box = staging + wu * 2 * Tr::kBoxBytes, dk_box = dv_box + Tr::kBoxBytes;
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
+  BlockDecay<true> dec;
+  dec.init(nl2, p.scale, r0, tq);
+  // kLean: a full block's masks as factors. The triangle of Mᵀ (key j kept where j >= row) is
+  // the same in every full block, so its zeros go into the factors once here and a full
+  // block's P ⊙ M is one multiply per element (full_frags): the kept elements get the same
+  // factor and the same rounding as masked_frags', the others 0 (p · 0, p finite: a full
+  // block's rows are all the sequence's own tokens) instead of a selected 0. A partial block
+  // still selects (masked_frags only reads the factors of kept elements). And the weights of
+  // the H update's keys in a full block, once.
+  float wfull[4];
+  if constexpr (kLean) {
+#pragma unroll
+    for (int e = 0; e < 32; ++e)
+      if (8 * (e >> 2) + 2 * tq + (e & 1) < r0 + ((e & 2) ? 8 : 0)) dec.mask[e] = 0.f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) wfull[q] = Decay<true>::key(nl2, p.scale, (t >> 3) + 16 * q, 64);
+  }
 
-  // One item, its blocks from the ring's c0-th on; returns how many it took.
-  auto consume = [&](int item, int c0) -> int {
-    const int g = item % p.seg.num_segs, h = item / p.seg.num_segs;
-    const SegInfo si = get_seg(p.seg, g);
-    if (!si.valid) return 0;
-    const bool first_seg = si.seg == si.nseg - 1;  // processed first: takes d final_state
-    const bool last_seg = si.seg == 0;             // gives d initial_state
-    const int nblk = (si.len + 63) / 64;
-    const SegRows rows = seg_rows(p.seg, si, h);
-    const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
-    BlockDecay<true> dec;
-    dec.init(nl2, p.scale, r0, tq);
-    // kLean: a full block's masks as factors. The triangle of Mᵀ (key j kept where j >= row) is
-    // the same in every full block, so its zeros go into the factors once here and a full
-    // block's P ⊙ M is one multiply per element (full_frags): the kept elements get the same
-    // factor and the same rounding as masked_frags', the others 0 (p · 0, p finite: a full
-    // block's rows are all the sequence's own tokens) instead of a selected 0. A partial block
-    // still selects (masked_frags only reads the factors of kept elements). And the weights of
-    // the H update's keys in a full block, once.
-    float wfull[4];
-    if constexpr (kLean) {
-#pragma unroll
-      for (int e = 0; e < 32; ++e)
-        if (8 * (e >> 2) + 2 * tq + (e & 1) < r0 + ((e & 2) ? 8 : 0)) dec.mask[e] = 0.f;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) wfull[q] = Decay<true>::key(nl2, p.scale, (t >> 3) + 16 * q, 64);
-    }
+  // incoming H of the segment: d final_state (a sequence's last segment, or 0 without it),
+  // else the reverse scan's
+  float h_acc[Tr::kBoxes][32];
+  {
+    const int64_t off = (first_seg ? (int64_t)si.seq : (int64_t)g) * p.seg.H + h;
+    const float* src = first_seg ? (p.dstate_in ? p.dstate_in + off * HD * HD : nullptr)
+                                 : p.ws + off * HD * HD;
+    load_state_slice<Tr::kBoxes>(h_acc, src, HD, 1, w, warp, lane);
+  }
+  state_copy<T>(copies + slice, h_acc, warp, lane);
+  fence_async_shared();
+  named_barrier(all_bar, kAll);
 
-    // incoming H of the segment: d final_state (a sequence's last segment, or 0 without it),
-    // else the reverse scan's
-    float h_acc[Tr::kBoxes][32];
-    {
-      const int64_t off = (first_seg ? (int64_t)si.seq : (int64_t)g) * p.seg.H + h;
-      const float* src = first_seg ? (p.dstate_in ? p.dstate_in + off * HD * HD : nullptr)
-                                   : p.ws + off * HD * HD;
-      load_state_slice<Tr::kBoxes>(h_acc, src, HD, 1, w, warp, lane);
-    }
-    // the previous item's last TMA stores are done reading the dK box, which the H update of
-    // this item's first block (maybe partial: no wait for stores on its path) rewrites
-    if (t == 0) bulk_wait_all<true>();
-    state_copy<T>(copies + slice, h_acc, warp, lane);
-    fence_async_shared();
-    named_barrier(all_bar, kAll);
-
-    // Per block c the warpgroup issues K Qᵀ of block c + 1 before it finishes block c, so that
-    // the tensor cores have work while it stores dK and the state copy. The first block
-    // processed is the segment's last, the only one that may be partial: dO and Q are the
-    // operands whose rows past n (maybe the next packed sequence's) would still meet a 0 · x (in
-    // the RS products and the state update), so they are zeroed there first; every consumer
-    // reads all of Q (K Qᵀ), so all of them wait for the zeros.
-    // the ring's stage and phase follow the CTA's block count gc = c0 + c
-    float p_acc[32];
-    if (nblk > 0) {
-      const int s0 = c0 % kStages, ph0 = (c0 / kStages) & 1;
-      mbar_wait(ring.full(s0), ph0);
-      if constexpr (kSplit) mbar_wait(ring.full(s0, 1), ph0);
-      const int n = si.len - (nblk - 1) * 64;
-      if (n < 64) {
-        zero_rows(tile(s0, kQ) + w * Tr::kBoxBytes, n, t);
-        zero_rows(tile(s0, kDO) + w * Tr::kBoxBytes, n, t);
-        fence_async_shared();
-        named_barrier(all_bar, kAll);
-      }
-      wgmma_fence();
-      issue_qk<T, HD>(p_acc, tile(s0, kK), tile(s0, kQ));
-      wgmma_commit();
-    }
-    for (int c = 0; c < nblk; ++c) {
-      const int gc = c0 + c;
-      const int s = gc % kStages;    // waited for when K Qᵀ of the block was issued
-      const int blk = nblk - 1 - c;  // the block's place in the segment
-      const int n = min(64, si.len - blk * 64);
-      const uint32_t uQ = tile(s, kQ), uK = tile(s, kK), uV = tile(s, kV), uDO = tile(s, kDO);
-      const uint32_t uQw = uQ + wu * Tr::kBoxBytes, uDOw = uDO + wu * Tr::kBoxBytes;
-      const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
-      const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
-      const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
-
-      // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w
-      float dv_acc[32], dk_acc[32];
-      uint32_t pa[4][4];
-      wgmma_fence();
-      issue_qs<T, HD, kLean>(dv_acc, uK, hc + slice);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(p_acc);
-      fence_regs(dv_acc);
-      if (kLean && n == 64)
-        full_frags<T>(pa, p_acc, dec.mask);
-      else
-        masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
-      // kSplit: the block's V and dO (their group of the stage) from here on; its Q and K were
-      // waited for when K Qᵀ was issued
-      if constexpr (kSplit) mbar_wait(ring.full(s, 1), (gc / kStages) & 1);
-      wgmma_fence();
-      // kLean: each k step's descriptor by desc_add from the first one
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs_64x64<T>(dv_acc, pa[kk],
-                          kLean ? desc_add(desc_sw128(uDOw), kk * 2048) : desc_sw128(uDOw + kk * 2048));
-      wgmma_commit();
-      // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w; Hᵀ_w from the copy's rows [64w, 64w + 64)
-      wgmma_fence();
-      issue_qk<T, HD, 8192, kLean>(p_acc, uV, uDO);
-      issue_qk<T, HD, Tr::kSliceBytes, kLean>(dk_acc, uV, hc + wu * Tr::kBoxBytes);
-      wgmma_commit();
-
-      // dV out while the tensor cores run dK's products: a full block through its staging box
-      // (free once this warpgroup's stores of the previous block have read it) and one TMA
-      // store at the end of the block, a partial one (rows past n may be the next sequence's)
-      // row by row
-      wgmma_wait<1>();
-      fence_regs(dv_acc);
-      if (n == 64) {
-        if (t == 0) bulk_wait_all<true>();
-        named_barrier(own_bar, 128);
-        tile_to_box<T>(dv_box, dv_acc, warp, lane);
-      } else {
-        store_rows<T>(rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs) + (int64_t)blk * 64 * p.dv_rs + 64 * w + 2 * tq,
-                      p.dv_rs, dv_acc, r0, n);
-      }
-
-      wgmma_wait<0>();
-      fence_regs(p_acc);
-      fence_regs(dk_acc);
-      if (kLean && n == 64)
-        full_frags<T>(pa, p_acc, dec.mask);
-      else
-        masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
-      // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
-      // (as Σ_dt Q_dtᵀ (diag(scale λ^{j+1}) dO_w) from this consumer's dK box. The box's
-      // last reader, the TMA store of the previous block's dK, was committed in one bulk group
-      // with the dV store; the dV path above waited for that group's reads (bulk_wait_all by
-      // t == 0, then the warpgroup's barrier), so the box is free from there on; a partial
-      // block is the first processed, after no store. The update reads the box in the group
-      // with dK += P₂·Q_w, and dK goes into the box below only after the wait for that group
-      // (a wgmma-group is the warpgroup's: its completion ends all four warps' reads).
-      // Q's and dO's rows from n on are zeroed before the loop: the masks of a partial block's
-      // Qᵀ fragments are not needed, but cost nothing in a full block.)
-      uint32_t qa[Tr::kBoxes][4][4];
-      const uint32_t uB = dk_box;
-      if constexpr (kLean)
-        weighted_b_operands<T, Tr::kBoxes, true, true>(h_acc, qa, dec, wfull, nl2, uQ, uDOw, uB, t,
-                                                       own_bar, n);
-      else
-        weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, uDOw, uB, t, own_bar,
-                                           n);
-      wgmma_fence();
-      if constexpr (kLean) {
-        const uint64_t dQw = desc_sw128(uQw), dB = desc_sw128(uB);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_add(dQw, kk * 2048));
-#pragma unroll
-        for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_add(dB, kk * 2048));
-      } else {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
-        issue_state_products<T>(h_acc, qa, uB);
-      }
-      wgmma_commit();
-      const bool next = c + 1 < nblk;
-      if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
-        const int s1 = (gc + 1) % kStages;
-        mbar_wait(ring.full(s1), ((gc + 1) / kStages) & 1);  // kSplit: its Q and K only
-        wgmma_fence();
-        issue_qk<T, HD, 8192, kLean>(p_acc, tile(s1, kK), tile(s1, kQ));
-        wgmma_commit();
-        wgmma_wait<1>();
-      } else {
-        wgmma_wait<0>();
-      }
-      // kSplit: stage s is free here, its last readers (the products with Q_w and the H update)
-      // done; the producer may refill it during the epilogue below
-      if constexpr (kSplit)
-        if (t == 0) mbar_arrive(ring.empty(s));
-      fence_regs(dk_acc);
-#pragma unroll
-      for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
-
-      if (n == 64) {
-        tile_to_box<T>(dk_box, dk_acc, warp, lane);
-      } else {
-        store_rows<T>(rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs) + (int64_t)blk * 64 * p.dk_rs + 64 * w + 2 * tq,
-                      p.dk_rs, dk_acc, r0, n);
-      }
-      if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
+  // Per block c the warpgroup issues K Qᵀ of block c + 1 before it finishes block c, so that
+  // the tensor cores have work while it stores dK and the state copy. The first block
+  // processed is the segment's last, the only one that may be partial: dO and Q are the
+  // operands whose rows past n (maybe the next packed sequence's) would still meet a 0 · x (in
+  // the RS products and the state update), so they are zeroed there first; every consumer
+  // reads all of Q (K Qᵀ), so all of them wait for the zeros.
+  float p_acc[32];
+  if (nblk > 0) {
+    mbar_wait(ring.full(0), 0);
+    if constexpr (kSplit) mbar_wait(ring.full(0, 1), 0);
+    const int n = si.len - (nblk - 1) * 64;
+    if (n < 64) {
+      zero_rows(tile(0, kQ) + w * Tr::kBoxBytes, n, t);
+      zero_rows(tile(0, kDO) + w * Tr::kBoxBytes, n, t);
       fence_async_shared();
-      // every consumer is done with stage s and with copy c & 1 (written again after the next
-      // block), and copy (c + 1) & 1 is whole
       named_barrier(all_bar, kAll);
-      if (t == 0) {
-        if (n == 64) {
-          const int tok = (int)rows.tok0 + blk * 64;
-          tma_store_4d(&tm_dv, dv_box, 64 * w, tok, h, (int)rows.batch);
-          tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
-          bulk_commit();
-        }
-        if constexpr (!kSplit) mbar_arrive(ring.empty(s));
-      }
-      // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
-      // must not cross the loop's back edge (the compiler would copy it there and serialise
-      // every wgmma)
+    }
+    wgmma_fence();
+    issue_qk<T, HD>(p_acc, tile(0, kK), tile(0, kQ));
+    wgmma_commit();
+  }
+  for (int c = 0; c < nblk; ++c) {
+    const int s = c % kStages;     // waited for when K Qᵀ of the block was issued
+    const int blk = nblk - 1 - c;  // the block's place in the segment
+    const int n = min(64, si.len - blk * 64);
+    const uint32_t uQ = tile(s, kQ), uK = tile(s, kK), uV = tile(s, kV), uDO = tile(s, kDO);
+    const uint32_t uQw = uQ + wu * Tr::kBoxBytes, uDOw = uDO + wu * Tr::kBoxBytes;
+    const uint32_t hc = copies + (c & 1) * Tr::kCopyBytes;  // H entering the block
+    const float row0 = n == 64 ? dec.row[0] : Decay<true>::row(nl2, p.scale, r0, n);
+    const float row1 = n == 64 ? dec.row[1] : Decay<true>::row(nl2, p.scale, r1, n);
+
+    // dV_w = diag(row) K H_w + (K Qᵀ ⊙ Mᵀ) dO_w
+    float dv_acc[32], dk_acc[32];
+    uint32_t pa[4][4];
+    wgmma_fence();
+    issue_qs<T, HD, kLean>(dv_acc, uK, hc + slice);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dv_acc);
+    if (kLean && n == 64)
+      full_frags<T>(pa, p_acc, dec.mask);
+    else
+      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dv_acc[i] *= (i & 2) ? row1 : row0;
+    // kSplit: the block's V and dO (their group of the stage) from here on; its Q and K were
+    // waited for when K Qᵀ was issued
+    if constexpr (kSplit) mbar_wait(ring.full(s, 1), (c / kStages) & 1);
+    wgmma_fence();
+    // kLean: each k step's descriptor by desc_add from the first one
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs_64x64<T>(dv_acc, pa[kk],
+                        kLean ? desc_add(desc_sw128(uDOw), kk * 2048) : desc_sw128(uDOw + kk * 2048));
+    wgmma_commit();
+    // dK_w = diag(row) V Hᵀ_w + (V dOᵀ ⊙ Mᵀ) Q_w; Hᵀ_w from the copy's rows [64w, 64w + 64)
+    wgmma_fence();
+    issue_qk<T, HD, 8192, kLean>(p_acc, uV, uDO);
+    issue_qk<T, HD, Tr::kSliceBytes, kLean>(dk_acc, uV, hc + wu * Tr::kBoxBytes);
+    wgmma_commit();
+
+    // dV out while the tensor cores run dK's products: a full block through its staging box
+    // (free once this warpgroup's stores of the previous block have read it) and one TMA
+    // store at the end of the block, a partial one (rows past n may be the next sequence's)
+    // row by row
+    wgmma_wait<1>();
+    fence_regs(dv_acc);
+    if (n == 64) {
+      if (t == 0) bulk_wait_all<true>();
+      named_barrier(own_bar, 128);
+      tile_to_box<T>(dv_box, dv_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.dv, p.dv_bs, p.dv_hs, p.dv_rs) + (int64_t)blk * 64 * p.dv_rs + 64 * w + 2 * tq,
+                    p.dv_rs, dv_acc, r0, n);
+    }
+
+    wgmma_wait<0>();
+    fence_regs(p_acc);
+    fence_regs(dk_acc);
+    if (kLean && n == 64)
+      full_frags<T>(pa, p_acc, dec.mask);
+    else
+      masked_frags<T, true>(pa, p_acc, dec.mask, warp, tq, r0, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dk_acc[i] *= (i & 2) ? row1 : row0;
+    // H_w = λ^n H_w + Σ_dt (diag(scale λ^{j+1}) Q_dt)ᵀ dO_w; token j's weight, 0 past n
+    // (as Σ_dt Q_dtᵀ (diag(scale λ^{j+1}) dO_w) from this consumer's dK box. The box's
+    // last reader, the TMA store of the previous block's dK, was committed in one bulk group
+    // with the dV store; the dV path above waited for that group's reads (bulk_wait_all by
+    // t == 0, then the warpgroup's barrier), so the box is free from there on; a partial
+    // block is the first processed, after no store. The update reads the box in the group
+    // with dK += P₂·Q_w, and dK goes into the box below only after the wait for that group
+    // (a wgmma-group is the warpgroup's: its completion ends all four warps' reads).
+    // Q's and dO's rows from n on are zeroed before the loop: the masks of a partial block's
+    // Qᵀ fragments are not needed, but cost nothing in a full block.)
+    uint32_t qa[Tr::kBoxes][4][4];
+    const uint32_t uB = dk_box;
+    if constexpr (kLean)
+      weighted_b_operands<T, Tr::kBoxes, true, true>(h_acc, qa, dec, wfull, nl2, uQ, uDOw, uB, t,
+                                                     own_bar, n);
+    else
+      weighted_b_operands<T, Tr::kBoxes>(h_acc, qa, dec, nl2, p.scale, uQ, uDOw, uB, t, own_bar,
+                                         n);
+    wgmma_fence();
+    if constexpr (kLean) {
+      const uint64_t dQw = desc_sw128(uQw), dB = desc_sw128(uB);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_add(dQw, kk * 2048));
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(h_acc[dt], qa[dt][kk], desc_add(dB, kk * 2048));
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(dk_acc, pa[kk], desc_sw128(uQw + kk * 2048));
+      issue_state_products<T>(h_acc, qa, uB);
+    }
+    wgmma_commit();
+    const bool next = c + 1 < nblk;
+    if (next) {  // K Qᵀ of block c + 1 runs under this block's epilogue
+      const int s1 = (c + 1) % kStages;
+      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);  // kSplit: its Q and K only
+      wgmma_fence();
+      issue_qk<T, HD, 8192, kLean>(p_acc, tile(s1, kK), tile(s1, kQ));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
       wgmma_wait<0>();
     }
-    wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
+    // kSplit: stage s is free here, its last readers (the products with Q_w and the H update)
+    // done; the producer may refill it during the epilogue below
+    if constexpr (kSplit)
+      if (t == 0) mbar_arrive(ring.empty(s));
+    fence_regs(dk_acc);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(h_acc[dt]);
 
-    if (last_seg && p.dstate_out != nullptr)
-      store_state_slice<Tr::kBoxes>(p.dstate_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD, h_acc, w,
-                                    warp, lane);
-    return nblk;
-  };
-  int c0 = 0;  // the ring's blocks before the item's first
-  for (int item = blockIdx.x; item < items; item += gridDim.x) c0 += consume(item, c0);
+    if (n == 64) {
+      tile_to_box<T>(dk_box, dk_acc, warp, lane);
+    } else {
+      store_rows<T>(rows.at<T>(p.dk, p.dk_bs, p.dk_hs, p.dk_rs) + (int64_t)blk * 64 * p.dk_rs + 64 * w + 2 * tq,
+                    p.dk_rs, dk_acc, r0, n);
+    }
+    if (next) state_copy<T>(copies + ((c + 1) & 1) * Tr::kCopyBytes + slice, h_acc, warp, lane);
+    fence_async_shared();
+    // every consumer is done with stage s and with copy c & 1 (written again after the next
+    // block), and copy (c + 1) & 1 is whole
+    named_barrier(all_bar, kAll);
+    if (t == 0) {
+      if (n == 64) {
+        const int tok = (int)rows.tok0 + blk * 64;
+        tma_store_4d(&tm_dv, dv_box, 64 * w, tok, h, (int)rows.batch);
+        tma_store_4d(&tm_dk, dk_box, 64 * w, tok, h, (int)rows.batch);
+        bulk_commit();
+      }
+      if constexpr (!kSplit) mbar_arrive(ring.empty(s));
+    }
+    // K Qᵀ of block c + 1 completes inside the iteration: an accumulator still being written
+    // must not cross the loop's back edge (the compiler would copy it there and serialise
+    // every wgmma)
+    wgmma_wait<0>();
+  }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   if (t == 0) bulk_wait_all<false>();  // the output stores are done with shared memory
+
+  if (last_seg && p.dstate_out != nullptr)
+    store_state_slice<Tr::kBoxes>(p.dstate_out + ((int64_t)si.seq * p.seg.H + h) * HD * HD, h_acc, w,
+                                  warp, lane);
 #endif
 }
 
@@ -400,8 +376,7 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   using Tr = Sm90BwdTraits<T, HD>;
   auto kernel = la_bwd_sm90_kernel<T, HD>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  const int grid = sm90_grid((int64_t)sg.num_segs * sg.H, Tr::kMinBlocksPerSM);
-  kernel<<<grid, Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
+  kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }
 
 }  // namespace la

@@ -47,10 +47,6 @@ struct Sm90FwdTraits {
   // with the early order, the state update's key weights on V rather than on Kᵀ (see
   // la_fwd_sm90_kernel)
   static constexpr bool kWeightV = kEarly;
-  // forward in time, a CTA may take several items (sm90_grid); the reversed pass 2 (only with
-  // LIGHTNING_ATTENTION_SM90_FUSED_BWD=0) takes one: in the item loop ptxas serialises its
-  // wgmmas (C7514)
-  static constexpr bool kPersistent = !kReverse;
   static constexpr int kMinBlocksPerSM = HD == 64 ? 2 : 1;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = HD == 64 ? 232 : 240;
@@ -702,9 +698,16 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   using namespace sm90;
   using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
   constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP, kWeightV = Tr::kWeightV;
-  constexpr bool kPersistent = Tr::kPersistent;
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
+
+  const int g = blockIdx.x, h = blockIdx.y;
+  const SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  // segments in processing order: the first takes the incoming state, the last gives the
+  // outgoing one
+  const bool first_seg = kReverse ? si.seg == si.nseg - 1 : si.seg == 0;
+  const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
 
   // smem: [stage][Q K V (rq)][box] | [consumer][kStateCopies] state copies | [consumer] output
   // box | (kShareP) [2 block parities] P | (kWeightV) [consumer] diag(w) V_w | full[], empty[]
@@ -721,33 +724,22 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
 
   const int tid = threadIdx.x;
   ring.init(Tr::kConsumers);
+
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
   const int wg = tid / 128;
-  // The CTA's items (segment g of head h, item = g + num_segs · h): blockIdx.x, then every
-  // gridDim.x-th (one each where the grid has one CTA per item; see sm90_grid). The ring runs on
-  // across items: c0 counts the blocks of the CTA's earlier items, so the producer loads the
-  // next item's first blocks while the consumers finish the current one.
-  const int items = p.seg.num_segs * p.seg.H;
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Tr::kProducerRegs>();
     if (tid == 0) {
-      int c0 = 0;
-      for (int item = blockIdx.x; item < items; item += kPersistent ? gridDim.x : items) {
-        const int g = item % p.seg.num_segs, h = item / p.seg.num_segs;
-        const SegInfo si = get_seg(p.seg, g);
-        if (!si.valid) continue;
-        const int nblk = (si.len + 63) / 64;
-        const SegRows rows = seg_rows(p.seg, si, h);
-        if constexpr (kTerms) {
-          const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v, &tm_r};
-          ring.template produce<Tr::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
-                                            (int)rows.batch, tile, c0);
-        } else {
-          const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v};
-          ring.template produce<Tr::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
-                                            (int)rows.batch, tile, c0);
-        }
-        c0 += nblk;
+      if constexpr (kTerms) {
+        const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v, &tm_r};
+        ring.template produce<Tr::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                          (int)rows.batch, tile);
+      } else {
+        const CUtensorMap* const maps[] = {&tm_q, &tm_k, &tm_v};
+        ring.template produce<Tr::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                          (int)rows.batch, tile);
       }
     }
     return;
@@ -768,327 +760,299 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   // the copy of the state entering block c
   auto copy_at = [&](int c) { return copy0 + (c & (Tr::kStateCopies - 1)) * Tr::kStateCopyBytes; };
   const uint32_t out_box = staging + w * Tr::kBoxBytes;
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
+  // the block's decay factors, once per CTA; kTerms: in each block where they are used (from
+  // an opaque zero, so that the compiler cannot hoist them), as the state and the moment leave
+  // no room for them
+  BlockDecay<kReverse> dec;
+  if (!kTerms) dec.init(nl2, p.scale, r0, tq);
+
+  // incoming state of the segment: the scan's state (segments after the first, and the first
+  // too with slots: the scan copied the pool row, which this sequence's last segment
+  // overwrites; in the dq sweep maybe the forward's, transposed), the initial state, or 0
+  // (kTerms: the moment M from ws_m beside it, else M = S)
+  float s_acc[Tr::kBoxes][32], m_acc[Tr::kBoxes][32];
+  {
+    const float* src = nullptr;
+    int64_t sd = HD, se = 1;
+    const int64_t ws_at = ((int64_t)g * p.seg.H + h) * HD * HD;
+    const bool from_ws = !first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr);
+    if (from_ws) {
+      src = p.ws + ws_at;
+      if (p.ws_transposed) {
+        sd = 1;
+        se = HD;
+      }
+    } else if (p.state_in != nullptr) {
+      const int64_t row = state_in_row(p.state_rows, si.seq);
+      src = row >= 0 ? p.state_in + (row * p.seg.H + h) * HD * HD : nullptr;
+      sd = p.state_in_sd;
+      se = p.state_in_se;
+    }
+    load_state_slice<Tr::kBoxes>(s_acc, src, sd, se, w, warp, lane);
+    if constexpr (kTerms) {
+      if (from_ws) {
+        load_state_slice<Tr::kBoxes>(m_acc, p.ws_m + ws_at, HD, 1, w, warp, lane);
+      } else {
+#pragma unroll
+        for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+          for (int i = 0; i < 32; ++i) m_acc[dt][i] = s_acc[dt][i];
+      }
+    }
+  }
+  state_copy<T>(copy0, s_acc, warp, lane);
+  fence_async_shared();
+  named_barrier(bar_id, 128);
+  // kTerms: the segment's τ, and whether the sequence's final-state gradient meets its last
+  // token here; the consumers' barrier for adding up the terms
+  float* termsg = kTerms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
+  const bool fin = kTerms && last_seg && p.dstate_f != nullptr;
   // the barrier of all consumers (kTerms: adding up the terms; kShareP: P published)
   const int consumers_bar = 1 + Tr::kConsumers;
 
-  // One item, its blocks from the ring's c0-th on; returns how many it took.
-  auto consume = [&](int item, int c0) -> int {
-    const int g = item % p.seg.num_segs, h = item / p.seg.num_segs;
-    const SegInfo si = get_seg(p.seg, g);
-    if (!si.valid) return 0;
-    // segments in processing order: the first takes the incoming state, the last gives the
-    // outgoing one
-    const bool first_seg = kReverse ? si.seg == si.nseg - 1 : si.seg == 0;
-    const bool last_seg = kReverse ? si.seg == 0 : si.seg == si.nseg - 1;
-    const int nblk = (si.len + 63) / 64;
-    const SegRows rows = seg_rows(p.seg, si, h);
-    const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
-    // the block's decay factors, once per item; kTerms: in each block where they are used (from
-    // an opaque zero, so that the compiler cannot hoist them), as the state and the moment leave
-    // no room for them
-    BlockDecay<kReverse> dec;
-    if (!kTerms) dec.init(nl2, p.scale, r0, tq);
-
-    // incoming state of the segment: the scan's state (segments after the first, and the first
-    // too with slots: the scan copied the pool row, which this sequence's last segment
-    // overwrites; in the dq sweep maybe the forward's, transposed), the initial state, or 0
-    // (kTerms: the moment M from ws_m beside it, else M = S)
-    float s_acc[Tr::kBoxes][32], m_acc[Tr::kBoxes][32];
-    {
-      const float* src = nullptr;
-      int64_t sd = HD, se = 1;
-      const int64_t ws_at = ((int64_t)g * p.seg.H + h) * HD * HD;
-      const bool from_ws = !first_seg || (si.nseg > 1 && p.state_rows.slots != nullptr);
-      if (from_ws) {
-        src = p.ws + ws_at;
-        if (p.ws_transposed) {
-          sd = 1;
-          se = HD;
-        }
-      } else if (p.state_in != nullptr) {
-        const int64_t row = state_in_row(p.state_rows, si.seq);
-        src = row >= 0 ? p.state_in + (row * p.seg.H + h) * HD * HD : nullptr;
-        sd = p.state_in_sd;
-        se = p.state_in_se;
-      }
-      load_state_slice<Tr::kBoxes>(s_acc, src, sd, se, w, warp, lane);
-      if constexpr (kTerms) {
-        if (from_ws) {
-          load_state_slice<Tr::kBoxes>(m_acc, p.ws_m + ws_at, HD, 1, w, warp, lane);
-        } else {
-#pragma unroll
-          for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-            for (int i = 0; i < 32; ++i) m_acc[dt][i] = s_acc[dt][i];
-        }
-      }
-    }
-    state_copy<T>(copy0, s_acc, warp, lane);
-    fence_async_shared();
-    named_barrier(bar_id, 128);
-    // kTerms: the segment's τ, and whether the sequence's final-state gradient meets its last
-    // token here; the consumers' barrier for adding up the terms
-    float* termsg = kTerms ? p.terms + (rows.batch * p.seg.H + h) * p.seg.N + rows.tok0 : nullptr;
-    const bool fin = kTerms && last_seg && p.dstate_f != nullptr;
-
-    // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
-    // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
-    // start, the state and the moment leave no room for it). Without kTerms, per block:
-    //   not kEarly        issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
-    //                     outputs, copy of S; wait P(c+1)
-    //   kEarly            issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
-    //                     wait P V; outputs; wait P(c+1)
-    //   kShareP           kEarly's, but P(c) computed and masked by consumer c % 2 alone, which
-    //                     publishes it (16-bit box) before the consumers meet after Q S; both
-    //                     read it as P V's A operand
-    // The ring's stage and phase, and (kShareP, kTerms) the parity of the shared boxes, follow
-    // the CTA's block count gc = c0 + c, so that they alternate across items as within one.
-    float p_acc[32];
-    if (!kTerms && nblk > 0) {
-      const int s0 = c0 % kStages;
-      mbar_wait(ring.full(s0), (c0 / kStages) & 1);
-      if (!kShareP || (c0 & 1) == w_uniform) {
-        wgmma_fence();
-        issue_qk<T, HD, 8192, kEarly>(p_acc, tile(s0, 0), tile(s0, 1));
-        wgmma_commit();
-      }
-      // kEarly: nothing pending at the loop's head, or ptxas, unable to tell which group
-      // is, waits for Q S before the state update touches S_w's registers (C7517)
-      if constexpr (kEarly) wgmma_wait<0>();
-    }
-    for (int c = 0; c < nblk; ++c) {
-      const int gc = c0 + c;
-      const int s = gc % kStages;
-      const int blk = kReverse ? nblk - 1 - c : c;  // the block's place in the segment
-      const int n = min(64, si.len - blk * 64);
-      const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
-      const uint32_t uR = tile(s, 3), uRw = uR + w * Tr::kBoxBytes;  // kTerms: the real q
-      // kShareP: whether this consumer computes P(c) (and publishes it at uP); else each does
-      const bool owner = !kShareP || (gc & 1) == w_uniform;
-      const uint32_t uP = pboxes + (gc & 1) * Tr::kBoxBytes;
-      if (kTerms) mbar_wait(ring.full(s), (gc / kStages) & 1);
-      if (n < 64) {
-        // rows past the sequence's end may hold the next packed sequence (finite or not):
-        // zero them in V, the one operand whose masked rows would still meet a 0 · x (and in
-        // the real q's box, G's operand)
-        zero_rows(uV, n, t);
-        if (kTerms) zero_rows(uRw, n, t);
-        fence_async_shared();
-        named_barrier(bar_id, 128);
-      }
-
-      const int rb = r0 + (kTerms ? opaque_zero() : 0);  // r0, with kTerms rebuilt in each block
-      float o_acc[32];
-      uint32_t pa[4][4];
-      // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w, token j's weight 0 past n; issued and
-      // committed, not waited for (without kTerms)
-      // (kWeightV: Σ_dt K_dtᵀ (diag(λ^{n-1-j}) V_w) from this consumer's box uB, rewritten in
-      // every block: the previous block's update, its reader, was waited for in that block
-      // before the warpgroup's barrier at the block's end)
-      auto issue_state_update = [&] {
-        uint32_t ka[Tr::kBoxes][4][4];
-        uint32_t uB = uV;
-        if constexpr (kWeightV) {
-          uB = wboxes + w * Tr::kBoxBytes;
-          weighted_b_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, uV, uB, t, bar_id,
-                                             n);
-        } else {
-          state_update_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane, n);
-        }
-        wgmma_fence();
-        issue_state_products<T>(s_acc, ka, uB);
-        wgmma_commit();
-      };
-      float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share
-      if constexpr (kTerms) {
-        // P = Q Kᵀ and the pairs' rq Kᵀ (the real q and the V slot's k, both fp32), then the
-        // block's pairs c Σ_{j<r} (r-j) λ^{r-j} P_rj (rq Kᵀ)_rj, each consumer over half of
-        // the key groups; then O = Q S_w from the copy of the state entering the block
-        float pt[32];
-        wgmma_fence();
-        issue_qk<T, HD>(p_acc, uQ, uK);
-        issue_qk<T, HD>(pt, uR, tile(s, 2));
-        wgmma_commit();
-        dec.init_mask(nl2, p.scale, rb, tq);
-        wgmma_wait<0>();
-        fence_regs(p_acc);
-        fence_regs(pt);
-        masked_frags<T, false>(pa, p_acc, dec.mask, warp, tq, r0, n, [&](int x, float v) {
-          const int dist = rb + ((x & 2) ? 8 : 0) - (8 * (x >> 2) + 2 * tq + (x & 1));
-          if (Tr::kConsumers == 1 || ((x >> 2) & 1) == w)
-            ((x & 2) ? part1 : part0) += (float)dist * pt[x] * v;
-        });
-        wgmma_fence();
-        issue_qs<T, HD>(o_acc, uQ, copy_at(c));
-        wgmma_commit();
-      } else {
-        // O = Q S_w from the copy of the state entering the block (kEarly: the state
-        // update, which needs only S_w's registers, queued right behind it)
-        wgmma_fence();
-        issue_qs<T, HD, kEarly>(o_acc, uQ, copy_at(c));
-        wgmma_commit();
-        if constexpr (kEarly)
-          issue_state_update();
-        else
-          wgmma_wait<1>();  // P(c), pending at c = 0
-        fence_regs(p_acc);
-        if (owner) masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
-        if (kShareP && owner) {
-          words_to_box(uP, [&](int kk, int i) { return pa[kk][i]; }, warp, lane);
-          fence_async_shared();
-        }
-      }
-      wgmma_wait<kEarly ? 1 : 0>();  // Q S (kEarly: the state update may still run)
-      // kShareP: P(c) is in uP; and both consumers are done with their state copies (Q S),
-      // which are then rewritten in place, and with block c - 1's P box (P V, waited for in block
-      // c - 1), which the owner of block c + 1 rewrites
-      if constexpr (kShareP) named_barrier(consumers_bar, 128 * Tr::kConsumers);
-      fence_regs(o_acc);
-      const float row0 = n == 64 && !kTerms ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, rb, n);
-      const float row1 = n == 64 && !kTerms ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, rb + 8, n);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? row1 : row0;
-      if constexpr (kTerms) {  // r · rq_r·(the inter-block output), this consumer's columns
-        float d0, d1;
-        row_dots<T>(d0, d1, o_acc, uRw, r0, tq);
-        part0 += (float)r0 * d0;
-        part1 += (float)r1 * d1;
-      }
-      // O += P V_w (kShareP: P from its box, a K-major operand like Q)
+  // Per block c the warpgroup issues P(c + 1) before it finishes block c, so that the tensor
+  // cores have work while it stores outputs and the state copy (kTerms: P(c) at the block's
+  // start, the state and the moment leave no room for it). Without kTerms, per block:
+  //   not kEarly        issue Q S; mask P(c); wait Q S; issue P V, S, P(c+1); wait S, P V;
+  //                     outputs, copy of S; wait P(c+1)
+  //   kEarly            issue Q S, S; mask P(c); wait Q S; issue P V, P(c+1); wait S; copy of S;
+  //                     wait P V; outputs; wait P(c+1)
+  //   kShareP           kEarly's, but P(c) computed and masked by consumer c % 2 alone, which
+  //                     publishes it (16-bit box) before the consumers meet after Q S; both
+  //                     read it as P V's A operand
+  float p_acc[32];
+  if (!kTerms && nblk > 0) {
+    mbar_wait(ring.full(0), 0);
+    if (!kShareP || w_uniform == 0) {
       wgmma_fence();
-      if constexpr (kShareP) {
-        const uint64_t dP = desc_sw128(uP);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_ss_64x64<T, true>(o_acc, desc_add(dP, kk * 32), desc_sw128(uV + kk * 2048), true);
-      } else {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
-      }
+      issue_qk<T, HD, 8192, kEarly>(p_acc, tile(0, 0), tile(0, 1));
       wgmma_commit();
-      // outputs (scale already applied): a full block through the staging box and one TMA
-      // store (issued at the end of the iteration); a partial one (its rows past n may be the
-      // next sequence's) row by row. kTerms: right after P V, to free the output's registers.
-      auto stage_outputs = [&] {
-        if (n == 64) {
-          if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
-          named_barrier(bar_id, 128);
-          tile_to_box<T>(out_box, o_acc, warp, lane);
-        } else {
-          store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
-                        p.o_rs, o_acc, r0, n);
-        }
-      };
-      if constexpr (kTerms) {
-        wgmma_wait<0>();
-        fence_regs(o_acc);
-        stage_outputs();
-      }
+    }
+    // kEarly: nothing pending at the loop's head, or ptxas, unable to tell which group
+    // is, waits for Q S before the state update touches S_w's registers (C7517)
+    if constexpr (kEarly) wgmma_wait<0>();
+  }
+  for (int c = 0; c < nblk; ++c) {
+    const int s = c % kStages;
+    const int blk = kReverse ? nblk - 1 - c : c;  // the block's place in the segment
+    const int n = min(64, si.len - blk * 64);
+    const uint32_t uQ = tile(s, 0), uK = tile(s, 1), uV = tile(s, 2) + w * Tr::kBoxBytes;
+    const uint32_t uR = tile(s, 3), uRw = uR + w * Tr::kBoxBytes;  // kTerms: the real q
+    // kShareP: whether this consumer computes P(c) (and publishes it at uP); else each does
+    const bool owner = !kShareP || (c & 1) == w_uniform;
+    const uint32_t uP = pboxes + (c & 1) * Tr::kBoxBytes;
+    if (kTerms) mbar_wait(ring.full(s), (c / kStages) & 1);
+    if (n < 64) {
+      // rows past the sequence's end may hold the next packed sequence (finite or not):
+      // zero them in V, the one operand whose masked rows would still meet a 0 · x (and in
+      // the real q's box, G's operand)
+      zero_rows(uV, n, t);
+      if (kTerms) zero_rows(uRw, n, t);
+      fence_async_shared();
+      named_barrier(bar_id, 128);
+    }
 
-      float first = 0.f;  // kTerms: the warp's share of the block's moment term c <M, G>
-      if constexpr (kTerms) {
-        first = p.scale * moment_share<T, Tr::kBoxes>(m_acc, uQ, uRw, nl2, warp, lane, n);
-        dec.set_block(nl2, p.scale, r0, tq + opaque_zero(), n);
-      }
-      if constexpr (kTerms) {
-        float wk[4][4], total;
-        dec.keys(wk, total, nl2, p.scale, tq, n);
-        // M = λ^n (M + n S) + Σ_dt (diag((n-j) λ^{n-1-j}) K_dt)ᵀ V_w (M and S at the block's
-        // start), split operands
-        float wm[4][4];  // the moment's key weights
-        moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
-#pragma unroll
-        for (int dt = 0; dt < Tr::kBoxes; ++dt)
-          split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
-        // S_w likewise, its own weights (λ^{n-1-j}), split operands, one box at a time
-#pragma unroll
-        for (int dt = 0; dt < Tr::kBoxes; ++dt)
-#pragma unroll
-          for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-#pragma unroll
-        for (int dt = 0; dt < Tr::kBoxes; ++dt)
-          split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
-      } else if constexpr (!kEarly) {
-        issue_state_update();
-      }
-
-      const bool next = c + 1 < nblk;
-      // whether this consumer issues P(c + 1) (kShareP: block c + 1 is the other consumer's)
-      const bool p_next = next && !kTerms && (!kShareP || !owner);
-      if (next && !kTerms) {  // P(c + 1) runs under this block's epilogue
-        const int s1 = (gc + 1) % kStages;
-        mbar_wait(ring.full(s1), ((gc + 1) / kStages) & 1);
-        if (p_next) {
-          wgmma_fence();
-          issue_qk<T, HD, 8192, kEarly>(p_acc, tile(s1, 0), tile(s1, 1));
-          wgmma_commit();
-        } else {
-          // kShareP: an empty group, so that the waits below count the same groups in both
-          // consumers (waits that differ by the branch make ptxas serialise every wgmma, C7514);
-          // ptxas makes it a dummy wgmma (m64n8k16) on this path alone, which a commit after
-          // the join would put on both paths
-          wgmma_commit();
-        }
-      }
-      if (kEarly && next) {
-        // the state update (committed before P V) is done first: its copy goes in under P V
-        // and P(c + 1)
-        wgmma_wait<2>();
-#pragma unroll
-        for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-        state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
-      }
-      if (next && !kTerms) {
-        wgmma_wait<1>();
+    const int rb = r0 + (kTerms ? opaque_zero() : 0);  // r0, with kTerms rebuilt in each block
+    float o_acc[32];
+    uint32_t pa[4][4];
+    // S_w = λ^n S_w + Σ_dt (diag(λ^{n-1-j}) K_dt)ᵀ V_w, token j's weight 0 past n; issued and
+    // committed, not waited for (without kTerms)
+    // (kWeightV: Σ_dt K_dtᵀ (diag(λ^{n-1-j}) V_w) from this consumer's box uB, rewritten in
+    // every block: the previous block's update, its reader, was waited for in that block
+    // before the warpgroup's barrier at the block's end)
+    auto issue_state_update = [&] {
+      uint32_t ka[Tr::kBoxes][4][4];
+      uint32_t uB = uV;
+      if constexpr (kWeightV) {
+        uB = wboxes + w * Tr::kBoxBytes;
+        weighted_b_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, uV, uB, t, bar_id, n);
       } else {
-        wgmma_wait<0>();
+        state_update_operands<T, Tr::kBoxes>(s_acc, ka, dec, nl2, p.scale, uK, warp, lane, n);
       }
+      wgmma_fence();
+      issue_state_products<T>(s_acc, ka, uB);
+      wgmma_commit();
+    };
+    float part0 = 0.f, part1 = 0.f;  // kTerms: τ of rows r0, r1 over this thread's share
+    if constexpr (kTerms) {
+      // P = Q Kᵀ and the pairs' rq Kᵀ (the real q and the V slot's k, both fp32), then the
+      // block's pairs c Σ_{j<r} (r-j) λ^{r-j} P_rj (rq Kᵀ)_rj, each consumer over half of
+      // the key groups; then O = Q S_w from the copy of the state entering the block
+      float pt[32];
+      wgmma_fence();
+      issue_qk<T, HD>(p_acc, uQ, uK);
+      issue_qk<T, HD>(pt, uR, tile(s, 2));
+      wgmma_commit();
+      dec.init_mask(nl2, p.scale, rb, tq);
+      wgmma_wait<0>();
+      fence_regs(p_acc);
+      fence_regs(pt);
+      masked_frags<T, false>(pa, p_acc, dec.mask, warp, tq, r0, n, [&](int x, float v) {
+        const int dist = rb + ((x & 2) ? 8 : 0) - (8 * (x >> 2) + 2 * tq + (x & 1));
+        if (Tr::kConsumers == 1 || ((x >> 2) & 1) == w)
+          ((x & 2) ? part1 : part0) += (float)dist * pt[x] * v;
+      });
+      wgmma_fence();
+      issue_qs<T, HD>(o_acc, uQ, copy_at(c));
+      wgmma_commit();
+    } else {
+      // O = Q S_w from the copy of the state entering the block (kEarly: the state
+      // update, which needs only S_w's registers, queued right behind it)
+      wgmma_fence();
+      issue_qs<T, HD, kEarly>(o_acc, uQ, copy_at(c));
+      wgmma_commit();
+      if constexpr (kEarly)
+        issue_state_update();
+      else
+        wgmma_wait<1>();  // P(c), pending at c = 0
+      fence_regs(p_acc);
+      if (owner) masked_frags<T, kReverse>(pa, p_acc, dec.mask, warp, tq, r0, n);
+      if (kShareP && owner) {
+        words_to_box(uP, [&](int kk, int i) { return pa[kk][i]; }, warp, lane);
+        fence_async_shared();
+      }
+    }
+    wgmma_wait<kEarly ? 1 : 0>();  // Q S (kEarly: the state update may still run)
+    // kShareP: P(c) is in uP; and both consumers are done with their state copies (Q S),
+    // which are then rewritten in place, and with block c - 1's P box (P V, waited for in block
+    // c - 1), which the owner of block c + 1 rewrites
+    if constexpr (kShareP) named_barrier(consumers_bar, 128 * Tr::kConsumers);
+    fence_regs(o_acc);
+    const float row0 = n == 64 && !kTerms ? dec.row[0] : Decay<kReverse>::row(nl2, p.scale, rb, n);
+    const float row1 = n == 64 && !kTerms ? dec.row[1] : Decay<kReverse>::row(nl2, p.scale, rb + 8, n);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o_acc[i] *= (i & 2) ? row1 : row0;
+    if constexpr (kTerms) {  // r · rq_r·(the inter-block output), this consumer's columns
+      float d0, d1;
+      row_dots<T>(d0, d1, o_acc, uRw, r0, tq);
+      part0 += (float)r0 * d0;
+      part1 += (float)r1 * d1;
+    }
+    // O += P V_w (kShareP: P from its box, a K-major operand like Q)
+    wgmma_fence();
+    if constexpr (kShareP) {
+      const uint64_t dP = desc_sw128(uP);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_64x64<T, true>(o_acc, desc_add(dP, kk * 32), desc_sw128(uV + kk * 2048), true);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_64x64<T>(o_acc, pa[kk], desc_sw128(uV + kk * 2048));
+    }
+    wgmma_commit();
+    // outputs (scale already applied): a full block through the staging box and one TMA
+    // store (issued at the end of the iteration); a partial one (its rows past n may be the
+    // next sequence's) row by row. kTerms: right after P V, to free the output's registers.
+    auto stage_outputs = [&] {
+      if (n == 64) {
+        if (t == 0) bulk_wait_all<true>();  // the previous block's store has read the box
+        named_barrier(bar_id, 128);
+        tile_to_box<T>(out_box, o_acc, warp, lane);
+      } else {
+        store_rows<T>(rows.at<T>(p.o, p.o_bs, p.o_hs, p.o_rs) + (int64_t)blk * 64 * p.o_rs + 64 * w + 2 * tq,
+                      p.o_rs, o_acc, r0, n);
+      }
+    };
+    if constexpr (kTerms) {
+      wgmma_wait<0>();
+      fence_regs(o_acc);
+      stage_outputs();
+    }
+
+    float first = 0.f;  // kTerms: the warp's share of the block's moment term c <M, G>
+    if constexpr (kTerms) {
+      first = p.scale * moment_share<T, Tr::kBoxes>(m_acc, uQ, uRw, nl2, warp, lane, n);
+      dec.set_block(nl2, p.scale, r0, tq + opaque_zero(), n);
+    }
+    if constexpr (kTerms) {
+      float wk[4][4], total;
+      dec.keys(wk, total, nl2, p.scale, tq, n);
+      // M = λ^n (M + n S) + Σ_dt (diag((n-j) λ^{n-1-j}) K_dt)ᵀ V_w (M and S at the block's
+      // start), split operands
+      float wm[4][4];  // the moment's key weights
+      moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+        split_update_box<T>(m_acc[dt], uK + dt * 8192, uV, wm, warp, lane, n);
+      // S_w likewise, its own weights (λ^{n-1-j}), split operands, one box at a time
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+#pragma unroll
+      for (int dt = 0; dt < Tr::kBoxes; ++dt)
+        split_update_box<T>(s_acc[dt], uK + dt * 8192, uV, wk, warp, lane, n);
+    } else if constexpr (!kEarly) {
+      issue_state_update();
+    }
+
+    const bool next = c + 1 < nblk;
+    // whether this consumer issues P(c + 1) (kShareP: block c + 1 is the other consumer's)
+    const bool p_next = next && !kTerms && (!kShareP || !owner);
+    if (next && !kTerms) {  // P(c + 1) runs under this block's epilogue
+      const int s1 = (c + 1) % kStages;
+      mbar_wait(ring.full(s1), ((c + 1) / kStages) & 1);
+      if (p_next) {
+        wgmma_fence();
+        issue_qk<T, HD, 8192, kEarly>(p_acc, tile(s1, 0), tile(s1, 1));
+        wgmma_commit();
+      } else {
+        // kShareP: an empty group, so that the waits below count the same groups in both
+        // consumers (waits that differ by the branch make ptxas serialise every wgmma, C7514);
+        // ptxas makes it a dummy wgmma (m64n8k16) on this path alone, which a commit after
+        // the join would put on both paths
+        wgmma_commit();
+      }
+    }
+    if (kEarly && next) {
+      // the state update (committed before P V) is done first: its copy goes in under P V
+      // and P(c + 1)
+      wgmma_wait<2>();
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-      if constexpr (!kTerms) fence_regs(o_acc);  // (kTerms: staged already)
-      // kTerms: the block's τ, the final state's term on the sequence's last token
-      if constexpr (kTerms) {
-        const float last = fin && c == nblk - 1
-                               ? final_share<Tr::kBoxes>(m_acc, s_acc,
-                                                         p.dstate_f + ((int64_t)si.seq * p.seg.H + h) * HD * HD,
-                                                         p.state_in_sd, p.state_in_se, w, warp, lane)
-                               : 0.f;
-        block_terms<Tr::kConsumers>(termsg + blk * 64, red + (gc & 1) * Tr::kRedFloats, part0,
-                                    part1, first, last, w, t, r0, n, consumers_bar);
-      }
-      if constexpr (!kTerms) stage_outputs();
-      if (next && !kEarly)
-        state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
-      fence_async_shared();
-      named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
-      if (t == 0) {
-        if (n == 64) {
-          tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + blk * 64, h, (int)rows.batch);
-          bulk_commit();
-        }
-        mbar_arrive(ring.empty(s));
-      }
-      // P(c + 1) completes inside the iteration: an accumulator still being written must not
-      // cross the loop's back edge (the compiler would copy it there and serialise every wgmma)
+      state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
+    }
+    if (next && !kTerms) {
+      wgmma_wait<1>();
+    } else {
       wgmma_wait<0>();
     }
-    wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-
-    const int64_t out_row =
-        last_seg && p.state_out != nullptr ? state_out_row(p.state_rows, si.seq) : -1;
-    if (out_row >= 0)
-      store_state_slice<Tr::kBoxes>(p.state_out + (out_row * p.seg.H + h) * HD * HD, s_acc, w,
-                                    warp, lane);
-    return nblk;
-  };
-  if constexpr (kPersistent) {
-    int c0 = 0;  // the ring's blocks before the item's first
-    for (int item = blockIdx.x; item < items; item += gridDim.x) c0 += consume(item, c0);
-  } else {
-    consume(blockIdx.x, 0);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
+    if constexpr (!kTerms) fence_regs(o_acc);  // (kTerms: staged already)
+    if constexpr (kTerms) {  // the block's τ, the final state's term on the sequence's last token
+      const float last = fin && c == nblk - 1
+                             ? final_share<Tr::kBoxes>(m_acc, s_acc,
+                                                       p.dstate_f + ((int64_t)si.seq * p.seg.H + h) * HD * HD,
+                                                       p.state_in_sd, p.state_in_se, w, warp, lane)
+                             : 0.f;
+      block_terms<Tr::kConsumers>(termsg + blk * 64, red + (c & 1) * Tr::kRedFloats, part0, part1,
+                                  first, last, w, t, r0, n, consumers_bar);
+    }
+    if constexpr (!kTerms) stage_outputs();
+    if (next && !kEarly)
+      state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
+    fence_async_shared();
+    named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
+    if (t == 0) {
+      if (n == 64) {
+        tma_store_4d(&tm_o, out_box, 64 * w, (int)rows.tok0 + blk * 64, h, (int)rows.batch);
+        bulk_commit();
+      }
+      mbar_arrive(ring.empty(s));
+    }
+    // P(c + 1) completes inside the iteration: an accumulator still being written must not
+    // cross the loop's back edge (the compiler would copy it there and serialise every wgmma)
+    wgmma_wait<0>();
   }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   if (t == 0) bulk_wait_all<false>();  // the output stores are done with smem
+
+  const int64_t out_row = last_seg && p.state_out != nullptr ? state_out_row(p.state_rows, si.seq) : -1;
+  if (out_row >= 0)
+    store_state_slice<Tr::kBoxes>(p.state_out + (out_row * p.seg.H + h) * HD * HD, s_acc, w, warp, lane);
 #endif
 }
 
@@ -1106,8 +1070,8 @@ void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t
   using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
   auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  const int grid = sm90_grid((int64_t)p.seg.num_segs * p.seg.H, Tr::kMinBlocksPerSM);
-  kernel<<<grid, Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3], m[4], p);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
+                                                                             m[4], p);
 }
 
 // With p.terms (the dq sweep with d slope terms) forward only: pass 1 with moments

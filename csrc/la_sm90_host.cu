@@ -3,7 +3,6 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -83,26 +82,6 @@ bool sm90_available() {
 bool sm90_fused_bwd() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_FUSED_BWD", true);
   return on;
-}
-
-// The grid of an sm_90a sweep over `items` (segment, head) pairs: one CTA per item, or with
-// LIGHTNING_ATTENTION_SM90_PERSISTENT=1 (read once) no more than run at once (`per_sm` CTAs on
-// each SM), each taking every gridDim.x-th item, so that a CTA's ring loads its next item
-// while it finishes one and no CTA pays a start per item; =n (n > 1) at most n CTAs.
-int sm90_grid(int64_t items, int per_sm) {
-  static const int cap = [] {
-    const char* e = std::getenv("LIGHTNING_ATTENTION_SM90_PERSISTENT");
-    return e == nullptr ? 0 : std::max(std::atoi(e), 0);
-  }();
-  if (cap == 0) return (int)items;
-  int ctas = cap;
-  if (cap == 1) {
-    int dev = 0, sms = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    ctas = std::max(sms, 1) * per_sm;
-  }
-  return (int)std::min<int64_t>(items, ctas);
 }
 
 }  // namespace la
