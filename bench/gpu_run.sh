@@ -11,8 +11,10 @@
 #           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
 # A candidate behind a switch: AB="LIGHTNING_ATTENTION_...=1" times our CUDA backend without and
 # with it, alternating, twice each (AB_ARGS adds bench_speed.py arguments, e.g. "--heads 64
-# --dim 64"; default N = 1K, 16K, 64K), instead of the benchmark beside the peers; the tests
-# and the sanitizer then run with the switch set.
+# --dim 64"; default N = 1K, 16K, 64K), instead of the benchmark beside the peers; with NCU=1
+# also ncu's duration of each sm_90a kernel of one W step without and with it (fwd+bwd timings
+# move ~3% between runs, a kernel's under ncu ~0.1%); the tests and the sanitizer then run with
+# the switch set.
 set -u
 export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
 export LIGHTNING_ATTENTION_CUDA_ARCHS=${LIGHTNING_ATTENTION_CUDA_ARCHS:-9.0a}
@@ -43,6 +45,13 @@ if [ -n "${AB:-}" ]; then
       echo "A/B run $r ${sw:-default} rc=$?"; grep "lightning_attention cuda" /tmp/ab.log | tee -a $OUT/ab.log
     done
   done
+  if [ -n "${NCU:-}" ]; then  # each sm_90a kernel of one W step (1K, 64K) without and with it
+    for sw in "" "$AB"; do
+      env $sw timeout 150 ncu --clock-control none --profile-from-start off -k regex:"la_(fwd|bwd|state)_sm90" \
+        --section SpeedOfLight --csv --page details python3 bench/ncu_step.py > /tmp/ncu.csv 2>&1
+      echo "ncu ${sw:-default} rc=$?"; python3 bench/ncu_step.py --summary /tmp/ncu.csv | tee -a $OUT/ab_ncu.log
+    done
+  fi
   export "$AB"
 elif [ -z "${SKIP_BENCH:-}" ]; then
   timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py ${SPEED_ARGS:-} --json $OUT/speed.json > $OUT/speed.log 2>&1

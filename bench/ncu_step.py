@@ -7,24 +7,58 @@ N = 1K (B = 64) and 64K (B = 1), for Nsight Compute:
         --csv --page details python3 bench/ncu_step.py > ncu.csv
 
 Two unprofiled steps come first (compilation, allocator), so the range holds each kernel of
-one step once.
+one step once. `python3 bench/ncu_step.py --summary ncu.csv` prints each profiled kernel's
+duration and DRAM throughput, in launch order, from such a CSV (no GPU needed).
 """
-import torch
+import argparse
+import csv
 
-import lightning_attention as la
 
-H, D = 32, 128
-for N in (1024, 65536):
-    B = 65536 // N
-    q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16)
-                   .mul_(D ** -0.25 if i < 2 else 1.0).transpose(1, 2) for i in range(4))
-    for x in (q, k, v):
-        x.requires_grad_(True)
-    slope = la.build_slopes(H, device="cuda")
-    for _ in range(2):
+def summary(path):
+    """(kernel, µs, DRAM %) per profiled kernel of an ncu `--csv --page details` file."""
+    rows = {}
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.startswith('"')]  # ncu's own log lines are not CSV
+    for r in csv.DictReader(lines):
+        k = rows.setdefault(r["ID"], {"kernel": r["Kernel Name"].split("(")[0].split("<")[0]
+                                      .replace("void ", "")})
+        if r["Metric Name"] == "Duration":
+            scale = {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+            k["us"] = float(r["Metric Value"].replace(",", "")) * scale.get(r["Metric Unit"], 1e-3)
+        elif r["Metric Name"] == "DRAM Throughput":
+            k["dram"] = float(r["Metric Value"].replace(",", ""))
+    return [(k["kernel"], k.get("us"), k.get("dram")) for _, k in sorted(rows.items(), key=lambda x: int(x[0]))]
+
+
+def step():
+    import torch
+
+    import lightning_attention as la
+
+    H, D = 32, 128
+    for N in (1024, 65536):
+        B = 65536 // N
+        q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16)
+                       .mul_(D ** -0.25 if i < 2 else 1.0).transpose(1, 2) for i in range(4))
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        slope = la.build_slopes(H, device="cuda")
+        for _ in range(2):
+            la.lightning_attn(q, k, v, slope, backend="cuda").backward(do)
+        torch.cuda.synchronize()
+        torch.cuda.profiler.start()
         la.lightning_attn(q, k, v, slope, backend="cuda").backward(do)
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    la.lightning_attn(q, k, v, slope, backend="cuda").backward(do)
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
+        torch.cuda.synchronize()
+        torch.cuda.profiler.stop()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--summary", metavar="CSV", help="summarise an ncu CSV instead of profiling")
+    args = p.parse_args()
+    if args.summary:
+        for kernel, us, dram in summary(args.summary):
+            print(f"{kernel:<28}{us if us is not None else float('nan'):10.1f} us"
+                  f"{dram if dram is not None else float('nan'):7.1f} % DRAM")
+    else:
+        step()
