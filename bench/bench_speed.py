@@ -16,7 +16,6 @@ ends with the card's SM clock, temperature and power while it ran (medians of sa
 during the timed calls), where pynvml (nvidia-ml-py) is importable.
 """
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -125,13 +124,13 @@ def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd, dslope=False):
 class GpuSampler:
     """The card's SM clock (MHz), temperature (C) and power (W), read through NVML (pynvml,
     from nvidia-ml-py) every 10 ms on a thread while the `with` block runs; `summary()` gives
-    their medians ({} where pynvml or NVML is missing). Read during the timed calls, not after
+    their medians ({} off the GPU, or where pynvml or NVML is missing). Read during the timed calls, not after
     them: a shape that reads slower in one run than in another can be told apart from a card
     that clocked down (power cap, heat) while running it."""
 
-    def __init__(self, period_s=0.01):
-        self.period_s, self.samples = period_s, []
-        self._stop = threading.Event()
+    def __init__(self, device, period_s=0.01):
+        self.on, self.period_s, self.samples = device.type == "cuda", period_s, []
+        self._stop, self._thread = threading.Event(), None
 
     def _read(self):
         return (torch.cuda.clock_rate(), torch.cuda.temperature(), torch.cuda.power_draw() / 1000)
@@ -141,13 +140,13 @@ class GpuSampler:
             self.samples.append(self._read())
 
     def __enter__(self):
-        try:
-            self._read()
-        except Exception:  # no pynvml, or NVML unavailable
-            self._thread = None
-            return self
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        if self.on:
+            try:
+                self._read()
+            except Exception:  # no pynvml, or NVML unavailable
+                return self
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
@@ -245,9 +244,9 @@ def main(argv=None):
         B = max(1, args.tokens // N)
         tensor_bytes = B * N * H * D * elt
         for name, impl in impls.items():
-            sampler = GpuSampler()
+            sampler = GpuSampler(device)
             try:
-                with sampler if device.type == "cuda" else contextlib.nullcontext():
+                with sampler:
                     r = measure(impl, B, H, N, D, D, dtype, device, bench, not args.fwd_only,
                                 args.dslope)
             except Exception as e:  # a peer that cannot run this shape: note it, go on

@@ -13,6 +13,8 @@ duration and DRAM throughput, in launch order, from such a CSV (no GPU needed).
 import argparse
 import csv
 
+_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+
 
 def summary(path):
     """(kernel, µs, DRAM %) per profiled kernel of an ncu `--csv --page details` file."""
@@ -23,11 +25,11 @@ def summary(path):
         k = rows.setdefault(r["ID"], {"kernel": r["Kernel Name"].split("(")[0].split("<")[0]
                                       .replace("void ", "")})
         if r["Metric Name"] == "Duration":
-            scale = {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
-            k["us"] = float(r["Metric Value"].replace(",", "")) * scale.get(r["Metric Unit"], 1e-3)
+            k["us"] = float(r["Metric Value"].replace(",", "")) * _US[r["Metric Unit"]]
         elif r["Metric Name"] == "DRAM Throughput":
             k["dram"] = float(r["Metric Value"].replace(",", ""))
-    return [(k["kernel"], k.get("us"), k.get("dram")) for _, k in sorted(rows.items(), key=lambda x: int(x[0]))]
+    ordered = sorted(rows.items(), key=lambda x: int(x[0]))
+    return [(k["kernel"], k.get("us"), k.get("dram")) for _, k in ordered]
 
 
 def step():
