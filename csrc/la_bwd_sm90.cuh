@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
   enum { kQ, kK, kV, kDO };  // tiles of a stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const auto [g, h] = cta_item(p.seg);
+  const int g = blockIdx.x, h = blockIdx.y;
   const SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
   const bool first_seg = si.seg == si.nseg - 1;  // processed first: takes d final_state
@@ -376,8 +376,7 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   using Tr = Sm90BwdTraits<T, HD>;
   auto kernel = la_bwd_sm90_kernel<T, HD>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<seg_grid(sg, sg.num_segs), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv,
-                                                                         p);
+  kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
 }
 
 }  // namespace la

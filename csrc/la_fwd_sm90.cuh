@@ -701,7 +701,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   constexpr int kStages = Tr::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const auto [g, h] = cta_item(p.seg);
+  const int g = blockIdx.x, h = blockIdx.y;
   const SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
   // segments in processing order: the first takes the incoming state, the last gives the
@@ -1070,8 +1070,8 @@ void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t
   using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
   auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<seg_grid(p.seg, p.seg.num_segs), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2],
-                                                                               m[3], m[4], p);
+  kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
+                                                                             m[4], p);
 }
 
 // With p.terms (the dq sweep with d slope terms) forward only: pass 1 with moments

@@ -21,7 +21,6 @@ struct SegParams {
                         // one CTA each; 1 part: the segment itself
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
-  int heads_inner;      // the sm_90a kernels' grid order (cta_item, seg_grid)
 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
@@ -96,23 +95,7 @@ struct SegInfo {
   bool valid;
 };
 
-// The grid of the sm_90a kernels over n segments (or pass-1 parts) of each head: with
-// heads_inner one axis, CTA x = i·H + h, so that the CTAs launched together are all heads of a
-// few segments and read whole (B, N, H, D) rows; else x = i, y = h (segments innermost).
-inline dim3 seg_grid(const SegParams& p, int64_t n) {
-  return p.heads_inner ? dim3((unsigned)(n * p.H)) : dim3((unsigned)n, (unsigned)p.H);
-}
-
 #ifdef __CUDACC__
-// This CTA's (segment or part i, head h) in seg_grid.
-struct CtaItem {
-  int i, h;
-};
-__device__ __forceinline__ CtaItem cta_item(const SegParams& p) {
-  if (p.heads_inner) return {(int)(blockIdx.x / p.H), (int)(blockIdx.x % p.H)};
-  return {(int)blockIdx.x, (int)blockIdx.y};
-}
-
 __device__ __forceinline__ SegInfo get_seg(const SegParams& p, int g) {
   SegInfo s;
   if (p.seq_info == nullptr) {
@@ -186,7 +169,6 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 bool sm90_fused_bwd();
-bool sm90_heads_inner();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -92,7 +92,6 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   pl.cc_major = dev.cc_major;
   pl.cc_minor = dev.cc_minor;
   pl.sm90 = dev.cc_major == 9 && dev.cc_minor == 0 && sm90_available();
-  pl.seg.heads_inner = pl.sm90 && sm90_heads_inner();
   // forward pass-2 pipeline depth: 3 stages where shared memory allows (Hopper), else 2
   pl.fwd_stages = smem_fwd_pass2((int)D, 3) <= dev.smem_optin ? 3 : 2;
   int L;

@@ -84,11 +84,4 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// The sm_90a kernels' CTAs in heads-innermost order (SegParams::heads_inner) when
-// LIGHTNING_ATTENTION_SM90_HEADS_INNER=1 (read once; a candidate, not measured yet).
-bool sm90_heads_inner() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_HEADS_INNER", false);
-  return on;
-}
-
 }  // namespace la

@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   constexpr int kStages = Tr::kStages, kTiles = HD / 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const auto [x, h] = cta_item(p.seg);  // x: part `part` of segment g
-  const int g = x / p.seg.parts, part = x - g * p.seg.parts;
+  const int h = blockIdx.y;
+  const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
   SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
   // nobody reads the local state of the last segment in processing order
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     }
   }
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-  const int64_t at = ((int64_t)x * p.seg.H + h) * HD * HD;
+  const int64_t at = ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
   store_state_slice<kTiles>(p.ws_local + at, s_acc, w, warp, lane);
   if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + at, m_acc, w, warp, lane);
 #endif
@@ -253,8 +253,8 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
   auto kernel = moments ? la_state_sm90_kernel<T, HD, false, true>
                 : reverse ? la_state_sm90_kernel<T, HD, true> : la_state_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<seg_grid(p.seg, (int64_t)p.seg.num_segs * p.seg.parts), Sm90FwdTraits<T, HD>::kThreads,
-           Tr::kSmem, stream>>>(tk, tv, p);
+  kernel<<<dim3(p.seg.num_segs * p.seg.parts, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem,
+           stream>>>(tk, tv, p);
 }
 
 }  // namespace la
