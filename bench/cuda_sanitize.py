@@ -46,15 +46,19 @@ for D in (64, 128):
         st = torch.randn(2, H, D, D, device="cuda")
         x = [t[0, :, :2].transpose(0, 1).contiguous() for t in (q, k, v)]
         C.decode(*x, st, slope, 1.0)
-        # few rows: a cluster of CTAs per (b, h); 80 rows: one CTA per (b, h)
+        # few rows: E split over CTAs per (b, h); 80 rows: one CTA per (b, h)
         ops.pool_decode(*x, torch.randn(5, H, D, D, device="cuda"),
                         torch.tensor([3, -1], dtype=torch.int32, device="cuda"), slope, 1.0)
         x = [torch.randn(80, H, D, device="cuda", dtype=dtype) for _ in range(3)]
         ops.pool_decode(*x, torch.randn(100, H, D, D, device="cuda"),
                         torch.randperm(100, device="cuda")[:80].int(), slope, 1.0)
-# D = E = 256: a state of 256 KB (the bulk decode kernel's ring of 64 KB taken four times)
-x = [torch.randn(3, 2, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
-ops.pool_decode(*x, torch.randn(4, 2, 256, 256, device="cuda"),
-                torch.tensor([2, 0, -1], dtype=torch.int32, device="cuda"), torch.rand(2, device="cuda"), 1.0)
+# the bulk decode kernel: more (b, h) than resident CTAs (every third row pads) and D = E = 256
+# (a state of 256 KB: the 64 KB ring four times)
+for B, d in ((300, 64), (80, 256)):
+    x = [torch.randn(B, 2, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    slots = torch.randperm(2 * B, device="cuda")[:B].int()
+    slots[1::3] = -1
+    ops.pool_decode(*x, torch.randn(2 * B, 2, d, d, device="cuda"), slots,
+                    torch.rand(2, device="cuda"), 1.0)
 torch.cuda.synchronize()
 print("sanitize case done")

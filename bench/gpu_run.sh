@@ -13,7 +13,8 @@
 # with it, alternating, twice each (AB_ARGS adds bench_speed.py arguments, e.g. "--heads 64
 # --dim 64"; default N = 1K, 16K, 64K), instead of the benchmark beside the peers; with NCU=1
 # also ncu's duration of each sm_90a kernel of one W step without and with it (fwd+bwd timings
-# move ~3% between runs, a kernel's under ncu ~0.1%); the tests and the sanitizer then run with
+# move ~3% between runs, a kernel's under ncu ~0.1%); with AB_SERVING=1 the decode steps of
+# bench_serving.py (eager and in CUDA graphs) instead; the tests and the sanitizer then run with
 # the switch set.
 set -u
 export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 PYTHONPATH=$PWD
@@ -40,9 +41,14 @@ grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > $OUT
 if [ -n "${AB:-}" ]; then
   for r in 1 2; do
     for sw in "" "$AB"; do
-      env $sw timeout 90 python3 bench/bench_speed.py --backends cuda --no-peers --n ${AB_N:-1024 16384 65536} \
-        ${AB_ARGS:-} --json /tmp/ab.json > /tmp/ab.log 2>&1
-      echo "A/B run $r ${sw:-default} rc=$?"; grep "lightning_attention cuda" /tmp/ab.log | tee -a $OUT/ab.log
+      if [ -n "${AB_SERVING:-}" ]; then
+        env $sw timeout 150 python3 bench/bench_serving.py --only decode graph --json /tmp/ab.json > /tmp/ab.log 2>&1
+        echo "A/B run $r ${sw:-default} rc=$?"; grep -E "^bench=" /tmp/ab.log | tee -a $OUT/ab.log
+      else
+        env $sw timeout 90 python3 bench/bench_speed.py --backends cuda --no-peers --n ${AB_N:-1024 16384 65536} \
+          ${AB_ARGS:-} --json /tmp/ab.json > /tmp/ab.log 2>&1
+        echo "A/B run $r ${sw:-default} rc=$?"; grep "lightning_attention cuda" /tmp/ab.log | tee -a $OUT/ab.log
+      fi
     done
   done
   if [ -n "${NCU:-}" ]; then  # each sm_90a kernel of one W step (1K, 64K) without and with it

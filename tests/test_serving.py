@@ -413,8 +413,9 @@ def test_cuda_decode_many_rows(cuda_pool, B):
 @pytest.mark.parametrize("d,e", [(40, 52), (200, 132), (256, 256)])
 def test_cuda_pool_decode_op_odd_shapes(d, e, B):
     """The C++ op takes any D, E <= 256 with E % 4 == 0 (the state streams as float4 rows):
-    rows that do not fill a warp, D split over a cluster of CTAs (few rows: B = 3) and one
-    CTA walking D in several passes (B·H = 160 CTAs fill an H200's SMs)."""
+    rows that do not fill a warp, E split over CTAs (few rows: B = 3 at E = 256; E = 52 and
+    132 do not split in halves) and one CTA walking D in several passes (B·H = 160 CTAs fill
+    an H200's SMs)."""
     num_slots = 2 * B + 3
     q, k, v = (torch.randn(B, H, x, device="cuda") for x in (d, d, e))
     slope = utils.rand_slope(H, "cuda")
