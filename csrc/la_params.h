@@ -199,7 +199,7 @@ struct DecodeParams {
   const float* slope;
   float scale;
   int B, H, D, E;
-  int sms, cc_major;  // the device's (la_plan.h device_info): whether a cluster splits D
+  int sms, cc_major;  // the device's (la_plan.h device_info): whether CTAs split E, bulk copies
 };
 void run_decode(const DecodeParams& p, int dtype /*0 fp32, 1 fp16, 2 bf16*/, cudaStream_t stream);
 
