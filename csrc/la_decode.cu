@@ -35,12 +35,13 @@ constexpr int kThreads = 512;
 constexpr int kRows = 8;  // rows per thread per pass; 32 registers of state
 constexpr int kMaxD = 256, kMaxSplit = 4;
 
-// The sum over D of each column's partials acc (thread (ry, cx)) into o = scale · sum: first
-// across a warp's row groups by shuffles where C4 divides 32, then the partials left (one per
-// warp, or per row group) by the first C4 threads, through `red` (one float4 per thread).
+// The sum over D of each column's partials acc (thread (ry, cx) of the CTA) into
+// o = scale · sum: first across a warp's row groups by shuffles where C4 divides 32, then the
+// partials left (one per warp, or per row group) by the first C4 threads, through `red` (one
+// float4 per thread).
 template <typename T>
-__device__ __forceinline__ void store_output(float4 acc, float4* red, int C4, int R, int nthreads,
-                                             float scale, T* out) {
+__device__ __forceinline__ void store_output(float4 acc, float4* red, int C4, int R, float scale,
+                                             T* out) {
   const int tid = threadIdx.x, lane = tid % 32;
   const bool by_warp = 32 % C4 == 0;
   if (by_warp)
@@ -49,9 +50,8 @@ __device__ __forceinline__ void store_output(float4 acc, float4* red, int C4, in
       acc.z += __shfl_xor_sync(~0u, acc.z, off); acc.w += __shfl_xor_sync(~0u, acc.w, off);
     }
   if (!by_warp || lane < C4) red[by_warp ? tid / 32 * C4 + lane : tid] = acc;
-  const int parts = by_warp ? nthreads / 32 : R;
-  if (nthreads == blockDim.x) __syncthreads();
-  else sm90::named_barrier(1, nthreads);
+  const int parts = by_warp ? blockDim.x / 32 : R;
+  __syncthreads();
   if (tid < C4) {
     float4 sum = red[tid];
     for (int r = 1; r < parts; ++r) {
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, 2) la_decode_kernel(const DecodePara
     for (int j = 0; j < kRows; ++j)
       if (active && d + R * j < p.D) s[j] = __ldcs(S + (d + R * j) * W4);
   }
-  store_output(acc, red, C4, R, kThreads, p.scale, out);
+  store_output(acc, red, C4, R, p.scale, out);
 }
 
 // The bulk kernel (sm_90, where B·H CTAs fill the SMs; la_decode_kernel splits E below
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kBulkThreads) la_decode_bulk_kernel(const Deco
       }
     }
   }
-  store_output(acc, red, C4, R, kBulkThreads, p.scale, static_cast<T*>(p.o) + (int64_t)bh * p.E);
+  store_output(acc, red, C4, R, p.scale, static_cast<T*>(p.o) + (int64_t)bh * p.E);
   if (tid == 0) bulk_wait_all<true>();  // the stores have read the ring
 #endif
 }
