@@ -124,9 +124,9 @@ def measure(impl, B, H, N, D, E, dtype, device, bench, do_bwd, dslope=False):
 class GpuSampler:
     """The card's SM clock (MHz), temperature (C) and power (W), read through NVML (pynvml,
     from nvidia-ml-py) every 10 ms on a thread while the `with` block runs; `summary()` gives
-    their medians ({} off the GPU, or where pynvml or NVML is missing). Read during the timed calls, not after
-    them: a shape that reads slower in one run than in another can be told apart from a card
-    that clocked down (power cap, heat) while running it."""
+    their medians ({} off the GPU, or where pynvml or NVML is missing). Read during the timed
+    calls, not after them: a shape that reads slower in one run than in another can be told
+    apart from a card that clocked down (power cap, heat) while running it."""
 
     def __init__(self, device, period_s=0.01):
         self.on, self.period_s, self.samples = device.type == "cuda", period_s, []
