@@ -3,8 +3,8 @@
     compute-sanitizer --tool memcheck  python3 bench/cuda_sanitize.py
     compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py
 
-On sm_90a the backward's dk/dv sweep runs the fused kernel, or with
-LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
+On sm_90a the backward's dk/dv sweep runs the fused kernel (at D = 64 both of its rings), or
+with LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
 On sm_90a the segments of 7 blocks take pass 1 in two parts, and the d slope cases' dq sweep
 runs on the sm_90a kernels (pass 1 with the moments, pass 2 with the terms); with
 LIGHTNING_ATTENTION_SM90=0 every case runs the mma.sync kernels of the sm_80 build.
@@ -52,6 +52,10 @@ for D in (64, 128):
         x = [torch.randn(80, H, D, device="cuda", dtype=dtype) for _ in range(3)]
         ops.pool_decode(*x, torch.randn(100, H, D, D, device="cuda"),
                         torch.randperm(100, device="cuda")[:80].int(), slope, 1.0)
+# the fused dk/dv sweep with more CTAs than SMs (144: at D = 64 its ring with one barrier per
+# stage; the cases above, fewer, take the split ring)
+q, k, v, do = (torch.randn(1, 24, 700, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+C.bwd(do, None, q, k, v, torch.rand(24, device="cuda"), 1.0, None, None, False, seg_len=128)
 # the bulk decode kernel: more (b, h) than resident CTAs (every third row pads) and D = E = 256
 # (a state of 256 KB: the 64 KB ring four times)
 for B, d in ((300, 64), (80, 256)):

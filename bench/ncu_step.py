@@ -1,5 +1,6 @@
 """One forward+backward of workload W through the public API inside the profiler's range, at
-N = 1K (B = 64) and 64K (B = 1), for Nsight Compute:
+N = 1K (B = 64) and 64K (B = 1), for Nsight Compute (`--heads 64 --dim 64`: W's other shape;
+`--n`: other lengths, B = 65536 / N):
 
     ncu --clock-control none --profile-from-start off -k regex:la_ \
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
@@ -32,13 +33,12 @@ def summary(path):
     return [(k["kernel"], k.get("us"), k.get("dram")) for _, k in ordered]
 
 
-def step():
+def step(H, D, ns):
     import torch
 
     import lightning_attention as la
 
-    H, D = 32, 128
-    for N in (1024, 65536):
+    for N in ns:
         B = 65536 // N
         q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16)
                        .mul_(D ** -0.25 if i < 2 else 1.0).transpose(1, 2) for i in range(4))
@@ -57,10 +57,13 @@ def step():
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--summary", metavar="CSV", help="summarise an ncu CSV instead of profiling")
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--dim", type=int, default=128, help="D = E")
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 65536], help="B = 65536 / N")
     args = p.parse_args()
     if args.summary:
         for kernel, us, dram in summary(args.summary):
             print(f"{kernel:<28}{us if us is not None else float('nan'):10.1f} us"
                   f"{dram if dram is not None else float('nan'):7.1f} % DRAM")
     else:
-        step()
+        step(args.heads, args.dim, args.n)

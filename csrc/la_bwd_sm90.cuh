@@ -33,15 +33,17 @@
 // Measured: fwd+bwd 3.5-5% faster at D = 128; at D = 64 (one consumer, two CTAs per SM) 14%
 // fewer instructions a block made it 1-2% slower at 16K-64K, so D = 64 keeps the plain path.
 //
-// kSplit (D = 128): each stage's Q, K and its V, dO land behind their own barriers. K Qᵀ of
-// block c + 1, issued late in block c, waits for Q and K only (loaded first), and V, dO are
-// waited for at their first use in block c + 1; each consumer frees a stage as soon as its last
-// product reading it is done, before the block's epilogue rather than after it. Why: with one
-// barrier per stage, freed at the block's end, ncu put a third of the consumers' cycles between
+// kSplit: each stage's Q, K and its V, dO land behind their own barriers. K Qᵀ of block c + 1,
+// issued late in block c, waits for Q and K only (loaded first), and V, dO are waited for at
+// their first use in block c + 1; each consumer frees a stage as soon as its last product
+// reading it is done, before the block's epilogue rather than after it. Why: with one barrier
+// per stage, freed at the block's end, ncu put a third of the consumers' cycles between
 // instructions on an L1TEX scoreboard, and on a full block's path the only such waits are the
 // ring's (the stage of block c + 1 was refilled only once block c − 1 had ended, epilogue
-// included). Measured (ncu, W at N = 1K): 890 → 838 µs a sweep, DRAM 75 → 80% of its peak.
-// D = 64 keeps one barrier per stage: two CTAs per SM cover each other's waits there.
+// included). It pays where a CTA has its SM to itself (ncu, H200: D = 128, W at N = 1K, 890 →
+// 838 µs a sweep; D = 64, H = 64 at N = 64K, 128 CTAs, 1043 → 867), not where two CTAs share
+// it and cover each other's waits (D = 64, H = 64 at 16K, 256 CTAs: 804 → 851; at 1K 896 →
+// 892), so run_bwd_sm90 picks it by the grid at D = 64.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -71,7 +73,7 @@ __device__ __forceinline__ void full_frags(uint32_t (&pa)[4][4], const float (&p
 
 }  // namespace sm90
 
-template <typename T, int HD>
+template <typename T, int HD, bool kSplit>
 struct Sm90BwdTraits {
   static_assert(HD == 64 || HD == 128, "specialised head dims");
   static constexpr int kConsumers = HD / 64;
@@ -87,8 +89,8 @@ struct Sm90BwdTraits {
   static constexpr int kSliceBytes = HD * 64 * 2;      // a consumer's (D, 64) slice of the H copy
   static constexpr int kCopyBytes = kConsumers * kSliceBytes;
   static constexpr bool kLean = HD == 128;   // see the file's head
-  static constexpr bool kSplit = HD == 128;  // (Q, K) and (V, dO) behind their own barriers
-  static constexpr int kBarrierBytes = sm90::Ring<kStages, kSplit ? 2 : 1>::kBarrierBytes;
+  using Ring = sm90::Ring<kStages, kSplit ? 2 : 1>;  // kSplit: (Q, K), (V, dO) apart
+  static constexpr int kBarrierBytes = Ring::kBarrierBytes;
   // stages | 2 copies of H | per consumer the dV and dK output boxes | barriers; 1 KiB of
   // slack: the swizzled boxes need 1 KiB alignment, the dynamic base has less
   static constexpr int kSmem = kStages * kStageBytes + 2 * kCopyBytes + kConsumers * 2 * kBoxBytes +
@@ -97,8 +99,9 @@ struct Sm90BwdTraits {
   static_assert(kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD>
-__global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<T, HD>::kMinBlocksPerSM)
+template <typename T, int HD, bool kSplit>
+__global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kSplit>::kThreads,
+                                  Sm90BwdTraits<T, HD, kSplit>::kMinBlocksPerSM)
     la_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
                        const __grid_constant__ CUtensorMap tm_k,
                        const __grid_constant__ CUtensorMap tm_v,
@@ -107,9 +110,9 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
                        const __grid_constant__ CUtensorMap tm_dv, const BwdParams p) {
 #ifdef LA_SM90_ENABLED
   using namespace sm90;
-  using Tr = Sm90BwdTraits<T, HD>;
+  using Tr = Sm90BwdTraits<T, HD, kSplit>;
   constexpr int kStages = Tr::kStages;
-  constexpr bool kLean = Tr::kLean, kSplit = Tr::kSplit;
+  constexpr bool kLean = Tr::kLean;
   enum { kQ, kK, kV, kDO };  // tiles of a stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
@@ -123,7 +126,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
   const uint32_t copies = base + kStages * Tr::kStageBytes;
   const uint32_t staging = copies + 2 * Tr::kCopyBytes;
   const uint32_t bars = staging + Tr::kConsumers * 2 * Tr::kBoxBytes;
-  const Ring<kStages, kSplit ? 2 : 1> ring{bars};
+  const typename Tr::Ring ring{bars};
   auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Tr::kTileBytes; };
 
   const int tid = threadIdx.x;
@@ -364,7 +367,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD>::kThreads, Sm90BwdTraits<
 }
 
 template <typename T, int HD>
-void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
+void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream) {
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const SegParams& sg = p.seg;
   const CUtensorMap tq = make_tile_map(p.q, kBf16, HD, sg.N, sg.H, sg.B, p.q_rs, p.q_hs, p.q_bs);
@@ -373,10 +376,18 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   const CUtensorMap tdo = make_tile_map(p.dout, kBf16, HD, sg.N, sg.H, sg.B, p.do_rs, p.do_hs, p.do_bs);
   const CUtensorMap tdk = make_tile_map(p.dk, kBf16, HD, sg.N, sg.H, sg.B, p.dk_rs, p.dk_hs, p.dk_bs);
   const CUtensorMap tdv = make_tile_map(p.dv, kBf16, HD, sg.N, sg.H, sg.B, p.dv_rs, p.dv_hs, p.dv_bs);
-  using Tr = Sm90BwdTraits<T, HD>;
-  auto kernel = la_bwd_sm90_kernel<T, HD>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
+  auto launch = [&](auto split) {
+    constexpr bool kSplit = decltype(split)::value;
+    using Tr = Sm90BwdTraits<T, HD, kSplit>;
+    auto kernel = la_bwd_sm90_kernel<T, HD, kSplit>;
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
+    kernel<<<dim3(sg.num_segs, sg.H), Tr::kThreads, Tr::kSmem, stream>>>(tq, tk, tv, tdo, tdk, tdv, p);
+  };
+  // D = 128 runs one CTA per SM; D = 64 two, unless the grid leaves an SM one (file's head)
+  if (HD == 128 || one_per_sm)
+    launch(std::true_type{});
+  else if constexpr (HD == 64)
+    launch(std::false_type{});
 }
 
 }  // namespace la

@@ -2,5 +2,5 @@
 #include "la_bwd_sm90.cuh"
 
 namespace la {
-template void run_bwd_sm90<__nv_bfloat16, 64>(const BwdParams&, cudaStream_t);
+template void run_bwd_sm90<__nv_bfloat16, 64>(const BwdParams&, bool, cudaStream_t);
 }  // namespace la

@@ -131,7 +131,7 @@ void launch_fused_bwd_sm90_passes(const BwdParams& p, const FwdParams& pdv, at::
       if (pass1)
         run_fwd_sm90<T, kHD>(pdv, /*pass1=*/true, /*reverse=*/true, stream);
       else
-        run_bwd_sm90<T, kHD>(p, stream);
+        run_bwd_sm90<T, kHD>(p, (int64_t)p.seg.num_segs * p.seg.H <= pl.sms, stream);
     };
     segment_passes(pl, pass, nullptr, p.dstate_in, E, 1, StateRows{}, p.slope, D, E,
                    /*reverse=*/true, stream);

@@ -165,9 +165,10 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
 bool sm90_available();
 // The fused sm_90a dk/dv sweep (la_bwd_sm90.cuh), pass 2 only (its pass 1 is the reversed
 // run_fwd_sm90 of the dV product); and whether it replaces the two reversed passes (unless
-// LIGHTNING_ATTENTION_SM90_FUSED_BWD=0, la_sm90_host.cu).
+// LIGHTNING_ATTENTION_SM90_FUSED_BWD=0, la_sm90_host.cu). `one_per_sm`: the grid's CTAs fit
+// the SMs once (the ring it takes at D = 64).
 template <typename T, int HD>
-void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
+void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream);
 bool sm90_fused_bwd();
 
 // la_scan.cu

@@ -91,6 +91,7 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   const DeviceInfo& dev = device_info(q.get_device());
   pl.cc_major = dev.cc_major;
   pl.cc_minor = dev.cc_minor;
+  pl.sms = dev.sms;
   pl.sm90 = dev.cc_major == 9 && dev.cc_minor == 0 && sm90_available();
   // forward pass-2 pipeline depth: 3 stages where shared memory allows (Hopper), else 2
   pl.fwd_stages = smem_fwd_pass2((int)D, 3) <= dev.smem_optin ? 3 : 2;

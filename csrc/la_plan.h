@@ -27,6 +27,7 @@ struct Plan {
   bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
   int fwd_stages = 2;  // cp.async pipeline depth of the forward's pass 2 (2 or 3)
   int cc_major = 0, cc_minor = 0;  // the device's compute capability
+  int sms = 0;                     // and its SM count
   bool sm90 = false;  // the sm_90a kernels (la_fwd_sm90.cuh) run the forward and the sweeps
 };
 
