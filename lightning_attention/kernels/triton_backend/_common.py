@@ -16,14 +16,26 @@ import triton.language as tl
 BT = 64
 
 #: Launch tunables (a benchmark may override them): warps, pipeline stages and block size
-#: (a power of two from 16 to BT, so that it divides every segment) per kernel, and a fixed
-#: segment length (None: planned from the shape and the multiprocessor count).
+#: (a power of two from 16 to BT, so that it divides every segment) per kernel, the block size
+#: of float32 inputs (block_tokens), and a fixed segment length (None: planned from the shape
+#: and the multiprocessor count).
 CONFIG = {
     "out_warps": 8, "out_stages": 3, "bt_out": BT,
     "state_warps": 8, "state_stages": 3, "bt_state": BT,
     "bwd_warps": 8, "bwd_stages": 2, "bt_bwd": BT,
+    "bt_fp32": 16,
     "seg": None,
 }
+
+
+def block_tokens(kernel: str, dtype) -> int:
+    """The block size of kernel `kernel` ("out", "state" or "bwd") for inputs of `dtype`.
+    float32 inputs take exact float32 products (dot_prec), which Triton builds as FMA loops
+    over the whole tile: at D = 128 the forward's and backward's kernels took ~3 minutes to
+    compile for sm_90 with 64-token blocks and ~13 s with 16, so float32 uses at most
+    CONFIG["bt_fp32"]."""
+    bt = CONFIG["bt_" + kernel]
+    return min(bt, CONFIG["bt_fp32"]) if dtype == torch.float32 else bt
 
 
 def interpret() -> bool:

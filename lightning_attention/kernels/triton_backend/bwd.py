@@ -185,7 +185,7 @@ def bwd(do, dfinal_state, q, k, v, slope, scale, initial_state, cu_seqlens, need
         float(scale),
         HAS_DFINAL=dfinal_state is not None, STORE_DINIT=dinit is not None,
         HAS_DECAY=slope is not None, TERMS=need_dslope, VARLEN=table.varlen,
-        BT=C.CONFIG["bt_bwd"], BK=BK, BV=BV,
+        BT=C.block_tokens("bwd", q.dtype), BK=BK, BV=BV,
         DOT_PREC=prec, INTERP=C.interpret(),
         num_warps=C.CONFIG["bwd_warps"], num_stages=C.CONFIG["bwd_stages"])
     if NVT > 1:

@@ -372,7 +372,7 @@ def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_p
         a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
         float(scale),
         HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen, OWN_SLOT=own_slot,
-        MOMENT=moment, SPLIT=moment and a.dtype != torch.float32, BT=C.CONFIG["bt_state"],
+        MOMENT=moment, SPLIT=moment and a.dtype != torch.float32, BT=C.block_tokens("state", a.dtype),
         BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
     return (st, mom) if moment else st
@@ -449,7 +449,7 @@ def seg_out(q, k, v, o, slope, scale, init, states, final, table, H, K, V, trans
         HAS_INIT=init is not None, HAS_DECAY=slope is not None, STORE_FINAL=final is not None,
         TERMS=terms is not None, HAS_DFINAL=dfinal is not None, VARLEN=table.varlen,
         POOL=pool is not None, SPLIT=terms is not None and q.dtype != torch.float32,
-        BT=C.CONFIG["bt_out"], BK=BK, BV=BV,
+        BT=C.block_tokens("out", q.dtype), BK=BK, BV=BV,
         DOT_PREC=dot_prec,
         INTERP=C.interpret(),
         num_warps=C.CONFIG["out_warps"], num_stages=C.CONFIG["out_stages"])
