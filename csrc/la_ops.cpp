@@ -142,7 +142,7 @@ std::tuple<Tensor, Tensor> forward(const Tensor& q_, const Tensor& k_, const Ten
   Tensor o = output_like_layout(q_, E);
   const auto slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_);
-  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, slope.has_value(), stream);
   FwdParams p = fwd_params(q, k, v, o, ptr_or_null<float>(slope_c), (float)scale, state_in, E, 1,
                            state_out, pl);
   p.state_rows = rows;
@@ -247,7 +247,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   const auto init = contiguous(initial_state), dfinal = contiguous(dfinal_state),
              slope_c = contiguous(slope), cu = contiguous(cu_seqlens);
   const Tensor q = aligned(q_), k = aligned(k_), v = aligned(v_), dout = aligned(dout_);
-  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, stream, /*moments=*/need_dslope);
+  const Plan pl = make_plan(q, cu, num_seqs, D, E, seg_len, slope.has_value(), stream,
+                            /*moments=*/need_dslope);
   const float* slope_p = ptr_or_null<float>(slope_c);
   const bool reuse = kept.has_value() && kept->numel() > 0 && !need_dslope;
   if (reuse)

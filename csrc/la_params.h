@@ -21,6 +21,8 @@ struct SegParams {
                         // one CTA each; 1 part: the segment itself
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
+  bool horizon;         // the sm_90a pass 1 skips the tokens past each head's decay horizon
+                        // (la_state_sm90.cuh; LIGHTNING_ATTENTION_SM90_HORIZON=1)
 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
@@ -170,6 +172,9 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream);
 bool sm90_fused_bwd();
+// Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): only with
+// LIGHTNING_ATTENTION_SM90_HORIZON=1 (la_sm90_host.cu), until measured on a GPU.
+bool sm90_horizon();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -84,8 +84,8 @@ int pick_parts(int64_t segs, int64_t blocks, int64_t slots) {
 }  // namespace
 
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
-               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream,
-               bool moments) {
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, bool decay,
+               cudaStream_t stream, bool moments) {
   Plan pl;
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2);
   const DeviceInfo& dev = device_info(q.get_device());
@@ -129,16 +129,19 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
   }
   // Pass 1 in parts: only the sm_90a one without moments (the scan carries the moments of
-  // whole segments; the mma.sync pass 1 takes whole segments too).
+  // whole segments; the mma.sync pass 1 takes whole segments too). With the decay horizon
+  // (la_state_sm90.cuh) the parts of a strongly decaying head end at once, so up to three
+  // waves of parts: the weakly decaying heads' parts then share the machine.
   pl.seg.parts = 1;
   pl.seg.part_len = L;
+  pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
   if (pl.multi && pl.sm90 && !moments) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
     const int64_t segs =
         cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
     const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm);
+    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm * (pl.seg.horizon ? 3 : 1));
     const int64_t part_blocks = (blocks + parts - 1) / parts;
     pl.seg.part_len = (int)(part_blocks * 64);
     pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);

@@ -32,11 +32,11 @@ struct Plan {
 };
 
 // `seg_len`: a forced segment length (a positive multiple of 64; tests use it to take the
-// single- and multi-segment paths), or nullopt to plan it. `moments`: the dq sweep carries
-// d slope moments beside its states. Reads the device's properties once per device and
-// caches them.
+// single- and multi-segment paths), or nullopt to plan it. `decay`: the call has slopes.
+// `moments`: the dq sweep carries d slope moments beside its states. Reads the device's
+// properties once per device and caches them.
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
-               int64_t D, int64_t E, std::optional<int64_t> seg_len, cudaStream_t stream,
-               bool moments = false);
+               int64_t D, int64_t E, std::optional<int64_t> seg_len, bool decay,
+               cudaStream_t stream, bool moments = false);
 
 }  // namespace la

@@ -84,4 +84,9 @@ bool sm90_fused_bwd() {
   return on;
 }
 
+bool sm90_horizon() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_HORIZON", false);
+  return on;
+}
+
 }  // namespace la

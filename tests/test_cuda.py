@@ -6,9 +6,13 @@ CPU: the extension imports and its ops register (when it is built). GPU: every f
 combination (decay or slopes of 0, scale, initial/final state, cu_seqlens with empty and
 length-1 sequences; malformed offsets), every dtype of
 config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
-outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck.
+outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck,
+pass 1 at the decay horizon (a switch, in a child process).
 """
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,6 +115,36 @@ def test_long_segments(D, seg, varlen, seg_len):
     cu = [0, 100, 100, 1300, 1301, 2000] if varlen else None
     check_cuda(B=1 if varlen else 2, H=2, N=2000 if varlen else 1000, D=D, slope_grad=False,
                cu_seqlens=cu, scale=-0.5)
+
+
+@gpu
+@built
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_decay_horizon(D):
+    """Pass 1 stopping at each head's decay horizon (LIGHTNING_ATTENTION_SM90_HORIZON=1, which
+    the extension reads once per process: so in a child process): heads without decay and
+    with weak, medium and strong decay (a horizon inside one block) over 256-token segments,
+    the forward and the fixed-slope backward (both directions of pass 1), packed sequences
+    with an empty one, states in and out, against the float64 truth."""
+    code = f"""
+import functools, torch, utils
+from lightning_attention import dispatch
+from lightning_attention.kernels import cuda_backend as cuda
+ops = torch.ops.lightning_attention_C
+dispatch.BACKENDS["cuda"] = cuda.BACKEND._replace(
+    fwd=functools.partial(ops.fwd.default, seg_len=256),
+    bwd=functools.partial(ops.bwd.default, seg_len=256))
+for cu in (None, [0, 700, 700, 2300, 3000]):
+    utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
+                        D={D}, E={D}, dtype=torch.bfloat16, decay="mixed", cu_seqlens=cu,
+                        initial_state=True, final_state=True, slope_grad=False, scale=0.5)
+print("ok")
+"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, LIGHTNING_ATTENTION_SM90_HORIZON="1",
+               PYTHONPATH=os.pathsep.join([here, os.path.join(here, "..")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
 
 
 @gpu

@@ -258,10 +258,13 @@ def assert_dslope(g, ref, dtype, name="dslope", base=None):
 
 
 def make_slope(decay, H, device="cpu", dtype=torch.float32):
-    """decay: True (random slopes), "zero" (slopes of 0: λ = 1, with a d slope) or False
-    (no slope)."""
+    """decay: True (random slopes), "zero" (slopes of 0: λ = 1, with a d slope), "mixed"
+    (by head: none, weak, medium and strong decay, λ = e^-3: a token's weight falls below
+    2^-190 within 44 tokens) or False (no slope)."""
     if decay == "zero":
         return torch.zeros(H, device=device, dtype=dtype)
+    if decay == "mixed":
+        return torch.tensor([0.0, 0.01, 0.3, 3.0], device=device, dtype=dtype).repeat(H)[:H]
     return rand_slope(H, device).to(dtype) if decay else None
 
 
