@@ -141,7 +141,8 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     const int64_t segs =
         cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
     const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm * (pl.seg.horizon ? 3 : 1));
+    const int waves = pl.seg.horizon ? 3 : 1;
+    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm * waves);
     const int64_t part_blocks = (blocks + parts - 1) / parts;
     pl.seg.part_len = (int)(part_blocks * 64);
     pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);

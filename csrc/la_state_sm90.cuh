@@ -90,7 +90,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
       const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
       si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
     } else {  // blocks that end after seg_end - hz
-      const int64_t drop = min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
+      const int64_t drop =
+          min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
       si.start += (int)drop * 64;
       si.len = max(0, si.len - (int)drop * 64);
     }
