@@ -22,7 +22,7 @@ struct SegParams {
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
   bool horizon;         // the sm_90a pass 1 skips the tokens past each head's decay horizon
-                        // (la_state_sm90.cuh; LIGHTNING_ATTENTION_SM90_HORIZON=1)
+                        // (la_state_sm90.cuh; LIGHTNING_ATTENTION_HORIZON=1)
 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
@@ -173,7 +173,7 @@ template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream);
 bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): only with
-// LIGHTNING_ATTENTION_SM90_HORIZON=1 (la_sm90_host.cu), until measured on a GPU.
+// LIGHTNING_ATTENTION_HORIZON=1 (la_sm90_host.cu), until measured on a GPU.
 bool sm90_horizon();
 
 // la_scan.cu

@@ -85,7 +85,7 @@ bool sm90_fused_bwd() {
 }
 
 bool sm90_horizon() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SM90_HORIZON", false);
+  static const bool on = env_switch("LIGHTNING_ATTENTION_HORIZON", false);
   return on;
 }
 

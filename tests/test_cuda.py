@@ -121,11 +121,12 @@ def test_long_segments(D, seg, varlen, seg_len):
 @built
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_decay_horizon(D):
-    """Pass 1 stopping at each head's decay horizon (LIGHTNING_ATTENTION_SM90_HORIZON=1, which
+    """Pass 1 stopping at each head's decay horizon (LIGHTNING_ATTENTION_HORIZON=1, which
     the extension reads once per process: so in a child process): heads without decay and
     with weak, medium and strong decay (a horizon inside one block) over 256-token segments,
     the forward and the fixed-slope backward (both directions of pass 1), packed sequences
-    with an empty one, states in and out, against the float64 truth."""
+    with an empty one, states in and out, against the float64 truth; and a NaN past the
+    horizon that only the skip keeps from the neighbouring segment."""
     code = f"""
 import functools, torch, utils
 from lightning_attention import dispatch
@@ -138,10 +139,20 @@ for cu in (None, [0, 700, 700, 2300, 3000]):
     utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
                         D={D}, E={D}, dtype=torch.bfloat16, decay="mixed", cu_seqlens=cu,
                         initial_state=True, final_state=True, slope_grad=False, scale=0.5)
+# the skip happens: a NaN past the strong head's horizon (a key 250 tokens before segment 0's
+# last token; a dO in segment 1's second block) stays out of the neighbouring segment
+q, k, v = utils.make_inputs(1, 4, 1024, {D}, {D}, dtype=torch.bfloat16, device="cuda")
+slope = utils.make_slope("mixed", 4, "cuda")
+do = torch.randn_like(v)
+do[0, 3, 356] = float("nan")
+dk = cuda.BACKEND.bwd(do, None, q, k, v, slope, 1.0, None, None, False, seg_len=256)[1]
+k[0, 3, 5] = float("nan")
+o = cuda.BACKEND.fwd(q, k, v, slope, 1.0, None, None, False, seg_len=256)[0]
+assert torch.isfinite(o[0, 3, 256:512]).all() and torch.isfinite(dk[0, 3, :256]).all()
 print("ok")
 """
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, LIGHTNING_ATTENTION_SM90_HORIZON="1",
+    env = dict(os.environ, LIGHTNING_ATTENTION_HORIZON="1",
                PYTHONPATH=os.pathsep.join([here, os.path.join(here, "..")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr

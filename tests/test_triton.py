@@ -138,6 +138,45 @@ def test_cpu_kept_states(interp, seg, varlen):
           final_state=True, scale=0.8, slope_grad=False)
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
+    """Pass 1 stopping at each head's decay horizon (LIGHTNING_ATTENTION_HORIZON=1): heads
+    without decay and with weak, medium and strong decay (λ = e^-3: a horizon of 44 tokens,
+    inside a 64-token segment of 16-token float32 blocks), both directions of pass 1, packed
+    sequences with an empty one, against the float64 truth, fixed and learnable slope (the
+    moments' pass 1 keeps every token); the forward's output and final states within float32
+    rounding of those without the switch; and a NaN past the horizon that only the skip keeps
+    from the neighbouring segment."""
+    seg(64)
+    cu = [0, 40, 40, 230, 300] if varlen else None
+    B = 1 if varlen else 2
+    q, k, v = utils.make_inputs(B, 4, 300, 32, 16, device=interp)
+    slope = utils.make_slope("mixed", 4, interp)
+    s0 = utils.rand_state(4 if varlen else B, 4, 32, 16, interp)
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    off = T.fwd(q, k, v, slope, 0.8, s0, cut, True)
+    monkeypatch.setenv("LIGHTNING_ATTENTION_HORIZON", "1")
+    on = T.fwd(q, k, v, slope, 0.8, s0, cut, True)
+    for a, b in zip(on[:2], off[:2]):  # the output and the final states
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-30)
+    if not varlen:
+        # the skip happens, in both directions: a NaN past the strong head's horizon (a key
+        # 58 tokens before its segment's last token; a dO 56 after the next segment's first,
+        # in its fourth 16-token block) reaches the neighbouring segment with the switch off
+        k[0, 3, 5] = float("nan")
+        do = torch.randn_like(v)
+        do[0, 3, 120] = float("nan")
+        for switch in ("0", "1"):
+            monkeypatch.setenv("LIGHTNING_ATTENTION_HORIZON", switch)
+            o = T.fwd(q, k, v, slope, 0.8, None, None, False)[0]
+            dk = T.bwd(do, None, q, k.nan_to_num(), v, slope, 0.8, None, None, False)[1]
+            assert torch.isfinite(o[0, 3, 64:128]).all() == (switch == "1")
+            assert torch.isfinite(dk[0, 3, :64]).all() == (switch == "1")
+    for slope_grad in (False, True):
+        check(B=B, H=4, N=300, D=32, E=16, device=interp, decay="mixed", cu_seqlens=cu,
+              initial_state=True, final_state=True, scale=0.8, slope_grad=slope_grad)
+
+
 @pytest.mark.parametrize("seg_len", [None, 64])
 def test_cpu_varlen(interp, descending, seg, seg_len):
     seg(seg_len)
@@ -418,6 +457,9 @@ def _workload(name):
         s4 = utils.rand_state(4, 2, 64, 64)
         T.fwd(q, k, v, slope, 1.0, s4, cu, True)
         T.bwd(torch.randn_like(v), torch.randn_like(s4), q, k, v, None, 0.5, s4, cu, False)
+    elif name == "horizon":  # (with LIGHTNING_ATTENTION_HORIZON=1)
+        T.fwd(q, k, v, slope, 1.0, s0, None, True)
+        T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None, False)
     elif name == "serving":
         pool = torch.randn(6, 2, 64, 64)
         slots = torch.tensor([4, -1, 0, 2], dtype=torch.int32)
@@ -427,16 +469,18 @@ def _workload(name):
 
 
 @pytest.mark.parametrize("seg_len", [None, 64])
-@pytest.mark.parametrize("workload", ["dslope", "varlen", "serving"])
+@pytest.mark.parametrize("workload", ["dslope", "varlen", "horizon", "serving"])
 def test_kernels_compile_for_a_gpu(monkeypatch, seg, seg_len, workload):
     """Every kernel launch of a call (d slope backward; packed sequences with states, no
-    decay; pooled prefill and decode), with one segment and several, compiles for sm_90. The
+    decay; pass 1 at the decay horizon; pooled prefill and decode), with one segment and
+    several, compiles for sm_90. The
     interpreter runs only the branches it takes, so a type error in a branch that a launch
     never takes (a 16-bit placeholder loaded where float32 is carried) passes every CPU test
     and fails on the GPU."""
     if TC.interpreter_problem() is not None:
         pytest.skip(TC.interpreter_problem())
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("LIGHTNING_ATTENTION_HORIZON", "1" if workload == "horizon" else "0")
     if seg_len:
         seg(seg_len)
     launches, launch = [], TC._launch

@@ -42,6 +42,14 @@ def interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def horizon() -> bool:
+    """Whether pass 1 skips the tokens past each head's decay horizon: their weight in a
+    segment's state is below 2^-190, so they add less than float32's smallest normal number
+    to any state entry below 2^64 (csrc/la_state_sm90.cuh, the CUDA kernel's twin).
+    LIGHTNING_ATTENTION_HORIZON=1, read at each call; off until measured on a GPU."""
+    return os.environ.get("LIGHTNING_ATTENTION_HORIZON", "0") == "1"
+
+
 def interpreter_problem():
     """Why Triton's interpreter cannot run these kernels here, or None. Before Triton 3.8
     it turns a loop bound into an int with int() of the 1-element array that every scalar
