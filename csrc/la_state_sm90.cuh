@@ -74,7 +74,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   constexpr int kStages = Tr::kStages, kTiles = HD / 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const int h = blockIdx.y;
+  // with the horizon, heads in reverse order: CTAs start roughly in grid order, and the
+  // weakest decay (ALiBi's last heads) keeps the most blocks, so its parts go first
+  const int h = p.seg.horizon ? p.seg.H - 1 - (int)blockIdx.y : (int)blockIdx.y;
   const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
   SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;
