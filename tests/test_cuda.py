@@ -9,7 +9,6 @@ config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs,
 outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck,
 pass 1 at the decay horizon (a switch, in a child process).
 """
-import functools
 import os
 import subprocess
 import sys
@@ -49,13 +48,9 @@ def check_cuda(*, D=64, dtype=torch.bfloat16, initial_state=True, final_state=Tr
 
 @pytest.fixture
 def seg_len(monkeypatch):
-    """Force the segment length (tokens) of the CUDA ops: 128 takes the multi-segment path
-    (pass 1, scan, pass 2) at any N > 128, 2^20 the single-segment one."""
+    """Force the segment length (tokens) of the CUDA ops (utils.cuda_with_seg_len)."""
     def set_len(n):
-        ops = torch.ops.lightning_attention_C
-        monkeypatch.setitem(dispatch.BACKENDS, "cuda", C._replace(
-            fwd=functools.partial(ops.fwd.default, seg_len=n),
-            bwd=functools.partial(ops.bwd.default, seg_len=n)))
+        monkeypatch.setitem(dispatch.BACKENDS, "cuda", utils.cuda_with_seg_len(n))
     return set_len
 
 
@@ -128,13 +123,9 @@ def test_decay_horizon(D):
     with an empty one, states in and out, against the float64 truth; and a NaN past the
     horizon that only the skip keeps from the neighbouring segment."""
     code = f"""
-import functools, torch, utils
+import torch, utils
 from lightning_attention import dispatch
-from lightning_attention.kernels import cuda_backend as cuda
-ops = torch.ops.lightning_attention_C
-dispatch.BACKENDS["cuda"] = cuda.BACKEND._replace(
-    fwd=functools.partial(ops.fwd.default, seg_len=256),
-    bwd=functools.partial(ops.bwd.default, seg_len=256))
+dispatch.BACKENDS["cuda"] = cuda = utils.cuda_with_seg_len(256)
 for cu in (None, [0, 700, 700, 2300, 3000]):
     utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
                         D={D}, E={D}, dtype=torch.bfloat16, decay="mixed", cu_seqlens=cu,
@@ -145,9 +136,9 @@ q, k, v = utils.make_inputs(1, 4, 1024, {D}, {D}, dtype=torch.bfloat16, device="
 slope = utils.make_slope("mixed", 4, "cuda")
 do = torch.randn_like(v)
 do[0, 3, 356] = float("nan")
-dk = cuda.BACKEND.bwd(do, None, q, k, v, slope, 1.0, None, None, False, seg_len=256)[1]
+dk = cuda.bwd(do, None, q, k, v, slope, 1.0, None, None, False)[1]
 k[0, 3, 5] = float("nan")
-o = cuda.BACKEND.fwd(q, k, v, slope, 1.0, None, None, False, seg_len=256)[0]
+o = cuda.fwd(q, k, v, slope, 1.0, None, None, False)[0]
 assert torch.isfinite(o[0, 3, 256:512]).all() and torch.isfinite(dk[0, 3, :256]).all()
 print("ok")
 """

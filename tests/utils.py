@@ -202,6 +202,16 @@ def baseline(q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None
 STATE_FACTOR = 3.0
 
 
+def cuda_with_seg_len(n):
+    """The CUDA backend with its ops' segment length forced to `n` tokens (dispatch.BACKENDS
+    entry): 128 takes the multi-segment path (pass 1, scan, pass 2) at any N > 128, 2^20 the
+    single-segment one."""
+    import functools
+    ops = torch.ops.lightning_attention_C
+    return cuda_backend.BACKEND._replace(fwd=functools.partial(ops.fwd.default, seg_len=n),
+                                         bwd=functools.partial(ops.bwd.default, seg_len=n))
+
+
 def max_err(x, ref):
     return (x.detach().double() - ref).abs().max().item() if ref.numel() else 0.0
 
