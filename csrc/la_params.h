@@ -172,8 +172,8 @@ bool sm90_available();
 template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream);
 bool sm90_fused_bwd();
-// Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): only with
-// LIGHTNING_ATTENTION_HORIZON=1 (la_sm90_host.cu), until measured on a GPU.
+// Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
+// LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
 
 // la_scan.cu

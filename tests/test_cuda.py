@@ -114,14 +114,16 @@ def test_long_segments(D, seg, varlen, seg_len):
 
 @gpu
 @built
+@pytest.mark.parametrize("switch", ["0", "1"])
 @pytest.mark.parametrize("D", HEAD_DIMS)
-def test_decay_horizon(D):
-    """Pass 1 stopping at each head's decay horizon (LIGHTNING_ATTENTION_HORIZON=1, which
-    the extension reads once per process: so in a child process): heads without decay and
-    with weak, medium and strong decay (a horizon inside one block) over 256-token segments,
-    the forward and the fixed-slope backward (both directions of pass 1), packed sequences
-    with an empty one, states in and out, against the float64 truth; and a NaN past the
-    horizon that only the skip keeps from the neighbouring segment."""
+def test_decay_horizon(D, switch):
+    """Pass 1 with and without the stop at each head's decay horizon
+    (LIGHTNING_ATTENTION_HORIZON, which the extension reads once per process: so in a child
+    process): heads without decay and with weak, medium and strong decay (a horizon inside
+    one block) over 256-token segments, the forward and the fixed-slope backward (both
+    directions of pass 1), packed sequences with an empty one, states in and out, against
+    the float64 truth; and a NaN past the horizon that the skip keeps from the neighbouring
+    segment, and only the skip."""
     code = f"""
 import torch, utils
 from lightning_attention import dispatch
@@ -139,11 +141,12 @@ do[0, 3, 356] = float("nan")
 dk = cuda.bwd(do, None, q, k, v, slope, 1.0, None, None, False)[1]
 k[0, 3, 5] = float("nan")
 o = cuda.fwd(q, k, v, slope, 1.0, None, None, False)[0]
-assert torch.isfinite(o[0, 3, 256:512]).all() and torch.isfinite(dk[0, 3, :256]).all()
+kept = bool(torch.isfinite(o[0, 3, 256:512]).all()), bool(torch.isfinite(dk[0, 3, :256]).all())
+assert kept == ({switch == "1"},) * 2, kept
 print("ok")
 """
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, LIGHTNING_ATTENTION_HORIZON="1",
+    env = dict(os.environ, LIGHTNING_ATTENTION_HORIZON=switch,
                PYTHONPATH=os.pathsep.join([here, os.path.join(here, "..")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr

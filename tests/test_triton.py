@@ -140,13 +140,13 @@ def test_cpu_kept_states(interp, seg, varlen):
 
 @pytest.mark.parametrize("varlen", [False, True])
 def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
-    """Pass 1 stopping at each head's decay horizon (LIGHTNING_ATTENTION_HORIZON=1): heads
-    without decay and with weak, medium and strong decay (λ = e^-3: a horizon of 44 tokens,
-    inside a 64-token segment of 16-token float32 blocks), both directions of pass 1, packed
-    sequences with an empty one, against the float64 truth, fixed and learnable slope (the
-    moments' pass 1 keeps every token); the forward's output and final states within float32
-    rounding of those without the switch; and a NaN past the horizon that only the skip keeps
-    from the neighbouring segment."""
+    """Pass 1 stopping at each head's decay horizon (the default; LIGHTNING_ATTENTION_HORIZON=0
+    turns it off): heads without decay and with weak, medium and strong decay (λ = e^-3: a
+    horizon of 44 tokens, inside a 64-token segment of 16-token float32 blocks), both
+    directions of pass 1, packed sequences with an empty one, against the float64 truth,
+    fixed and learnable slope (the moments' pass 1 keeps every token); the forward's output
+    and final states within float32 rounding of those with the switch off; and a NaN past
+    the horizon that only the skip keeps from the neighbouring segment."""
     seg(64)
     cu = [0, 40, 40, 230, 300] if varlen else None
     B = 1 if varlen else 2
@@ -154,6 +154,7 @@ def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
     slope = utils.make_slope("mixed", 4, interp)
     s0 = utils.rand_state(4 if varlen else B, 4, 32, 16, interp)
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    monkeypatch.setenv("LIGHTNING_ATTENTION_HORIZON", "0")
     off = T.fwd(q, k, v, slope, 0.8, s0, cut, True)
     monkeypatch.setenv("LIGHTNING_ATTENTION_HORIZON", "1")
     on = T.fwd(q, k, v, slope, 0.8, s0, cut, True)
@@ -456,7 +457,7 @@ def _workload(name):
         s4 = utils.rand_state(4, 2, 64, 64)
         T.fwd(q, k, v, slope, 1.0, s4, cu, True)
         T.bwd(torch.randn_like(v), torch.randn_like(s4), q, k, v, None, 0.5, s4, cu, False)
-    elif name == "horizon":  # (with LIGHTNING_ATTENTION_HORIZON=1)
+    elif name == "horizon":  # (LIGHTNING_ATTENTION_HORIZON=1; the others with it off)
         T.fwd(q, k, v, slope, 1.0, s0, None, True)
         T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None, False)
     elif name == "serving":

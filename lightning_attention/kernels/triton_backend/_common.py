@@ -46,8 +46,8 @@ def horizon() -> bool:
     """Whether pass 1 skips the tokens past each head's decay horizon: their weight in a
     segment's state is below 2^-190, so they add less than float32's smallest normal number
     to any state entry below 2^64 (csrc/la_state_sm90.cuh, the CUDA kernel's twin).
-    LIGHTNING_ATTENTION_HORIZON=1, read at each call; off until measured on a GPU."""
-    return os.environ.get("LIGHTNING_ATTENTION_HORIZON", "0") == "1"
+    On unless LIGHTNING_ATTENTION_HORIZON=0 (read at each call, for comparisons)."""
+    return os.environ.get("LIGHTNING_ATTENTION_HORIZON", "1") != "0"
 
 
 def interpreter_problem():
