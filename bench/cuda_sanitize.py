@@ -5,8 +5,9 @@
 
 On sm_90a the backward's dk/dv sweep runs the fused kernel (at D = 64 both of its rings), or
 with LIGHTNING_ATTENTION_SM90_FUSED_BWD=0 in the environment the two reversed passes; run both.
-On sm_90a the segments of 7 blocks take pass 1 in two parts, and the d slope cases' dq sweep
-runs on the sm_90a kernels (pass 1 with the moments, pass 2 with the terms); with
+On sm_90a the segments of 7 blocks take pass 1 in two parts (up to each head's decay horizon;
+every token with LIGHTNING_ATTENTION_HORIZON=0), and the d slope cases' dq sweep runs on the
+sm_90a kernels (pass 1 with the moments, pass 2 with the terms); with
 LIGHTNING_ATTENTION_SM90=0 every case runs the mma.sync kernels of the sm_80 build.
 """
 import torch
@@ -56,6 +57,12 @@ for D in (64, 128):
 # stage; the cases above, fewer, take the split ring)
 q, k, v, do = (torch.randn(1, 24, 700, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
 C.bwd(do, None, q, k, v, torch.rand(24, device="cuda"), 1.0, None, None, False, seg_len=128)
+# pass 1 up to the decay horizon in parts of 4 blocks, some of which read no tokens (the
+# first head's horizon is 44 tokens) beside others that read all (the second's, 13K)
+q, k, v, do = (torch.randn(1, 2, 2100, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+slope = torch.tensor([3.0, 0.01], device="cuda")
+C.fwd(q, k, v, slope, 1.0, None, None, True, seg_len=1024)
+C.bwd(do, None, q, k, v, slope, 1.0, None, None, False, seg_len=1024)
 # the bulk decode kernel: more (b, h) than resident CTAs (every third row pads) and D = E = 256
 # (a state of 256 KB: the 64 KB ring four times)
 for B, d in ((300, 64), (80, 256)):

@@ -120,28 +120,29 @@ def test_decay_horizon(D, switch):
     """Pass 1 with and without the stop at each head's decay horizon
     (LIGHTNING_ATTENTION_HORIZON, which the extension reads once per process: so in a child
     process): heads without decay and with weak, medium and strong decay (a horizon inside
-    one block) over 256-token segments, the forward and the fixed-slope backward (both
-    directions of pass 1), packed sequences with an empty one, states in and out, against
-    the float64 truth; and a NaN past the horizon that the skip keeps from the neighbouring
-    segment, and only the skip."""
+    one block) over 1024-token segments (pass 1 in parts of 256 tokens, some of which read
+    no tokens with the horizon and write a state of 0), the forward and the fixed-slope
+    backward (both directions of pass 1), packed sequences with an empty one, states in and
+    out, against the float64 truth; and a NaN past the horizon that the skip keeps from the
+    neighbouring segment, and only the skip."""
     code = f"""
 import torch, utils
 from lightning_attention import dispatch
-dispatch.BACKENDS["cuda"] = cuda = utils.cuda_with_seg_len(256)
+dispatch.BACKENDS["cuda"] = cuda = utils.cuda_with_seg_len(1024)
 for cu in (None, [0, 700, 700, 2300, 3000]):
     utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
                         D={D}, E={D}, dtype=torch.bfloat16, decay="mixed", cu_seqlens=cu,
                         initial_state=True, final_state=True, slope_grad=False, scale=0.5)
 # the skip happens: a NaN past the strong head's horizon (a key 250 tokens before segment 0's
 # last token; a dO in segment 1's second block) stays out of the neighbouring segment
-q, k, v = utils.make_inputs(1, 4, 1024, {D}, {D}, dtype=torch.bfloat16, device="cuda")
+q, k, v = utils.make_inputs(1, 4, 2048, {D}, {D}, dtype=torch.bfloat16, device="cuda")
 slope = utils.make_slope("mixed", 4, "cuda")
 do = torch.randn_like(v)
-do[0, 3, 356] = float("nan")
+do[0, 3, 1124] = float("nan")
 dk = cuda.bwd(do, None, q, k, v, slope, 1.0, None, None, False)[1]
-k[0, 3, 5] = float("nan")
+k[0, 3, 773] = float("nan")
 o = cuda.fwd(q, k, v, slope, 1.0, None, None, False)[0]
-kept = bool(torch.isfinite(o[0, 3, 256:512]).all()), bool(torch.isfinite(dk[0, 3, :256]).all())
+kept = bool(torch.isfinite(o[0, 3, 1024:]).all()), bool(torch.isfinite(dk[0, 3, :1024]).all())
 assert kept == ({switch == "1"},) * 2, kept
 print("ok")
 """
