@@ -22,7 +22,7 @@ struct SegParams {
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
   bool horizon;         // the sm_90a pass 1 skips the tokens past each head's decay horizon
-                        // (la_state_sm90.cuh; LIGHTNING_ATTENTION_HORIZON=1)
+                        // (la_state_sm90.cuh; off: LIGHTNING_ATTENTION_HORIZON=0)
 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving

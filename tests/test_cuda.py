@@ -7,7 +7,7 @@ combination (decay or slopes of 0, scale, initial/final state, cu_seqlens with e
 length-1 sequences; malformed offsets), every dtype of
 config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
 outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck,
-pass 1 at the decay horizon (a switch, in a child process).
+pass 1 with and without the decay horizon (a switch read once: in child processes).
 """
 import os
 import subprocess
