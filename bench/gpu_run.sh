@@ -12,7 +12,7 @@
 # A candidate behind a switch: AB="LIGHTNING_ATTENTION_...=1" times our CUDA backend without and
 # with it, alternating, twice each (AB_ARGS adds bench_speed.py arguments, e.g. "--heads 64
 # --dim 64"; default N = 1K, 16K, 64K), instead of the benchmark beside the peers; with NCU=1
-# also ncu's duration of each sm_90a kernel of one W step without and with it (fwd+bwd timings
+# also ncu's duration of each sm_90a kernel and scan of one W step without and with it (fwd+bwd timings
 # move ~3% between runs, a kernel's under ncu ~0.1%); with AB_SERVING=1 the decode steps of
 # bench_serving.py (eager and in CUDA graphs) instead; the tests and the sanitizer then run with
 # the switch set.
@@ -53,7 +53,7 @@ if [ -n "${AB:-}" ]; then
   done
   if [ -n "${NCU:-}" ]; then  # each sm_90a kernel of one W step (1K, 64K) without and with it
     for sw in "" "$AB"; do
-      env $sw timeout 150 ncu --clock-control none --profile-from-start off -k regex:"la_(fwd|bwd|state)_sm90" \
+      env $sw timeout 150 ncu --clock-control none --profile-from-start off -k regex:"la_((fwd|bwd|state)_sm90|state_scan)" \
         --section SpeedOfLight --csv --page details python3 bench/ncu_step.py > /tmp/ncu.csv 2>&1
       echo "ncu ${sw:-default} rc=$?"; python3 bench/ncu_step.py --summary /tmp/ncu.csv | tee -a $OUT/ab_ncu.log
     done

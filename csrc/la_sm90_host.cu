@@ -1,5 +1,6 @@
 // Host side of the sm_90a kernels: TMA descriptors (through the driver's entry point, so the
-// extension needs no link against libcuda) and the rule for when the Hopper kernels run.
+// extension needs no link against libcuda), the rule for when the Hopper kernels run, and the
+// run-time switches of the kernels (read once).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -88,6 +89,11 @@ bool sm90_fused_bwd() {
 // LIGHTNING_ATTENTION_HORIZON=0 (read once, for comparisons).
 bool sm90_horizon() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_HORIZON", true);
+  return on;
+}
+
+bool scan_vec4() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_SCAN_VEC4", false);
   return on;
 }
 
