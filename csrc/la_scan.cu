@@ -65,6 +65,7 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // kVec consecutive floats of a state row, moved with one load / store (kVec = 4: 16 bytes).
 template <int kVec>
 struct Frag {
+  static_assert(kVec == 1 || kVec == 4, "one float or one 16-byte vector");
   float x[kVec];
   __device__ __forceinline__ static Frag load(const float* src) {
     Frag f;
