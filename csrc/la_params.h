@@ -192,9 +192,6 @@ void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float*
                     const float* state_in, int64_t state_in_sd, int64_t state_in_se,
                     const StateRows& rows, const float* slope, int D, int E, bool reverse,
                     cudaStream_t stream);
-// Whether the scan's threads take four elements each (LIGHTNING_ATTENTION_SCAN_VEC4=1,
-// la_sm90_host.cu; read once, off until measured on a GPU).
-bool scan_vec4();
 
 // One decode step (la_decode.cu): for each row b of q, k (B, H, D) and v (B, H, E), the state
 // S = state[rows(b), h] (D×E, contiguous) becomes λ S + kᵀ v in place and o[b, h] =

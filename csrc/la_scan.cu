@@ -62,37 +62,12 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
                                                 reinterpret_cast<int4*>(seq_info), seg_seq);
 }
 
-// kVec consecutive floats of a state row, moved with one load / store (kVec = 4: 16 bytes).
-template <int kVec>
-struct Frag {
-  static_assert(kVec == 1 || kVec == 4, "one float or one 16-byte vector");
-  float x[kVec];
-  __device__ __forceinline__ static Frag load(const float* src) {
-    Frag f;
-    if constexpr (kVec == 4) {
-      const float4 v = *reinterpret_cast<const float4*>(src);
-      f.x[0] = v.x, f.x[1] = v.y, f.x[2] = v.z, f.x[3] = v.w;
-    } else {
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) f.x[i] = src[i];
-    }
-    return f;
-  }
-  __device__ __forceinline__ void store(float* dst) const {
-    if constexpr (kVec == 4) {
-      *reinterpret_cast<float4*>(dst) = make_float4(x[0], x[1], x[2], x[3]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) dst[i] = x[i];
-    }
-  }
-};
-
-// grid (num_seqs, H, ceil(D·E / (256 kVec))); one thread per kVec consecutive elements of a
-// state row (E is a multiple of 4: LA_FOR_EACH_HEAD_DIM) walks the parts of its sequence's
-// segments in order (forward) or in reverse (backward). Part j of segment s holds the tokens
-// [s·seg_len + j·part_len, + part_len) of the sequence, clipped to the segment (maybe empty);
-// its local state is ws_local[s·parts + j], ws[s] itself with one part. With carry_0 = state_in:
+// grid (num_seqs, H, ceil(D·E / 1024)); one thread per four consecutive elements of a state
+// row (E is a multiple of 4: LA_FOR_EACH_HEAD_DIM), moved with 16-byte loads and stores, walks
+// the parts of its sequence's segments in order (forward) or in reverse (backward). Part j of
+// segment s holds the tokens [s·seg_len + j·part_len, + part_len) of the sequence, clipped to
+// the segment (maybe empty); its local state is ws_local[s·parts + j], ws[s] itself with one
+// part. With carry_0 = state_in:
 //   forward:  carry = λ^{len} carry + local over the parts of segments 0 .. nseg-2 in order;
 //             after the last part of segment s, ws[s + 1] = carry (segment s + 1's incoming)
 //   backward: the parts of segments nseg-1 .. 1 in reverse; after the first part of segment s,
@@ -104,18 +79,16 @@ struct Frag {
 // With slots, carry_0 (backward: for the last segment) also goes to ws, and the moment's to
 // ws_m (run_state_scan says why). With one part ws_local is ws: every store targets a
 // segment whose local state was loaded already. A fixed order of additions: deterministic.
-// Each thread's chain is a few dependent memory round trips; kVec = 4 (LIGHTNING_ATTENTION_
-// SCAN_VEC4=1, being measured) takes a quarter of the threads, so that W's grid at 64K is one
-// wave of CTAs instead of three (60 registers: four CTAs per SM), each thread with 12 floats
-// in flight instead of 8.
-template <bool kMoment, int kVec>
+// Each thread's chain is a few dependent memory round trips with kC loads in flight; four
+// elements a thread (60 registers, four CTAs per SM) keep the grid to one wave at W's 64K,
+// where one element a thread took three waves of long chains (bench/NOTES.md).
+template <bool kMoment>
 __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, float* ws,
                                      float* ws_m, const float* __restrict__ state_in, int64_t sd,
                                      int64_t se, const StateRows rows,
                                      const float* __restrict__ slope, int D, int E, bool reverse) {
-  using F = Frag<kVec>;
   const int seq = blockIdx.x, h = blockIdx.y;
-  const int idx = (blockIdx.z * 256 + threadIdx.x) * kVec;
+  const int idx = (blockIdx.z * 256 + threadIdx.x) * 4;
   if (idx >= D * E) return;
   const int d = idx / E, e = idx % E;
   int first, nseg, seqlen;
@@ -136,6 +109,8 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   const int parts = p.parts;
   auto off = [&](int s) { return ((int64_t)(first + s) * H + h) * DE + idx; };
   auto loc_off = [&](int f) { return ((int64_t)first * parts + f) * H * DE + h * DE + idx; };
+  auto load = [](const float* src) { return *reinterpret_cast<const float4*>(src); };
+  auto store = [](float* dst, float4 x) { *reinterpret_cast<float4*>(dst) = x; };
   // tokens of part f (= s·parts + j)
   auto len_of = [&](int f) {
     const int s = f / parts, j = f - s * parts;
@@ -143,29 +118,36 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
     return max(0, min(p.part_len, seg - j * p.part_len));
   };
   const int64_t row = state_in ? state_in_row(rows, seq) : -1;
-  F carry;
-#pragma unroll
-  for (int i = 0; i < kVec; ++i)
-    carry.x[i] = row >= 0 ? state_in[(row * H + h) * DE + d * sd + (e + i) * se] : 0.f;
-  F carry_m = carry;
+  auto in = [&](int i) { return row >= 0 ? state_in[(row * H + h) * DE + d * sd + (e + i) * se] : 0.f; };
+  float4 carry = make_float4(in(0), in(1), in(2), in(3));
+  float4 carry_m = carry;
   // parts in processing order: f = part(i); every part but those of the last segment in
   // processing order has a local state
   const int cnt = (nseg - 1) * parts;
   auto part = [&](int i) { return reverse ? nseg * parts - 1 - i : i; };
-  // Loads run a chunk ahead of the dependent chain of carries, kC independent loads in flight.
-  constexpr int kC = kVec == 1 ? 8 : 3;
-  F nxt[kC], nxt_m[kC];
+  // Loads run a chunk ahead of the dependent chain of carries.
+  constexpr int kC = 3;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 nxt[kC], nxt_m[kC];
 #pragma unroll
   for (int j = 0; j < kC; ++j) {
-    nxt[j] = j < cnt ? F::load(ws_local + loc_off(part(j))) : F{};
-    if (kMoment) nxt_m[j] = j < cnt ? F::load(ws_m + loc_off(part(j))) : F{};
+    nxt[j] = j < cnt ? load(ws_local + loc_off(part(j))) : zero;
+    if (kMoment) nxt_m[j] = j < cnt ? load(ws_m + loc_off(part(j))) : zero;
   }
   if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
-    carry.store(ws + off(reverse ? nseg - 1 : 0));
-    if (kMoment) carry_m.store(ws_m + off(0));
+    store(ws + off(reverse ? nseg - 1 : 0), carry);
+    if (kMoment) store(ws_m + off(0), carry_m);
   }
+  // c ← dl·c + x, and the moment's m ← dl·(m + len·c) + y with c's old value
+  auto step = [](float4& c, float dl, float4 x) {
+    c = make_float4(dl * c.x + x.x, dl * c.y + x.y, dl * c.z + x.z, dl * c.w + x.w);
+  };
+  auto step_m = [](float4& m, float dl, float len, float4 c, float4 y) {
+    m = make_float4(dl * (m.x + len * c.x) + y.x, dl * (m.y + len * c.y) + y.y,
+                    dl * (m.z + len * c.z) + y.z, dl * (m.w + len * c.w) + y.w);
+  };
   for (int base = 0; base < cnt; base += kC) {
-    F loc[kC], loc_m[kC];
+    float4 loc[kC], loc_m[kC];
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
       loc[j] = nxt[j];
@@ -174,8 +156,8 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
       const int i = base + kC + j;
-      nxt[j] = i < cnt ? F::load(ws_local + loc_off(part(i))) : F{};
-      if (kMoment) nxt_m[j] = i < cnt ? F::load(ws_m + loc_off(part(i))) : F{};
+      nxt[j] = i < cnt ? load(ws_local + loc_off(part(i))) : zero;
+      if (kMoment) nxt_m[j] = i < cnt ? load(ws_m + loc_off(part(i))) : zero;
     }
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
@@ -183,46 +165,30 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
       if (base + j < cnt) {
         const float len = (float)len_of(f);
         const float dl = exp2f(nl2 * len);
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-          if (kMoment) carry_m.x[i] = dl * (carry_m.x[i] + len * carry.x[i]) + loc_m[j].x[i];
-          carry.x[i] = dl * carry.x[i] + loc[j].x[i];
-        }
+        if (kMoment) step_m(carry_m, dl, len, carry, loc_m[j]);
+        step(carry, dl, loc[j]);
         const int s = f / parts;
         if (!reverse && f - s * parts == parts - 1) {
-          if (kMoment) carry_m.store(ws_m + off(s + 1));
-          carry.store(ws + off(s + 1));
+          if (kMoment) store(ws_m + off(s + 1), carry_m);
+          store(ws + off(s + 1), carry);
         } else if (reverse && f - s * parts == 0) {
-          carry.store(ws + off(s - 1));
+          store(ws + off(s - 1), carry);
         }
       }
     }
   }
 }
 
-template <int kVec>
-void launch_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                       const float* state_in, int64_t sd, int64_t se, const StateRows& rows,
-                       const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
-  const dim3 grid(p.num_seqs, p.H, (D * E / kVec + 255) / 256);
-  if (ws_m != nullptr)
-    la_state_scan_kernel<true, kVec><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in,
-                                                               sd, se, rows, slope, D, E, reverse);
-  else
-    la_state_scan_kernel<false, kVec><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in,
-                                                                sd, se, rows, slope, D, E, reverse);
-}
-
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                    const float* state_in, int64_t state_in_sd, int64_t state_in_se,
-                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
-                    cudaStream_t stream) {
-  if (scan_vec4())
-    launch_state_scan<4>(p, ws_local, ws, ws_m, state_in, state_in_sd, state_in_se, rows, slope,
-                         D, E, reverse, stream);
+                    const float* state_in, int64_t sd, int64_t se, const StateRows& rows,
+                    const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
+  const dim3 grid(p.num_seqs, p.H, (D * E / 4 + 255) / 256);
+  if (ws_m != nullptr)
+    la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd, se,
+                                                         rows, slope, D, E, reverse);
   else
-    launch_state_scan<1>(p, ws_local, ws, ws_m, state_in, state_in_sd, state_in_se, rows, slope,
-                         D, E, reverse, stream);
+    la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd,
+                                                          se, rows, slope, D, E, reverse);
 }
 
 }  // namespace la

@@ -92,9 +92,4 @@ bool sm90_horizon() {
   return on;
 }
 
-bool scan_vec4() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_SCAN_VEC4", false);
-  return on;
-}
-
 }  // namespace la
