@@ -232,8 +232,9 @@ __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 
 // acc (64 × 64 fp32, this thread's 32) (+)= A · B, A and B from shared memory (descriptors);
-// kTransB: B is MN-major. accumulate = false overwrites acc.
-template <typename T, bool kTransB>
+// kTransB: B is MN-major; kTransA: A is MN-major (M contiguous, e.g. Kᵀ read from a K box).
+// accumulate = false overwrites acc.
+template <typename T, bool kTransB, bool kTransA = false>
 __device__ __forceinline__ void wgmma_ss_64x64(float (&acc)[32], uint64_t da, uint64_t db,
                                                bool accumulate) {
   const int sc = accumulate ? 1 : 0;
@@ -241,16 +242,16 @@ __device__ __forceinline__ void wgmma_ss_64x64(float (&acc)[32], uint64_t da, ui
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LA_D32
-        ", %32, %33, p, 1, 1, 0, %35;\n}\n"
+        ", %32, %33, p, 1, 1, %36, %35;\n}\n"
         : LA_ACC32(acc)
-        : "l"(da), "l"(db), "r"(sc), "n"(kTransB ? 1 : 0));
+        : "l"(da), "l"(db), "r"(sc), "n"(kTransB ? 1 : 0), "n"(kTransA ? 1 : 0));
   } else {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LA_D32
-        ", %32, %33, p, 1, 1, 0, %35;\n}\n"
+        ", %32, %33, p, 1, 1, %36, %35;\n}\n"
         : LA_ACC32(acc)
-        : "l"(da), "l"(db), "r"(sc), "n"(kTransB ? 1 : 0));
+        : "l"(da), "l"(db), "r"(sc), "n"(kTransB ? 1 : 0), "n"(kTransA ? 1 : 0));
   }
 }
 
