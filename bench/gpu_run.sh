@@ -1,6 +1,9 @@
 #!/bin/bash
 # The one device call: build the extension, benchmark every backend beside the peers,
 # run the GPU tests and the sanitizer, check the SASS; logs under $OUT, a short summary last.
+# The device tool returns at most 8 files from $OUT, so a default run writes 7: kernels.txt
+# (registers, spills, HGMMA per kernel), speed.log, speed.json, decode.log, test.log,
+# sanitize.log and (with AB) ab.log; build.log only when the build fails.
 #   bash bench/gpu_run.sh                 (peers join when .whl/ travels with the call)
 # Switches: SKIP_BENCH=1, SKIP_TESTS=1, FAST=1 (tests without the long sequences: -m "not slow"),
 #           TESTS=tests/test_cuda.py (a part of the suite), SKIP_SANITIZE=1,
@@ -31,13 +34,14 @@ fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 t0=$(date +%s)
-timeout 240 python3 setup.py build_ext --inplace > $OUT/build.log 2>&1 || { grep -E "error" $OUT/build.log | head -30; tail -20 $OUT/build.log; exit 1; }
+timeout 240 python3 setup.py build_ext --inplace > /tmp/build.log 2>&1 || { cp /tmp/build.log $OUT/; grep -E "error" /tmp/build.log | head -30; tail -20 /tmp/build.log; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
-grep -E "entry function|spill|Used" $OUT/build.log | sed 's/ptxas info    : //' > /tmp/ptxas.txt
+grep -E "entry function|spill|Used" /tmp/build.log | sed 's/ptxas info    : //' > /tmp/ptxas.txt
 cuobjdump --dump-sass lightning_attention/_C*.so > /tmp/sass.txt 2>/dev/null
 echo "HMMA in SASS: $(grep -c ' HMMA' /tmp/sass.txt), HGMMA: $(grep -c HGMMA /tmp/sass.txt)  (la_fwd functions: $(grep -c 'Function : .*la_fwd' /tmp/sass.txt), la_bwd: $(grep -c 'Function : .*la_bwd' /tmp/sass.txt))"
-awk '/Function :/{f=$3} / HMMA/{n[f]++} /HGMMA/{g[f]++} /UTMALDG/{l[f]++} /UTMASTG/{s[f]++} END{for(k in n) print "  HMMA", n[k], k; for(k in g) print "  HGMMA", g[k], "UTMALDG", l[k]+0, "UTMASTG", s[k]+0, k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > $OUT/mma_sass.txt
-grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > $OUT/ptxas_summary.txt
+awk '/Function :/{f=$3} / HMMA/{n[f]++} /HGMMA/{g[f]++} /UTMALDG/{l[f]++} /UTMASTG/{s[f]++} END{for(k in n) print "  HMMA", n[k], k; for(k in g) print "  HGMMA", g[k], "UTMALDG", l[k]+0, "UTMASTG", s[k]+0, k}' /tmp/sass.txt | grep -E "la_(fwd|bwd)" | sort -k3 > /tmp/mma_sass.txt
+grep -E "Used|spill" /tmp/ptxas.txt | sort | uniq -c | sort -rn | head -8 > /tmp/ptxas_summary.txt
+cat /tmp/ptxas_summary.txt /tmp/mma_sass.txt > $OUT/kernels.txt
 if [ -n "${AB:-}" ]; then
   for r in 1 2; do
     for sw in "" "$AB"; do
@@ -55,14 +59,14 @@ if [ -n "${AB:-}" ]; then
     for sw in "" "$AB"; do
       env $sw timeout 150 ncu --clock-control none --profile-from-start off -k regex:"la_((fwd|bwd|state)_sm90|state_scan)" \
         --section SpeedOfLight --csv --page details python3 bench/ncu_step.py > /tmp/ncu.csv 2>&1
-      echo "ncu ${sw:-default} rc=$?"; python3 bench/ncu_step.py --summary /tmp/ncu.csv | tee -a $OUT/ab_ncu.log
+      echo "ncu ${sw:-default} rc=$?"; python3 bench/ncu_step.py --summary /tmp/ncu.csv | tee -a $OUT/ab.log
     done
   fi
   export "$AB"
 elif [ -z "${SKIP_BENCH:-}" ]; then
   timeout ${SPEED_TIMEOUT:-300} python3 bench/bench_speed.py ${SPEED_ARGS:-} --json $OUT/speed.json > $OUT/speed.log 2>&1
   echo "bench rc=$?"
-  timeout 40 python3 bench/bench_speed.py --decode --json $OUT/decode.json > $OUT/decode.log 2>&1
+  timeout 40 python3 bench/bench_speed.py --decode --json /tmp/decode.json > $OUT/decode.log 2>&1
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   # The whole suite, 16 workers sharing the GPU (each test allocates at most 8 GiB:
@@ -77,8 +81,9 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   grep -A16 "slowest.*durations" $OUT/test.log | tail -15
 fi
 if [ -z "${SKIP_SANITIZE:-}" ]; then
-  timeout 60 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > $OUT/memcheck.log 2>&1; echo "memcheck rc=$? $(tail -1 $OUT/memcheck.log)"
-  timeout 90 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > $OUT/racecheck.log 2>&1; echo "racecheck rc=$? $(tail -1 $OUT/racecheck.log)"
+  timeout 60 compute-sanitizer --tool memcheck python3 bench/cuda_sanitize.py > /tmp/memcheck.log 2>&1; echo "memcheck rc=$? $(tail -1 /tmp/memcheck.log)"
+  timeout 90 compute-sanitizer --tool racecheck python3 bench/cuda_sanitize.py > /tmp/racecheck.log 2>&1; echo "racecheck rc=$? $(tail -1 /tmp/racecheck.log)"
+  cat /tmp/memcheck.log /tmp/racecheck.log > $OUT/sanitize.log
 fi
 if [ -n "${MMA:-}" ]; then
   LIGHTNING_ATTENTION_SM90=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -n ${WORKERS:-16} -m "not slow" \
@@ -101,6 +106,6 @@ if [ -n "${SP:-}" ]; then
   timeout 240 torchrun --nproc-per-node $NP bench/bench_sequence_parallel.py > $OUT/sp_bench.log 2>&1
   echo "sequence-parallel bench rc=$?"; tail -12 $OUT/sp_bench.log
 fi
-cat $OUT/ptxas_summary.txt
+cat /tmp/ptxas_summary.txt
 cat $OUT/decode.log 2>/dev/null
 tail -40 $OUT/speed.log 2>/dev/null
