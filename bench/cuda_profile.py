@@ -22,7 +22,9 @@ ap.add_argument("--slope", choices=["alibi", "zero"], default="alibi", help="zer
 ap.add_argument("--seg-len", type=int, help="the ops' segment length in tokens (default: the plan's)")
 args = ap.parse_args()
 H, D = args.heads, 128
-slope = la.build_slopes(H).float().cuda() * (args.slope == "alibi")
+slope = la.build_slopes(H).float().cuda()
+if args.slope == "zero":
+    slope.zero_()
 seg = {} if args.seg_len is None else {"seg_len": args.seg_len}
 for N in args.n:
     B = 65536 // N

@@ -177,8 +177,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<T, HD, kSplit>::kThreads,
 #pragma unroll
     for (int e = 0; e < 32; ++e)
       if (8 * (e >> 2) + 2 * tq + (e & 1) < r0 + ((e & 2) ? 8 : 0)) dec.mask[e] = 0.f;
-#pragma unroll
-    for (int q = 0; q < 4; ++q) wfull[q] = Decay<true>::key(nl2, p.scale, (t >> 3) + 16 * q, 64);
+    row_key_weights<true>(wfull, nl2, p.scale, t, 64);
   }
 
   // incoming H of the segment: d final_state (a sequence's last segment, or 0 without it),

@@ -400,6 +400,14 @@ __device__ __forceinline__ void keys_t(uint32_t (&ka)[kTiles][4][4], uint32_t uK
   }
 }
 
+// The key weights Decay::key of the rows that weighted_rows gives thread t (tokens t / 8 + 16q)
+// in a block of n tokens.
+template <bool kReverse>
+__device__ __forceinline__ void row_key_weights(float (&w)[4], float nl2, float scale, int t, int n) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) w[q] = Decay<kReverse>::key(nl2, scale, (t >> 3) + 16 * q, n);
+}
+
 // diag(w) X of a (64 tokens, 64) 16-bit box at `src` into the box at `dst`, by the 128 threads
 // of a warpgroup. The 128-byte swizzle moves 16-byte chunks only within their row, so each
 // chunk keeps its offset and `dst` has `src`'s layout (its operand descriptors are `src`'s
@@ -468,8 +476,7 @@ __device__ __forceinline__ void weighted_b_operands(float (&acc)[kTiles][32],
                                                     float scale, uint32_t uK, uint32_t uX,
                                                     uint32_t uW, int t, int bar, int n) {
   float w[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) w[q] = Decay<kReverse>::key(nl2, scale, (t >> 3) + 16 * q, n);
+  row_key_weights<kReverse>(w, nl2, scale, t, n);
   weighted_b_operands<T, kTiles>(acc, ka, dec, w, nl2, uK, uX, uW, t, bar, n);
 }
 

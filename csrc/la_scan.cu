@@ -118,7 +118,9 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
     return max(0, min(p.part_len, seg - j * p.part_len));
   };
   const int64_t row = state_in ? state_in_row(rows, seq) : -1;
-  auto in = [&](int i) { return row >= 0 ? state_in[(row * H + h) * DE + d * sd + (e + i) * se] : 0.f; };
+  auto in = [&](int i) {
+    return row >= 0 ? state_in[(row * H + h) * DE + d * sd + (e + i) * se] : 0.f;
+  };
   float4 carry = make_float4(in(0), in(1), in(2), in(3));
   float4 carry_m = carry;
   // parts in processing order: f = part(i); every part but those of the last segment in

@@ -149,8 +149,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   // kSmemKeys: the key weights of a full block for this thread's rows of its K box
   // (weighted_rows: tokens t / 8 + 16q)
   float krow[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) krow[q] = Decay<kReverse>::key(nl2, p.scale, (t >> 3) + 16 * q, 64);
+  row_key_weights<kReverse>(krow, nl2, p.scale, t, 64);
 
   float s_acc[kTiles][32];
 #pragma unroll
@@ -199,10 +198,12 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
           named_barrier(1 + w, 128);
         }
         float wr[4];
+        if (n < 64) {
+          row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
+        } else {
 #pragma unroll
-        for (int q = 0; q < 4; ++q)
-          wr[q] = n < 64 ? Decay<kReverse>::key(nl2, p.scale, (t >> 3) + 16 * q, n)
-                         : (G == 1 ? krow[q] : krow[q] * lift[b]);
+          for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
+        }
         weighted_rows<T, true>(uKw, uKw, wr, t);
         fence_async_shared();
         named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
