@@ -1,6 +1,7 @@
 """One forward+backward of workload W through the public API inside the profiler's range, at
 N = 1K (B = 64) and 64K (B = 1), for Nsight Compute (`--heads 64 --dim 64`: W's other shape;
-`--n`: other lengths, B = 65536 / N):
+`--n`: other lengths, B = 65536 / N; `--layout bhnd`: each head's tokens contiguous, instead of
+the (B, N, H, D) memory of a model's projections):
 
     ncu --clock-control none --profile-from-start off -k regex:la_ \
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
@@ -33,15 +34,18 @@ def summary(path):
     return [(k["kernel"], k.get("us"), k.get("dram")) for _, k in ordered]
 
 
-def step(H, D, ns):
+def step(H, D, ns, layout):
     import torch
 
     import lightning_attention as la
 
     for N in ns:
         B = 65536 // N
-        q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16)
-                       .mul_(D ** -0.25 if i < 2 else 1.0).transpose(1, 2) for i in range(4))
+        shape = (B, N, H, D) if layout == "bnhd" else (B, H, N, D)
+        q, k, v, do = (torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+                       .mul_(D ** -0.25 if i < 2 else 1.0) for i in range(4))
+        if layout == "bnhd":
+            q, k, v, do = (x.transpose(1, 2) for x in (q, k, v, do))
         for x in (q, k, v):
             x.requires_grad_(True)
         slope = la.build_slopes(H, device="cuda")
@@ -60,10 +64,11 @@ if __name__ == "__main__":
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--dim", type=int, default=128, help="D = E")
     p.add_argument("--n", type=int, nargs="+", default=[1024, 65536], help="B = 65536 / N")
+    p.add_argument("--layout", choices=["bnhd", "bhnd"], default="bnhd")
     args = p.parse_args()
     if args.summary:
         for kernel, us, dram in summary(args.summary):
             print(f"{kernel:<28}{us if us is not None else float('nan'):10.1f} us"
                   f"{dram if dram is not None else float('nan'):7.1f} % DRAM")
     else:
-        step(args.heads, args.dim, args.n)
+        step(args.heads, args.dim, args.n, args.layout)

@@ -175,9 +175,6 @@ bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
 // LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
-// Whether the sm_90a pass 1 weights its keys in shared memory (la_state_sm90.cuh kSmemKeys):
-// LIGHTNING_ATTENTION_PASS1_SMEM_KEYS=1 (la_sm90_host.cu; read once, off until measured).
-bool sm90_pass1_smem_keys();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

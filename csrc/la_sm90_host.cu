@@ -92,9 +92,4 @@ bool sm90_horizon() {
   return on;
 }
 
-bool sm90_pass1_smem_keys() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_PASS1_SMEM_KEYS", false);
-  return on;
-}
-
 }  // namespace la

@@ -4,24 +4,20 @@
 //   S_w = λ^n S_w + (diag(λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
 // (reversed: key weights scale·λ^{j+1}), the same warpgroups and state slices as pass 2.
 //
-// Pass 1 has no outputs, so a block is short on tensor work (8 RS wgmma per warpgroup) and
+// Pass 1 has no outputs, so a block is short on tensor work (8 SS wgmma per warpgroup) and
 // the kernel must stream K and V at the copy rate. Per block the time goes to waiting
-// (stage, Kᵀ fragments, wgmma completion), not to the math, so this kernel
+// (stage, weighted keys, wgmma completion), not to the math, so this kernel
 //  - keeps no Q slot, state copies or output box: its ring of K, V stages is twice as deep;
+//  - weights the keys where they lie: each consumer warpgroup multiplies its own 64-column box
+//    of the K tile in shared memory by the key weights (one barrier over the consumers a
+//    block), and the products read both operands from shared memory (Kᵀ as an MN-major A).
+//    Built in registers instead (ldmatrix.trans, a multiply and a conversion per element,
+//    ~330 instructions a block per thread against ~180) pass 1 took 2-3% longer (bench/NOTES.md);
 //  - takes kGroup full blocks per loop iteration, weighted relative to the group's end
 //    (block b of G: key weights × λ^{64(G-1-b)}), scaling the state by λ^{64G} once per group,
-//    and issues each block's wgmma while the previous block's are still running (the Kᵀ
-//    fragments of the next block are built under them);
+//    and weights each block while the previous block's wgmma are still running;
 //  - releases a stage per warp, as soon as that warp's wgmma on it completed (no barrier).
 // Exponents stay below 64·kGroup + 64, so weights only underflow towards 0 for strong decay.
-//
-// kSmemKeys (LIGHTNING_ATTENTION_PASS1_SMEM_KEYS=1, being measured): the weighted keys are not
-// built in registers (ldmatrix.trans, a multiply and a conversion per element: ~280
-// instructions a block per thread, issued by two warps per scheduler, which ncu shows waiting
-// rather than streaming) but written over the K tile in shared memory, each consumer
-// warpgroup weighting its own 64-column box (half the elements a thread), and the products
-// read both operands from shared memory (Kᵀ as an MN-major A). The same weights and the same
-// 16-bit operands as the register path; one barrier over the consumers a block.
 //
 // kMoments (forward only: pass 1 of the dq sweep with the d slope terms, la_fwd_sm90.cuh
 // kTerms): beside S the moment of the segment (docs/DSLOPE.md, la_fwd_kernel.cuh kSlope),
@@ -69,14 +65,13 @@ struct Sm90StateTraits {
   static_assert(Fwd::kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
-template <typename T, int HD, bool kReverse, bool kMoments = false, bool kSmemKeys = false>
+template <typename T, int HD, bool kReverse, bool kMoments = false>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
                                   Sm90FwdTraits<T, HD>::kMinBlocksPerSM)
     la_state_sm90_kernel(const __grid_constant__ CUtensorMap tm_k,
                          const __grid_constant__ CUtensorMap tm_v, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
   static_assert(!(kReverse && kMoments), "the moments are the forward dq sweep's");
-  static_assert(!(kSmemKeys && kMoments), "the moments' split operands are built in registers");
   static_assert(Sm90FwdTraits<T, HD>::kConsumers == HD / 64, "consumer w weights K box w");
   using namespace sm90;
   using Tr = Sm90StateTraits<T, HD>;
@@ -146,8 +141,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 #pragma unroll
   for (int b = 0; b < Tr::kGroup; ++b) lift[b] = decay_pow(nl2, (float)(64 * (Tr::kGroup - 1 - b)));
   const float group_total = decay_pow(nl2, (float)(64 * Tr::kGroup));
-  // kSmemKeys: the key weights of a full block for this thread's rows of its K box
-  // (weighted_rows: tokens t / 8 + 16q)
+  // the key weights of a full block for this thread's rows of its K box (weighted_rows:
+  // tokens t / 8 + 16q)
   float krow[4];
   row_key_weights<kReverse>(krow, nl2, p.scale, t, 64);
 
@@ -174,11 +169,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     constexpr int G = decltype(group)::value;
     const int blk = kReverse ? nblk - 1 - c : c;
     const int n = G == 1 ? min(64, si.len - blk * 64) : 64;
-    [[maybe_unused]] float wk[4][4];  // (the register path's key weights)
-    float total;
-    if constexpr (kSmemKeys) total = dec.block_total(nl2, n);
-    else dec.keys(wk, total, nl2, p.scale, tq, n);
-    if (G > 1) total = group_total;
+    float total = G > 1 ? group_total : dec.block_total(nl2, n);
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
@@ -189,52 +180,33 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
     for (int b = 0; b < G; ++b) {
       const int s = (c + b) % kStages;
       const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
+      const uint32_t uKw = uK + w * Fwd::kBoxBytes;  // this consumer's box of K
       mbar_wait(ring.full(s), ((c + b) / kStages) & 1);
-      if constexpr (kSmemKeys) {
-        const uint32_t uKw = uK + w * Fwd::kBoxBytes;  // this consumer's box of K
-        if (n < 64) {  // (as below; K's rows too, which weighted_rows multiplies by 0)
-          zero_rows(uV, n, t);
-          zero_rows(uKw, n, t);
-          named_barrier(1 + w, 128);
-        }
-        float wr[4];
-        if (n < 64) {
-          row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
-        } else {
-#pragma unroll
-          for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
-        }
-        weighted_rows<T, true>(uKw, uKw, wr, t);
-        fence_async_shared();
-        named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
-        wgmma_fence();
-        const uint64_t dK = desc_sw128(uK), dV = desc_sw128(uV);
-#pragma unroll
-        for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            wgmma_ss_64x64<T, true, true>(s_acc[dt], desc_add(dK, dt * Fwd::kBoxBytes + kk * 2048),
-                                          desc_add(dV, kk * 2048), true);
+      float wr[4];
+      if (n < 64) {
+        // rows past the sequence's end may hold the next packed sequence (finite or not):
+        // zero them in V and in K (whose weights there are 0, but 0 · NaN is not)
+        zero_rows(uV, n, t);
+        zero_rows(uKw, n, t);
+        named_barrier(1 + w, 128);
+        row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
       } else {
-        if (n < 64) {
-          // rows past the sequence's end may hold the next packed sequence (finite or not):
-          // zero them in V, the one operand whose masked rows would still meet a 0 · x
-          zero_rows(uV, n, t);
-          fence_async_shared();
-          named_barrier(1 + w, 128);
-        }
-        float wb[4][4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
+      }
+      weighted_rows<T, true>(uKw, uKw, wr, t);
+      fence_async_shared();
+      named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
+      wgmma_fence();
+      const uint64_t dK = desc_sw128(uK), dV = desc_sw128(uV);
+#pragma unroll
+      for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-          for (int x = 0; x < 4; ++x) wb[kk][x] = G == 1 ? wk[kk][x] : wk[kk][x] * lift[b];
-        uint32_t ka[kTiles][4][4];
-        weighted_keys_t<T, kTiles>(ka, uK, wb, warp, lane, n);
-        wgmma_fence();
-        issue_state_products<T>(s_acc, ka, uV);
-      }
+          wgmma_ss_64x64<T, true, true>(s_acc[dt], desc_add(dK, dt * Fwd::kBoxBytes + kk * 2048),
+                                        desc_add(dV, kk * 2048), true);
       wgmma_commit();
-      if (b > 0) {  // block b - 1 is done; block b runs under the next block's fragments
+      if (b > 0) {  // block b - 1 is done; block b runs while the next block is weighted
         wgmma_wait<1>();
         release(c + b - 1);
       }
@@ -327,12 +299,9 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
                              "on whole segments, into ws_m");
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
-  const bool smem_keys = sm90_pass1_smem_keys();
-  auto kernel = moments     ? la_state_sm90_kernel<T, HD, false, true>
-                : smem_keys ? (reverse ? la_state_sm90_kernel<T, HD, true, false, true>
-                                       : la_state_sm90_kernel<T, HD, false, false, true>)
-                : reverse   ? la_state_sm90_kernel<T, HD, true>
-                            : la_state_sm90_kernel<T, HD, false>;
+  auto kernel = moments ? la_state_sm90_kernel<T, HD, false, true>
+                : reverse ? la_state_sm90_kernel<T, HD, true>
+                          : la_state_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs * p.seg.parts, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem,
            stream>>>(tk, tv, p);

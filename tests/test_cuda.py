@@ -114,13 +114,11 @@ def test_long_segments(D, seg, varlen, seg_len):
 
 @gpu
 @built
-@pytest.mark.parametrize("smem_keys", ["0", "1"])
 @pytest.mark.parametrize("switch", ["0", "1"])
 @pytest.mark.parametrize("D", HEAD_DIMS)
-def test_decay_horizon(D, switch, smem_keys):
+def test_decay_horizon(D, switch):
     """Pass 1 with and without the stop at each head's decay horizon (LIGHTNING_ATTENTION_HORIZON,
-    which the extension reads once per process: so in a child process), its keys weighted in
-    registers or in shared memory (LIGHTNING_ATTENTION_PASS1_SMEM_KEYS, likewise): heads
+    which the extension reads once per process: so in a child process): heads
     without decay and with weak, medium and strong decay (a horizon inside one block) over
     1024-token segments (pass 1 in parts of 256 tokens, some of which read no tokens with the
     horizon and write a state of 0), the forward and the fixed-slope backward (both directions
@@ -150,7 +148,6 @@ print("ok")
 """
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, LIGHTNING_ATTENTION_HORIZON=switch,
-               LIGHTNING_ATTENTION_PASS1_SMEM_KEYS=smem_keys,
                PYTHONPATH=os.pathsep.join([here, os.path.join(here, "..")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
