@@ -54,8 +54,6 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   p.state_out = state_out;
   p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
   p.ws_local = pl.multi ? pl.ws_local.data_ptr<float>() : nullptr;
-  p.pass1_work = pl.pass1_work.defined() ? pl.pass1_work.data_ptr<int>() : nullptr;
-  p.pass1_ctas = pl.pass1_ctas;
   if (terms != nullptr) {
     p.rq = rq->data_ptr();
     p.rq_bs = rq->stride(0); p.rq_hs = rq->stride(1); p.rq_rs = rq->stride(2);

@@ -57,8 +57,6 @@ struct FwdParams {
                              // incoming states, sm_90a)
   float* ws_local;           // per (segment part, head) local states of pass 1 (sm_90a); ws
                              // itself with one part per segment
-  int* pass1_work;           // pass 1 (sm_90a): {next item, CTAs done}, 0 between launches
-  int pass1_ctas;            // pass 1 (sm_90a): its persistent CTAs (the SMs' slots)
   // d slope terms (dq sweep only, on (do, v, k)): terms[b, h, t] = τ_t, the per-token terms
   // of d log λ in the direct form (docs/DSLOPE.md), from the real q (rq) and k (the kernel's
   // v), the final state's gradient dstate_f (read through the strides of state_in), and the

@@ -134,13 +134,13 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   // waves of parts: the weakly decaying heads' parts then share the machine.
   pl.seg.parts = 1;
   pl.seg.part_len = L;
-  const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
   pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
   if (pl.multi && pl.sm90 && !moments) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
     const int64_t segs =
         cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
+    const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
     const int waves = pl.seg.horizon ? 3 : 1;
     const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm * waves);
     const int64_t part_blocks = (blocks + parts - 1) / parts;
@@ -155,12 +155,6 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
                       : pl.ws;
   }
   if (pl.multi && moments) pl.ws_m = at::empty_like(pl.ws);
-  if (pl.multi && pl.sm90) {
-    // pass 1 runs persistent CTAs that claim its items (segment parts and heads) in order
-    // from a counter; each launch leaves the counters at 0 again
-    pl.pass1_work = at::zeros({2}, q.options().dtype(at::kInt));
-    pl.pass1_ctas = dev.sms * per_sm;
-  }
   return pl;
 }
 

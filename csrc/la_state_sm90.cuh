@@ -16,12 +16,7 @@
 //  - takes kGroup full blocks per loop iteration, weighted relative to the group's end
 //    (block b of G: key weights × λ^{64(G-1-b)}), scaling the state by λ^{64G} once per group,
 //    and weights each block while the previous block's wgmma are still running;
-//  - releases a stage per warp, as soon as that warp's wgmma on it completed (no barrier);
-//  - runs persistent CTAs (one per SM's slot) that claim the items (pass1_item: a part of a
-//    segment and a head) from a counter, heavy heads first: the ring carries on from one item
-//    into the next, so a short item costs no ring fill, no CTA launch and no setup, and the
-//    items' uneven lengths (the horizon keeps 0 to all of a part's blocks) are shared out as
-//    CTAs come free. Each item's state is written by one CTA in one order: deterministic.
+//  - releases a stage per warp, as soon as that warp's wgmma on it completed (no barrier).
 // Exponents stay below 64·kGroup + 64, so weights only underflow towards 0 for strong decay.
 //
 // kMoments (forward only: pass 1 of the dq sweep with the d slope terms, la_fwd_sm90.cuh
@@ -44,8 +39,6 @@
 // segments a third of them.
 #pragma once
 
-#include <algorithm>
-
 #include "la_fwd_sm90.cuh"
 
 namespace la {
@@ -66,52 +59,11 @@ struct Sm90StateTraits {
   static constexpr int kStageBytes = 2 * Fwd::kTileBytes;   // K, V
   static constexpr int kStages = HD == 128 ? 7 : 6;
   static constexpr int kBarrierBytes = sm90::Ring<kStages>::kBarrierBytes;
-  // the item handover: full[2], empty[2] barriers and two item numbers
-  static constexpr int kItemBytes = 4 * 8 + 2 * 4;
-  // 1 KiB of slack: the swizzled boxes need 1 KiB alignment
-  static constexpr int kSmem = kStages * kStageBytes + kBarrierBytes + kItemBytes + 1024;
+  static constexpr int kSmem = kStages * kStageBytes + kBarrierBytes + 1024;  // 1 KiB: alignment
   static_assert(kStages > kGroup, "a group's stages and the next loads");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert(Fwd::kMinBlocksPerSM == 1 || 2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
 };
-
-// Pass 1's items, in the order CTAs claim them: item j is part x = j mod X (X = num_segs ·
-// parts: part x mod parts of segment x / parts) of head j / X, the heads in reverse order with
-// the horizon (the weakest decay, ALiBi's last heads, keeps the most blocks, so its parts go
-// first). `len` and `start` in `si` are the part's tokens within the horizon. False: the item
-// writes no state (no segment, or the last one in processing order, whose state nobody reads).
-struct Pass1Item {
-  SegInfo si;
-  int h, x;
-};
-template <bool kReverse, bool kMoments>
-__device__ __forceinline__ bool pass1_item(const FwdParams& p, int j, Pass1Item& it) {
-  const int X = p.seg.num_segs * p.seg.parts;
-  const int y = j / X;
-  it.x = j - y * X;
-  it.h = p.seg.horizon ? p.seg.H - 1 - y : y;
-  const int g = it.x / p.seg.parts, part = it.x - g * p.seg.parts;
-  SegInfo& si = it.si;
-  si = get_seg(p.seg, g);
-  if (!si.valid || (kReverse ? si.seg == 0 : si.seg == si.nseg - 1)) return false;
-  // the part's tokens (none past the segment's end: its local state is 0)
-  const int seg_start = si.start, seg_end = si.start + si.len;
-  si.start += part * p.seg.part_len;
-  si.len = max(0, min(p.seg.part_len, si.len - part * p.seg.part_len));
-  if (!kMoments && p.seg.horizon) {  // only the whole blocks within the horizon
-    const int64_t hz = decay_horizon(p.slope, it.h);
-    if (kReverse) {  // blocks that start before seg_start + hz - 1
-      const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
-      si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
-    } else {  // blocks that end after seg_end - hz
-      const int64_t drop =
-          min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
-      si.start += (int)drop * 64;
-      si.len = max(0, si.len - (int)drop * 64);
-    }
-  }
-  return true;
-}
 
 template <typename T, int HD, bool kReverse, bool kMoments = false>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
@@ -127,58 +79,50 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   constexpr int kStages = Tr::kStages, kTiles = HD / 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  // smem: [stage][K V][box] | ring barriers | item barriers full[2], empty[2] | item numbers[2]
+  // with the horizon, heads in reverse order: CTAs start roughly in grid order, and the
+  // weakest decay (ALiBi's last heads) keeps the most blocks, so its parts go first
+  const int h = p.seg.horizon ? p.seg.H - 1 - (int)blockIdx.y : (int)blockIdx.y;
+  const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
+  SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  // nobody reads the local state of the last segment in processing order
+  if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
+  // the part's tokens (none past the segment's end: its local state is 0)
+  const int seg_start = si.start, seg_end = si.start + si.len;
+  si.start += part * p.seg.part_len;
+  si.len = max(0, min(p.seg.part_len, si.len - part * p.seg.part_len));
+  if (!kMoments && p.seg.horizon) {  // only the whole blocks within the horizon
+    const int64_t hz = decay_horizon(p.slope, h);
+    if (kReverse) {  // blocks that start before seg_start + hz - 1
+      const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
+      si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
+    } else {  // blocks that end after seg_end - hz
+      const int64_t drop =
+          min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
+      si.start += (int)drop * 64;
+      si.len = max(0, si.len - (int)drop * 64);
+    }
+  }
+
+  // smem: [stage][K V][box] | full[], empty[] barriers
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t bars = base + kStages * Tr::kStageBytes;
   const Ring<kStages> ring{bars};
-  auto tile = [&](int s, int which) {
-    return base + s * Tr::kStageBytes + which * Fwd::kTileBytes;
-  };
-  const uint32_t item_bars = bars + Tr::kBarrierBytes;
-  auto item_full = [&](int k) { return item_bars + 8 * (k & 1); };
-  auto item_empty = [&](int k) { return item_bars + 16 + 8 * (k & 1); };
-  volatile int* const item_no =
-      reinterpret_cast<volatile int*>(smem_raw + (item_bars + 32 - smem_u32(smem_raw)));
+  auto tile = [&](int s, int which) { return base + s * Tr::kStageBytes + which * Fwd::kTileBytes; };
 
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int k = 0; k < 2; ++k) {
-      mbar_init(item_full(k), 1);
-      mbar_init(item_empty(k), 4 * Fwd::kConsumers);
-    }
-  }
-  ring.init(4 * Fwd::kConsumers);  // every consumer warp releases (and the barriers are seen)
+  ring.init(4 * Fwd::kConsumers);  // every consumer warp releases
 
-  const int items = p.seg.num_segs * p.seg.parts * p.seg.H;
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
   const int wg = tid / 128;
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Fwd::kProducerRegs>();
     if (tid == 0) {
-      // Item k of this CTA: claimed from the counter, handed to the consumers through slot
-      // k mod 2, its blocks loaded into the ring after the previous items' (no refill)
       const CUtensorMap* const maps[] = {&tm_k, &tm_v};
-      int first = 0;
-      for (int k = 0;; ++k) {
-        if (k >= 2) mbar_wait(item_empty(k), ((k >> 1) - 1) & 1);
-        const int j = atomicAdd(p.pass1_work, 1);
-        item_no[k & 1] = j;
-        mbar_arrive(item_full(k));
-        if (j >= items) break;
-        Pass1Item it;
-        if (!pass1_item<kReverse, kMoments>(p, j, it)) continue;
-        const int nblk = (it.si.len + 63) / 64;
-        const SegRows rows = seg_rows(p.seg, it.si, it.h);
-        ring.template produce<Fwd::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, it.h,
-                                           (int)rows.batch, tile, first);
-        first += nblk;
-      }
-      // every CTA has made its last claim when the last one gets here: counters back to 0
-      __threadfence();
-      if (atomicAdd(p.pass1_work + 1, 1) == (int)gridDim.x - 1) {
-        p.pass1_work[0] = 0;
-        p.pass1_work[1] = 0;
-      }
+      ring.template produce<Fwd::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                         (int)rows.batch, tile);
     }
     return;
   }
@@ -189,175 +133,158 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const int t = tid - 128 * wg;               // thread in the warpgroup
   const int warp = t >> 5, lane = t & 31;
   const int tq = lane & 3;
-  // Item k of this CTA from slot k mod 2 (the producer's claim); its blocks follow the
-  // previous items' in the ring (`first`: the blocks before)
-  int first = 0;
-  for (int k = 0;; ++k) {
-    mbar_wait(item_full(k), (k >> 1) & 1);
-    const int j = item_no[k & 1];
-    __syncwarp();
-    if (lane == 0) mbar_arrive(item_empty(k));
-    if (j >= items) break;
-    Pass1Item it;
-    if (!pass1_item<kReverse, kMoments>(p, j, it)) continue;
-    const SegInfo& si = it.si;
-    const int h = it.h, nblk = (si.len + 63) / 64;
-    const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
-    BlockDecay<kReverse> dec;  // (only its key weights and λ^64 are used here)
-    dec.set_block(nl2, p.scale, warp * 16 + (lane >> 2), tq, 64);
-    // block b of a group: its key weights times λ^{64(kGroup-1-b)}; the group's decay
-    // λ^{64·kGroup}
-    float lift[Tr::kGroup];
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
+  BlockDecay<kReverse> dec;  // (only its key weights and λ^64 are used here)
+  dec.set_block(nl2, p.scale, warp * 16 + (lane >> 2), tq, 64);
+  // block b of a group: its key weights times λ^{64(kGroup-1-b)}; the group's decay λ^{64·kGroup}
+  float lift[Tr::kGroup];
 #pragma unroll
-    for (int b = 0; b < Tr::kGroup; ++b)
-      lift[b] = decay_pow(nl2, (float)(64 * (Tr::kGroup - 1 - b)));
-    const float group_total = decay_pow(nl2, (float)(64 * Tr::kGroup));
-    // the key weights of a full block for this thread's rows of its K box (weighted_rows:
-    // tokens t / 8 + 16q)
-    float krow[4];
-    row_key_weights<kReverse>(krow, nl2, p.scale, t, 64);
+  for (int b = 0; b < Tr::kGroup; ++b) lift[b] = decay_pow(nl2, (float)(64 * (Tr::kGroup - 1 - b)));
+  const float group_total = decay_pow(nl2, (float)(64 * Tr::kGroup));
+  // the key weights of a full block for this thread's rows of its K box (weighted_rows:
+  // tokens t / 8 + 16q)
+  float krow[4];
+  row_key_weights<kReverse>(krow, nl2, p.scale, t, 64);
 
-    float s_acc[kTiles][32];
+  float s_acc[kTiles][32];
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
+  float m_acc[kTiles][32];  // kMoments: the moment slice (unused, and dropped, otherwise)
+  if constexpr (kMoments) {
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
-    float m_acc[kTiles][32];  // kMoments: the moment slice (unused, and dropped, otherwise)
-    if constexpr (kMoments) {
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) m_acc[dt][i] = 0.f;
-    }
-
-    // this warp is done reading the stage of the ring's block r (its wgmma on it completed)
-    auto release = [&](int r) {
-      if (lane == 0) mbar_arrive(ring.empty(r % kStages));
-    };
-    // Blocks c .. c + G - 1 in processing order: G == kGroup full blocks, or G == 1 block of
-    // any length (a partial one is the segment's last block). Nothing is in flight on return.
-    auto blocks = [&](auto group, int c) {
-      constexpr int G = decltype(group)::value;
-      const int blk = kReverse ? nblk - 1 - c : c;
-      const int n = G == 1 ? min(64, si.len - blk * 64) : 64;
-      float total = G > 1 ? group_total : dec.block_total(nl2, n);
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
-#pragma unroll
-      for (int b = 0; b < G; ++b) {
-        const int r = first + c + b, s = r % kStages;
-        const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
-        const uint32_t uKw = uK + w * Fwd::kBoxBytes;  // this consumer's box of K
-        mbar_wait(ring.full(s), (r / kStages) & 1);
-        float wr[4];
-        if (n < 64) {
-          // rows past the sequence's end may hold the next packed sequence (finite or not):
-          // zero them in V and in K (whose weights there are 0, but 0 · NaN is not)
-          zero_rows(uV, n, t);
-          zero_rows(uKw, n, t);
-          named_barrier(1 + w, 128);
-          row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
-        } else {
-#pragma unroll
-          for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
-        }
-        weighted_rows<T, true>(uKw, uKw, wr, t);
-        fence_async_shared();
-        named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
-        wgmma_fence();
-        const uint64_t dK = desc_sw128(uK), dV = desc_sw128(uV);
-#pragma unroll
-        for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            wgmma_ss_64x64<T, true, true>(s_acc[dt], desc_add(dK, dt * Fwd::kBoxBytes + kk * 2048),
-                                          desc_add(dV, kk * 2048), true);
-        wgmma_commit();
-        if (b > 0) {  // block b - 1 is done; block b runs while the next block is weighted
-          wgmma_wait<1>();
-          release(r - 1);
-        }
-      }
-      // an accumulator in flight must not cross the loop's back edge (the compiler would copy
-      // it there and serialise every wgmma)
-      wgmma_wait<0>();
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
-      release(first + c + G - 1);
-    };
-
-    // kMoments: block c (forward) of n tokens, M's update then S's, one 64-row box of D at a
-    // time with split operands (as split_update_box); nothing is in flight when the stage is
-    // released
-    auto moment_block = [&](int c) {
-      const int r = first + c, s = r % kStages, n = min(64, si.len - c * 64);
-      const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
-      mbar_wait(ring.full(s), (r / kStages) & 1);
-      if (n < 64) {  // (as in `blocks`)
-        zero_rows(uV, n, t);
-        fence_async_shared();
-        named_barrier(1 + w, 128);
-      }
-      float wk[4][4], wm[4][4], total;
-      dec.keys(wk, total, nl2, p.scale, tq, n);
-      moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-      // the box updates j = (M, then S) × box dt: each one's split operands are built while the
-      // previous one's wgmma run (two operand sets, alternating)
-      uint32_t hi[2][1][4][4], lo[2][1][4][4];
-#pragma unroll
-      for (int j = 0; j < 2 * kTiles; ++j) {
-        const int dt = j % kTiles;
-        float(&acc)[32] = j < kTiles ? m_acc[dt] : s_acc[dt];
-        weighted_keys_t<T, 1, true>(hi[j & 1], uK + dt * 8192, j < kTiles ? wm : wk, warp, lane, n,
-                                    lo[j & 1]);
-        fence_regs(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          wgmma_rs_64x64<T>(acc, hi[j & 1][0][kk], desc_sw128(uV + kk * 2048));
-          wgmma_rs_64x64<T>(acc, lo[j & 1][0][kk], desc_sw128(uV + kk * 2048));
-        }
-        wgmma_commit();
-        if (j > 0) wgmma_wait<1>();  // update j - 1 is done: its operand set is free
-      }
-      wgmma_wait<0>();
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) {
-        fence_regs(m_acc[dt]);
-        fence_regs(s_acc[dt]);
-      }
-      release(r);
-    };
-
-    if constexpr (kMoments) {
-      for (int c = 0; c < nblk; ++c) moment_block(c);
-    } else {
-      // a partial block is the first one in reversed order, else the last one
-      const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
-      for (int c = 0; c < nblk;) {
-        if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
-          blocks(std::integral_constant<int, Tr::kGroup>{}, c);
-          c += Tr::kGroup;
-        } else {
-          blocks(std::integral_constant<int, 1>{}, c);
-          c += 1;
-        }
-      }
-    }
-    wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-    const int64_t at = ((int64_t)it.x * p.seg.H + h) * HD * HD;
-    store_state_slice<kTiles>(p.ws_local + at, s_acc, w, warp, lane);
-    if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + at, m_acc, w, warp, lane);
-    first += nblk;
+      for (int i = 0; i < 32; ++i) m_acc[dt][i] = 0.f;
   }
+
+  // this warp is done reading stage c % kStages: its ldmatrix ran before its wgmma were issued
+  auto release = [&](int c) {
+    if (lane == 0) mbar_arrive(ring.empty(c % kStages));
+  };
+  // Blocks c .. c + G - 1 in processing order: G == kGroup full blocks, or G == 1 block of
+  // any length (a partial one is the segment's last block). Nothing is in flight on return.
+  auto blocks = [&](auto group, int c) {
+    constexpr int G = decltype(group)::value;
+    const int blk = kReverse ? nblk - 1 - c : c;
+    const int n = G == 1 ? min(64, si.len - blk * 64) : 64;
+    float total = G > 1 ? group_total : dec.block_total(nl2, n);
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
+#pragma unroll
+    for (int b = 0; b < G; ++b) {
+      const int s = (c + b) % kStages;
+      const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
+      const uint32_t uKw = uK + w * Fwd::kBoxBytes;  // this consumer's box of K
+      mbar_wait(ring.full(s), ((c + b) / kStages) & 1);
+      float wr[4];
+      if (n < 64) {
+        // rows past the sequence's end may hold the next packed sequence (finite or not):
+        // zero them in V and in K (whose weights there are 0, but 0 · NaN is not)
+        zero_rows(uV, n, t);
+        zero_rows(uKw, n, t);
+        named_barrier(1 + w, 128);
+        row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
+      }
+      weighted_rows<T, true>(uKw, uKw, wr, t);
+      fence_async_shared();
+      named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
+      wgmma_fence();
+      const uint64_t dK = desc_sw128(uK), dV = desc_sw128(uV);
+#pragma unroll
+      for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_ss_64x64<T, true, true>(s_acc[dt], desc_add(dK, dt * Fwd::kBoxBytes + kk * 2048),
+                                        desc_add(dV, kk * 2048), true);
+      wgmma_commit();
+      if (b > 0) {  // block b - 1 is done; block b runs while the next block is weighted
+        wgmma_wait<1>();
+        release(c + b - 1);
+      }
+    }
+    // an accumulator in flight must not cross the loop's back edge (the compiler would copy
+    // it there and serialise every wgmma)
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
+    release(c + G - 1);
+  };
+
+  // kMoments: block c (forward) of n tokens, M's update then S's, one 64-row box of D at a
+  // time with split operands (as split_update_box); nothing is in flight when the stage is
+  // released
+  auto moment_block = [&](int c) {
+    const int s = c % kStages, n = min(64, si.len - c * 64);
+    const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
+    mbar_wait(ring.full(s), (c / kStages) & 1);
+    if (n < 64) {  // (as in `blocks`)
+      zero_rows(uV, n, t);
+      fence_async_shared();
+      named_barrier(1 + w, 128);
+    }
+    float wk[4][4], wm[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+    moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+    // the box updates j = (M, then S) × box dt: each one's split operands are built while the
+    // previous one's wgmma run (two operand sets, alternating)
+    uint32_t hi[2][1][4][4], lo[2][1][4][4];
+#pragma unroll
+    for (int j = 0; j < 2 * kTiles; ++j) {
+      const int dt = j % kTiles;
+      float(&acc)[32] = j < kTiles ? m_acc[dt] : s_acc[dt];
+      weighted_keys_t<T, 1, true>(hi[j & 1], uK + dt * 8192, j < kTiles ? wm : wk, warp, lane, n,
+                                  lo[j & 1]);
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs_64x64<T>(acc, hi[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+        wgmma_rs_64x64<T>(acc, lo[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+      }
+      wgmma_commit();
+      if (j > 0) wgmma_wait<1>();  // update j - 1 is done: its operand set is free
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) {
+      fence_regs(m_acc[dt]);
+      fence_regs(s_acc[dt]);
+    }
+    release(c);
+  };
+
+  if constexpr (kMoments) {
+    for (int c = 0; c < nblk; ++c) moment_block(c);
+  } else {
+    // a partial block is the first one in reversed order, else the last one
+    const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
+    for (int c = 0; c < nblk;) {
+      if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
+        blocks(std::integral_constant<int, Tr::kGroup>{}, c);
+        c += Tr::kGroup;
+      } else {
+        blocks(std::integral_constant<int, 1>{}, c);
+        c += 1;
+      }
+    }
+  }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
+  const int64_t at = ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
+  store_state_slice<kTiles>(p.ws_local + at, s_acc, w, warp, lane);
+  if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + at, m_acc, w, warp, lane);
 #endif
 }
 
@@ -370,17 +297,14 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
   if (moments && (reverse || p.seg.parts != 1 || p.ws_m == nullptr))
     throw std::runtime_error("lightning_attn (cuda): the sm_90a pass 1 with moments is forward, "
                              "on whole segments, into ws_m");
-  if (p.pass1_work == nullptr || p.pass1_ctas < 1)
-    throw std::runtime_error("lightning_attn (cuda): the sm_90a pass 1 needs the plan's counters");
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
   auto kernel = moments ? la_state_sm90_kernel<T, HD, false, true>
                 : reverse ? la_state_sm90_kernel<T, HD, true>
                           : la_state_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  const int items = p.seg.num_segs * p.seg.parts * p.seg.H;
-  kernel<<<std::min(items, p.pass1_ctas), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem, stream>>>(
-      tk, tv, p);
+  kernel<<<dim3(p.seg.num_segs * p.seg.parts, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem,
+           stream>>>(tk, tv, p);
 }
 
 }  // namespace la
