@@ -117,14 +117,14 @@ def test_long_segments(D, seg, varlen, seg_len):
 @pytest.mark.parametrize("switch", ["0", "1"])
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_decay_horizon(D, switch):
-    """Pass 1 with and without the stop at each head's decay horizon (LIGHTNING_ATTENTION_HORIZON,
-    which the extension reads once per process: so in a child process): heads
-    without decay and with weak, medium and strong decay (a horizon inside one block) over
-    1024-token segments (pass 1 in parts of 256 tokens, some of which read no tokens with the
-    horizon and write a state of 0), the forward and the fixed-slope backward (both directions
-    of pass 1), packed sequences with an empty one, states in and out, against the float64
-    truth; and a NaN past the horizon that the skip keeps from the neighbouring segment, and
-    only the skip."""
+    """Pass 1 with and without the stop at each head's decay horizon
+    (LIGHTNING_ATTENTION_HORIZON, which the extension reads once per process: so in a child
+    process): heads without decay and with weak, medium and strong decay (a horizon inside
+    one block) over 1024-token segments (pass 1 in parts of 256 tokens, some of which read
+    no tokens with the horizon and write a state of 0), the forward and the fixed-slope
+    backward (both directions of pass 1), packed sequences with an empty one, states in and
+    out, against the float64 truth; and a NaN past the horizon that the skip keeps from the
+    neighbouring segment, and only the skip."""
     code = f"""
 import torch, utils
 from lightning_attention import dispatch
