@@ -29,7 +29,6 @@ struct SegParams {
   int* share_items;     // with shares, per (segment, head) {local state in ws, first and end
                         // CTA whose share continues it}, written by pass 1 for the scan
   float* ws_share;      // with shares, per CTA the local state of the piece it continues
-  int piece_blocks;     // with shares, a piece's own cost in blocks' time
 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
@@ -182,9 +181,9 @@ bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
 // LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
-// The sm_90a pass 1 in equal shares of kept blocks (SegParams::shares) with a piece's cost:
-// LIGHTNING_ATTENTION_PASS1_SHARES=<blocks> (la_sm90_host.cu); 0: off.
-int sm90_pass1_shares();
+// Whether the sm_90a pass 1 runs in equal shares of kept blocks (SegParams::shares): with
+// LIGHTNING_ATTENTION_PASS1_SHARES=1 (la_sm90_host.cu).
+bool sm90_pass1_shares();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -136,8 +136,7 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   pl.seg.part_len = L;
   pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
   const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-  pl.seg.piece_blocks = sm90_pass1_shares();
-  pl.seg.shares = pl.multi && pl.sm90 && !moments && pl.seg.piece_blocks > 0 ? dev.sms * per_sm : 0;
+  pl.seg.shares = pl.multi && pl.sm90 && !moments && sm90_pass1_shares() ? dev.sms * per_sm : 0;
   if (pl.multi && pl.sm90 && !moments && pl.seg.shares == 0) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)

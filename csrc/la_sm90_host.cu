@@ -92,12 +92,11 @@ bool sm90_horizon() {
   return on;
 }
 
-// Pass 1 in equal shares of kept blocks (la_state_sm90.cuh), a piece costing as many blocks
-// as LIGHTNING_ATTENTION_PASS1_SHARES says (read once; off until measured).
-int sm90_pass1_shares() {
-  static const char* e = std::getenv("LIGHTNING_ATTENTION_PASS1_SHARES");
-  static const int v = e != nullptr ? std::atoi(e) : 0;
-  return v;
+// Pass 1 in equal shares of kept blocks (la_state_sm90.cuh) with
+// LIGHTNING_ATTENTION_PASS1_SHARES=1 (read once; off until measured).
+bool sm90_pass1_shares() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_PASS1_SHARES", false);
+  return on;
 }
 
 }  // namespace la

@@ -41,9 +41,8 @@
 // p.seg.shares (without moments): the kept blocks differ by head (ALiBi: from 3 to every block
 // of a segment), so a CTA per segment part leaves SMs idle while the weakly decaying heads'
 // parts stream. Instead `shares` CTAs (one per SM slot) each take an equal share of the
-// concatenated kept blocks of every (segment, head) item, in item order, each item counted
-// piece_blocks blocks more (a piece's own cost), one piece of an item after the other, the
-// ring running on across pieces. A piece that starts an item writes the
+// concatenated kept blocks of every (segment, head) item, in item order, one piece of an item
+// after the other, the ring running on across pieces. A piece that starts an item writes the
 // item's slot of ws; the one piece of a CTA that continues an item started by an earlier CTA
 // writes that CTA's slot of ws_share, and the scan adds the continuations (share_items, which
 // CTA 0 writes). Every piece is weighted relative to its segment's reference: its state, built
@@ -95,14 +94,9 @@ __device__ __forceinline__ Pass1Item pass1_item(const FwdParams& p, int i) {
   return it;
 }
 
-// Pass 1's cost of an item of n kept blocks, in blocks: each piece also pays its setup, its
-// last blocks outside a group and its state store, about v = p.seg.piece_blocks blocks' time.
-__device__ __forceinline__ int pass1_cost(int n, int v) { return n > 0 ? n + v : 0; }
-
-// This CTA's share of pass 1 (p.seg.shares): [r0, r0 + left) of the items' costs concatenated
-// in item order (an item: piece_blocks, then its kept blocks in processing order), starting
-// `o0` into item i0's cost. Called by every thread; CTA 0 also writes share_items. False: the
-// share is empty.
+// This CTA's share of pass 1 (p.seg.shares): blocks [r0, r0 + left) of the items' kept blocks
+// concatenated in item order, starting at kept block o0 (processing order) of item i0.
+// Called by every thread; CTA 0 also writes share_items. False: the share is empty.
 template <bool kReverse>
 __device__ bool pass1_share(const FwdParams& p, int& i0, int& o0, int& left) {
   __shared__ int s_total, s_i0, s_o0, s_warp[32];
@@ -115,18 +109,18 @@ __device__ bool pass1_share(const FwdParams& p, int& i0, int& o0, int& left) {
   }
   __syncthreads();
   int sum = 0;
-  for (int i = tid; i < items; i += blockDim.x) sum += pass1_cost(pass1_item<kReverse>(p, i).n, p.seg.piece_blocks);
+  for (int i = tid; i < items; i += blockDim.x) sum += pass1_item<kReverse>(p, i).n;
   atomicAdd(&s_total, sum);
   __syncthreads();
   const int total = s_total, c = blockIdx.x;
   const int share = max(1, (total + (int)gridDim.x - 1) / (int)gridDim.x);
-  const int r0 = c * share;
+  const int r0 = min(c, total) * share;  // (c · share for a non-empty share)
   if (r0 < total || c == 0) {
-    int carry = 0;  // cost of the items before this chunk
+    int carry = 0;  // kept blocks of the items before this chunk
     for (int base = 0; base < items; base += blockDim.x) {
       const int i = base + tid;
-      const int n = i < items ? pass1_item<kReverse>(p, i).n : 0, cost = pass1_cost(n, p.seg.piece_blocks);
-      int x = cost;  // inclusive scan over the warp, then over the warps' totals
+      const int n = i < items ? pass1_item<kReverse>(p, i).n : 0;
+      int x = n;  // inclusive scan over the warp, then over the warps' totals
 #pragma unroll
       for (int d = 1; d < 32; d <<= 1) {
         const int y = __shfl_up_sync(0xffffffffu, x, d);
@@ -139,16 +133,13 @@ __device__ bool pass1_share(const FwdParams& p, int& i0, int& o0, int& left) {
         before += k < wid ? s_warp[k] : 0;
         chunk += s_warp[k];
       }
-      const int P = carry + before + x - cost;  // the item's start in the concatenation
-      if (cost > 0 && P <= r0 && r0 < P + cost) {
+      const int P = carry + before + x - n;  // the item's first block in the concatenation
+      if (n > 0 && P <= r0 && r0 < P + n) {
         s_i0 = i;
         s_o0 = r0 - P;
       }
-      if (c == 0 && i < items) {
-        // its first block is in CTA (P + piece_blocks) / share, which writes its slot; it is
-        // continued by the CTAs whose shares start after that block and inside the item
-        const int b = P + p.seg.piece_blocks;
-        const int4 e = n > 0 ? make_int4(1, b / share + 1, (b + n + share - 1) / share, 0)
+      if (c == 0 && i < items) {  // continued by the CTAs whose shares start inside the item
+        const int4 e = n > 0 ? make_int4(1, P / share + 1, (P + n + share - 1) / share, 0)
                              : make_int4(0, 0, 0, 0);
         reinterpret_cast<int4*>(p.seg.share_items)[i] = e;
       }
@@ -198,30 +189,25 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   if (shares && !pass1_share<kReverse>(p, i0, o0, left)) return;
   auto for_each_piece = [&](auto&& f) {
     if (shares) {
-      const int items = p.seg.num_segs * p.seg.H, v = p.seg.piece_blocks;
-      for (int i = i0, at = o0, rem = left; rem > 0 && i < items;) {
+      const int items = p.seg.num_segs * p.seg.H;
+      for (int i = i0, o = o0, rem = left; rem > 0 && i < items;) {
         const Pass1Item it = pass1_item<kReverse>(p, i);
-        const int cost = pass1_cost(it.n, v);
-        if (at < cost) {  // the kept blocks in [at, at + take) of the item's cost
-          const int take = min(cost - at, rem);
-          const int o = max(at, v) - v;
-          const int m = max(at + take, v) - v - o;
-          if (m > 0) {
-            const int b0 = it.first_blk + (kReverse ? it.n - o - m : o);  // blocks [b0, b0 + m)
-            SegInfo si = it.si;
-            si.start = it.si.start + b0 * 64;
-            si.len = min(it.si.len, (b0 + m) * 64) - b0 * 64;
-            const int dist = kReverse ? b0 * 64 : it.si.len - b0 * 64 - si.len;
-            float* dst = o == 0 ? p.ws_local + (int64_t)i * HD * HD
-                                : p.seg.ws_share + (int64_t)blockIdx.x * HD * HD;
-            f(si, it.h, dst, dist);
-          }
-          at += take;
-          rem -= take;
+        if (o < it.n) {
+          const int m = min(it.n - o, rem);
+          const int b0 = it.first_blk + (kReverse ? it.n - o - m : o);  // its blocks [b0, b0 + m)
+          SegInfo si = it.si;
+          si.start = it.si.start + b0 * 64;
+          si.len = min(it.si.len, (b0 + m) * 64) - b0 * 64;
+          const int dist = kReverse ? b0 * 64 : it.si.len - b0 * 64 - si.len;
+          float* dst = o == 0 ? p.ws_local + (int64_t)i * HD * HD
+                              : p.seg.ws_share + (int64_t)blockIdx.x * HD * HD;
+          f(si, it.h, dst, dist);
+          o += m;
+          rem -= m;
         }
-        if (at >= cost) {
+        if (o >= it.n) {
           ++i;
-          at = 0;
+          o = 0;
         }
       }
       return;
