@@ -23,12 +23,6 @@ struct SegParams {
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
   bool horizon;         // the sm_90a pass 1 skips the tokens past each head's decay horizon
                         // (la_state_sm90.cuh; off: LIGHTNING_ATTENTION_HORIZON=0)
-  int shares;           // > 0: the sm_90a pass 1 runs `shares` CTAs, each an equal share of
-                        // every segment's kept blocks (la_state_sm90.cuh), instead of a CTA
-                        // per segment part (then parts == 1)
-  int* share_items;     // with shares, per (segment, head) {local state in ws, first and end
-                        // CTA whose share continues it}, written by pass 1 for the scan
-  float* ws_share;      // with shares, per CTA the local state of the piece it continues
 };
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
@@ -181,15 +175,12 @@ bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
 // LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
-// Whether the sm_90a pass 1 runs in equal shares of kept blocks (SegParams::shares): with
-// LIGHTNING_ATTENTION_PASS1_SHARES=1 (la_sm90_host.cu).
-bool sm90_pass1_shares();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
                      int* seq_info, int* seg_seq, cudaStream_t stream);
 // Turns the local states of the segments' parts (ws_local[segment · parts + part], ws itself
-// with one part; with shares, ws and ws_share as share_items says) into the segments' incoming states ws[segment], in sequence order (forward:
+// with one part) into the segments' incoming states ws[segment], in sequence order (forward:
 // the first segment's incoming state is state_in or 0) or reverse order (backward: the last
 // segment's is state_in), state_in's rows as `rows` says. Each D×E matrix is `DE` floats.
 // With ws_m (forward only, one part per segment), the moments ws_m[segment] likewise,

@@ -135,13 +135,12 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   pl.seg.parts = 1;
   pl.seg.part_len = L;
   pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
-  const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-  pl.seg.shares = pl.multi && pl.sm90 && !moments && sm90_pass1_shares() ? dev.sms * per_sm : 0;
-  if (pl.multi && pl.sm90 && !moments && pl.seg.shares == 0) {
+  if (pl.multi && pl.sm90 && !moments) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
     const int64_t segs =
         cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
+    const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
     const int waves = pl.seg.horizon ? 3 : 1;
     const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm * waves);
     const int64_t part_blocks = (blocks + parts - 1) / parts;
@@ -156,12 +155,6 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
                       : pl.ws;
   }
   if (pl.multi && moments) pl.ws_m = at::empty_like(pl.ws);
-  if (pl.seg.shares > 0) {
-    pl.share_items = at::empty({(int64_t)pl.seg.num_segs * H, 4}, q.options().dtype(at::kInt));
-    pl.ws_share = at::empty({(int64_t)pl.seg.shares, D, E}, f32);
-    pl.seg.share_items = pl.share_items.data_ptr<int>();
-    pl.seg.ws_share = pl.ws_share.data_ptr<float>();
-  }
   return pl;
 }
 

@@ -76,15 +76,13 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // old value,
 //   ws_m[s] = λ^{len_{s-1}} (ws_m_in[s-1] + len_{s-1} · ws_in[s-1]) + local moment_{s-1},
 //   in_0 = state_in (la_fwd_kernel.cuh, d slope).
-// With p.shares (one part per segment), segment s's local state is the sum of ws[s] (if its
-// item has one) and the ws_share states of the CTAs that continued it (SegParams).
 // With slots, carry_0 (backward: for the last segment) also goes to ws, and the moment's to
 // ws_m (run_state_scan says why). With one part ws_local is ws: every store targets a
 // segment whose local state was loaded already. A fixed order of additions: deterministic.
 // Each thread's chain is a few dependent memory round trips with kC loads in flight; four
 // elements a thread (60 registers, four CTAs per SM) keep the grid to one wave at W's 64K,
 // where one element a thread took three waves of long chains (bench/NOTES.md).
-template <bool kMoment, bool kShares>
+template <bool kMoment>
 __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, float* ws,
                                      float* ws_m, const float* __restrict__ state_in, int64_t sd,
                                      int64_t se, const StateRows rows,
@@ -112,18 +110,6 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   auto off = [&](int s) { return ((int64_t)(first + s) * H + h) * DE + idx; };
   auto loc_off = [&](int f) { return ((int64_t)first * parts + f) * H * DE + h * DE + idx; };
   auto load = [](const float* src) { return *reinterpret_cast<const float4*>(src); };
-  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-  // the local state of part f (with shares: f is a segment)
-  auto local = [&](int f) {
-    if (!kShares) return load(ws_local + loc_off(f));
-    const int4 it = reinterpret_cast<const int4*>(p.share_items)[(int64_t)(first + f) * H + h];
-    float4 x = it.x ? load(ws_local + loc_off(f)) : zero;
-    for (int c = it.y; c < it.z; ++c) {
-      const float4 y = load(p.ws_share + (int64_t)c * DE + idx);
-      x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
-    }
-    return x;
-  };
   auto store = [](float* dst, float4 x) { *reinterpret_cast<float4*>(dst) = x; };
   // tokens of part f (= s·parts + j)
   auto len_of = [&](int f) {
@@ -143,10 +129,11 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   auto part = [&](int i) { return reverse ? nseg * parts - 1 - i : i; };
   // Loads run a chunk ahead of the dependent chain of carries.
   constexpr int kC = 3;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   float4 nxt[kC], nxt_m[kC];
 #pragma unroll
   for (int j = 0; j < kC; ++j) {
-    nxt[j] = j < cnt ? local(part(j)) : zero;
+    nxt[j] = j < cnt ? load(ws_local + loc_off(part(j))) : zero;
     if (kMoment) nxt_m[j] = j < cnt ? load(ws_m + loc_off(part(j))) : zero;
   }
   if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
@@ -171,7 +158,7 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
       const int i = base + kC + j;
-      nxt[j] = i < cnt ? local(part(i)) : zero;
+      nxt[j] = i < cnt ? load(ws_local + loc_off(part(i))) : zero;
       if (kMoment) nxt_m[j] = i < cnt ? load(ws_m + loc_off(part(i))) : zero;
     }
 #pragma unroll
@@ -198,11 +185,12 @@ void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float*
                     const float* state_in, int64_t sd, int64_t se, const StateRows& rows,
                     const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E / 4 + 255) / 256);
-  auto kernel = ws_m != nullptr ? la_state_scan_kernel<true, false>
-                : p.shares > 0  ? la_state_scan_kernel<false, true>
-                                : la_state_scan_kernel<false, false>;
-  kernel<<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd, se, rows, slope, D, E,
-                                   reverse);
+  if (ws_m != nullptr)
+    la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd, se,
+                                                         rows, slope, D, E, reverse);
+  else
+    la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd,
+                                                          se, rows, slope, D, E, reverse);
 }
 
 }  // namespace la

@@ -133,19 +133,18 @@ struct Ring {
   // blocks in processing order (from token tok0 on, the last block first with `reverse`)
   // waits until its stage is free and loads the block of every map into its tile of the stage,
   // `tile(s, i)` for map i, as kBoxes (64 tokens, 64 columns) 16-bit boxes side by side.
-  // `first`: the blocks this ring carried before (earlier pieces of pass 1's share).
   template <int kBoxes, int kMaps, typename Tile>
   __device__ __forceinline__ void produce(const CUtensorMap* const (&maps)[kMaps], int nblk,
-                                          bool reverse, int tok0, int h, int b, Tile&& tile,
-                                          int first = 0) const {
+                                          bool reverse, int tok0, int h, int b,
+                                          Tile&& tile) const {
     static_assert(kMaps % kGroups == 0, "a whole number of maps per group");
     constexpr int kGroupMaps = kMaps / kGroups;
     constexpr uint32_t kBoxBytes = 64 * 64 * 2;
 #pragma unroll
     for (int i = 0; i < kMaps; ++i) tma_prefetch_desc(maps[i]);
     for (int c = 0; c < nblk; ++c) {
-      const int r = first + c, s = r % kStages;
-      if (r >= kStages) mbar_wait(empty(s), ((r / kStages) - 1) & 1);
+      const int s = c % kStages;
+      if (c >= kStages) mbar_wait(empty(s), ((c / kStages) - 1) & 1);
       const int tok = tok0 + (reverse ? nblk - 1 - c : c) * 64;
 #pragma unroll
       for (int g = 0; g < kGroups; ++g) {

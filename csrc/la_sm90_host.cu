@@ -92,11 +92,4 @@ bool sm90_horizon() {
   return on;
 }
 
-// Pass 1 in equal shares of kept blocks (la_state_sm90.cuh) with
-// LIGHTNING_ATTENTION_PASS1_SHARES=1 (read once; off until measured).
-bool sm90_pass1_shares() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_PASS1_SHARES", false);
-  return on;
-}
-
 }  // namespace la

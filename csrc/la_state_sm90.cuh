@@ -37,18 +37,6 @@
 // fast math flushes to 0. So the state is the full sum up to float32 rounding, and pass 1
 // reads only the tokens within each head's horizon: for H = 32 ALiBi slopes and 16K-token
 // segments a third of them.
-//
-// p.seg.shares (without moments): the kept blocks differ by head (ALiBi: from 3 to every block
-// of a segment), so a CTA per segment part leaves SMs idle while the weakly decaying heads'
-// parts stream. Instead `shares` CTAs (one per SM slot) each take an equal share of the
-// concatenated kept blocks of every (segment, head) item, in item order, one piece of an item
-// after the other, the ring running on across pieces. A piece that starts an item writes the
-// item's slot of ws; the one piece of a CTA that continues an item started by an earlier CTA
-// writes that CTA's slot of ws_share, and the scan adds the continuations (share_items, which
-// CTA 0 writes). Every piece is weighted relative to its segment's reference: its state, built
-// relative to the piece's own end (forward) or start (reversed), is scaled by λ^d over the d
-// tokens between, in two halves, so that a value underflows only when it falls below 2^-126
-// itself, as in the block recurrence.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -62,96 +50,6 @@ __device__ __forceinline__ int64_t decay_horizon(const float* slope, int h) {
   if (!(sl > 0.f)) return INT64_MAX / 4;  // no decay, or not a number: every token counts
   const float d = 190.f / (sl * 1.4426950408889634f);
   return d < 1e15f ? (int64_t)ceilf(d) : INT64_MAX / 4;
-}
-
-// Item i = g·H + h of pass 1 (segment g, head h): the segment and the kept blocks, block
-// indices [first_blk, first_blk + n) of the segment (processed in reverse with kReverse). No
-// blocks: the segment is invalid, or the last in processing order (nobody reads its state).
-struct Pass1Item {
-  SegInfo si;
-  int h, first_blk, n;
-};
-template <bool kReverse>
-__device__ __forceinline__ Pass1Item pass1_item(const FwdParams& p, int i) {
-  Pass1Item it;
-  const int g = i / p.seg.H;
-  it.h = i - g * p.seg.H;
-  it.si = get_seg(p.seg, g);
-  it.first_blk = 0;
-  it.n = 0;
-  if (!it.si.valid || (kReverse ? it.si.seg == 0 : it.si.seg == it.si.nseg - 1)) return it;
-  const int nb = (it.si.len + 63) / 64;
-  int lo = 0, hi = nb;
-  if (p.seg.horizon) {
-    const int64_t hz = decay_horizon(p.slope, it.h);
-    if (kReverse)  // blocks that start before the segment's first token + hz - 1
-      hi = (int)min((int64_t)nb, (hz - 1 + 63) / 64);
-    else  // blocks that end after the segment's last token + 1 - hz
-      lo = (int)min((int64_t)nb, max((int64_t)0, ((int64_t)it.si.len - hz) / 64));
-  }
-  it.first_blk = lo;
-  it.n = hi - lo;
-  return it;
-}
-
-// This CTA's share of pass 1 (p.seg.shares): blocks [r0, r0 + left) of the items' kept blocks
-// concatenated in item order, starting at kept block o0 (processing order) of item i0.
-// Called by every thread; CTA 0 also writes share_items. False: the share is empty.
-template <bool kReverse>
-__device__ bool pass1_share(const FwdParams& p, int& i0, int& o0, int& left) {
-  __shared__ int s_total, s_i0, s_o0, s_warp[32];
-  const int items = p.seg.num_segs * p.seg.H;
-  const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, nw = blockDim.x >> 5;
-  if (tid == 0) {
-    s_total = 0;
-    s_i0 = items;
-    s_o0 = 0;
-  }
-  __syncthreads();
-  int sum = 0;
-  for (int i = tid; i < items; i += blockDim.x) sum += pass1_item<kReverse>(p, i).n;
-  atomicAdd(&s_total, sum);
-  __syncthreads();
-  const int total = s_total, c = blockIdx.x;
-  const int share = max(1, (total + (int)gridDim.x - 1) / (int)gridDim.x);
-  const int r0 = min(c, total) * share;  // (c · share for a non-empty share)
-  if (r0 < total || c == 0) {
-    int carry = 0;  // kept blocks of the items before this chunk
-    for (int base = 0; base < items; base += blockDim.x) {
-      const int i = base + tid;
-      const int n = i < items ? pass1_item<kReverse>(p, i).n : 0;
-      int x = n;  // inclusive scan over the warp, then over the warps' totals
-#pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const int y = __shfl_up_sync(0xffffffffu, x, d);
-        if (lane >= d) x += y;
-      }
-      if (lane == 31) s_warp[wid] = x;
-      __syncthreads();
-      int before = 0, chunk = 0;
-      for (int k = 0; k < nw; ++k) {
-        before += k < wid ? s_warp[k] : 0;
-        chunk += s_warp[k];
-      }
-      const int P = carry + before + x - n;  // the item's first block in the concatenation
-      if (n > 0 && P <= r0 && r0 < P + n) {
-        s_i0 = i;
-        s_o0 = r0 - P;
-      }
-      if (c == 0 && i < items) {  // continued by the CTAs whose shares start inside the item
-        const int4 e = n > 0 ? make_int4(1, P / share + 1, (P + n + share - 1) / share, 0)
-                             : make_int4(0, 0, 0, 0);
-        reinterpret_cast<int4*>(p.seg.share_items)[i] = e;
-      }
-      carry += chunk;
-      __syncthreads();
-    }
-  }
-  __syncthreads();
-  i0 = s_i0;
-  o0 = s_o0;
-  left = min(share, total - r0);
-  return r0 < total;
 }
 
 template <typename T, int HD>
@@ -181,63 +79,30 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   constexpr int kStages = Tr::kStages, kTiles = HD / 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  // The pieces of this CTA, each f(tokens si, head h, destination, tokens d from the piece's
-  // reference to its segment's): with shares, those of the CTA's share; else part
-  // blockIdx.x % parts of segment blockIdx.x / parts, head blockIdx.y, up to the horizon
-  const bool shares = !kMoments && p.seg.shares > 0;
-  int i0 = 0, o0 = 0, left = 0;
-  if (shares && !pass1_share<kReverse>(p, i0, o0, left)) return;
-  auto for_each_piece = [&](auto&& f) {
-    if (shares) {
-      const int items = p.seg.num_segs * p.seg.H;
-      for (int i = i0, o = o0, rem = left; rem > 0 && i < items;) {
-        const Pass1Item it = pass1_item<kReverse>(p, i);
-        if (o < it.n) {
-          const int m = min(it.n - o, rem);
-          const int b0 = it.first_blk + (kReverse ? it.n - o - m : o);  // its blocks [b0, b0 + m)
-          SegInfo si = it.si;
-          si.start = it.si.start + b0 * 64;
-          si.len = min(it.si.len, (b0 + m) * 64) - b0 * 64;
-          const int dist = kReverse ? b0 * 64 : it.si.len - b0 * 64 - si.len;
-          float* dst = o == 0 ? p.ws_local + (int64_t)i * HD * HD
-                              : p.seg.ws_share + (int64_t)blockIdx.x * HD * HD;
-          f(si, it.h, dst, dist);
-          o += m;
-          rem -= m;
-        }
-        if (o >= it.n) {
-          ++i;
-          o = 0;
-        }
-      }
-      return;
+  // with the horizon, heads in reverse order: CTAs start roughly in grid order, and the
+  // weakest decay (ALiBi's last heads) keeps the most blocks, so its parts go first
+  const int h = p.seg.horizon ? p.seg.H - 1 - (int)blockIdx.y : (int)blockIdx.y;
+  const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
+  SegInfo si = get_seg(p.seg, g);
+  if (!si.valid) return;
+  // nobody reads the local state of the last segment in processing order
+  if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
+  // the part's tokens (none past the segment's end: its local state is 0)
+  const int seg_start = si.start, seg_end = si.start + si.len;
+  si.start += part * p.seg.part_len;
+  si.len = max(0, min(p.seg.part_len, si.len - part * p.seg.part_len));
+  if (!kMoments && p.seg.horizon) {  // only the whole blocks within the horizon
+    const int64_t hz = decay_horizon(p.slope, h);
+    if (kReverse) {  // blocks that start before seg_start + hz - 1
+      const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
+      si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
+    } else {  // blocks that end after seg_end - hz
+      const int64_t drop =
+          min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
+      si.start += (int)drop * 64;
+      si.len = max(0, si.len - (int)drop * 64);
     }
-    // with the horizon, heads in reverse order: CTAs start roughly in grid order, and the
-    // weakest decay (ALiBi's last heads) keeps the most blocks, so its parts go first
-    const int h = p.seg.horizon ? p.seg.H - 1 - (int)blockIdx.y : (int)blockIdx.y;
-    const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
-    SegInfo si = get_seg(p.seg, g);
-    if (!si.valid) return;
-    // nobody reads the local state of the last segment in processing order
-    if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
-    // the part's tokens (none past the segment's end: its local state is 0)
-    const int seg_start = si.start, seg_end = si.start + si.len;
-    si.start += part * p.seg.part_len;
-    si.len = max(0, min(p.seg.part_len, si.len - part * p.seg.part_len));
-    if (!kMoments && p.seg.horizon) {  // only the whole blocks within the horizon
-      const int64_t hz = decay_horizon(p.slope, h);
-      if (kReverse) {  // blocks that start before seg_start + hz - 1
-        const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
-        si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
-      } else {  // blocks that end after seg_end - hz
-        const int64_t drop =
-            min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
-        si.start += (int)drop * 64;
-        si.len = max(0, si.len - (int)drop * 64);
-      }
-    }
-    f(si, h, p.ws_local + ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD, 0);
-  };
+  }
 
   // smem: [stage][K V][box] | full[], empty[] barriers
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -247,20 +112,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 
   const int tid = threadIdx.x;
   ring.init(4 * Fwd::kConsumers);  // every consumer warp releases
+
+  const int nblk = (si.len + 63) / 64;
+  const SegRows rows = seg_rows(p.seg, si, h);
   const int wg = tid / 128;
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     regs_dealloc<Fwd::kProducerRegs>();
     if (tid == 0) {
       const CUtensorMap* const maps[] = {&tm_k, &tm_v};
-      int first = 0;  // the ring's blocks of the earlier pieces: it runs on across them
-      for_each_piece([&](const SegInfo& si, int h, float*, int) {
-        const int nblk = (si.len + 63) / 64;
-        const SegRows rows = seg_rows(p.seg, si, h);
-        ring.template produce<Fwd::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
-                                           (int)rows.batch, tile, first);
-        first += nblk;
-      });
+      ring.template produce<Fwd::kBoxes>(maps, nblk, kReverse, (int)rows.tok0, h,
+                                         (int)rows.batch, tile);
     }
     return;
   }
@@ -271,177 +133,158 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   const int t = tid - 128 * wg;               // thread in the warpgroup
   const int warp = t >> 5, lane = t & 31;
   const int tq = lane & 3;
-  // this warp is done reading the stage of the ring's block r: its ldmatrix ran before its
-  // wgmma were issued
-  auto release = [&](int r) {
-    if (lane == 0) mbar_arrive(ring.empty(r % kStages));
-  };
-  int first = 0;  // (as the producer's)
-  for_each_piece([&](const SegInfo& si, int h, float* dst, int dist) {
-    const int nblk = (si.len + 63) / 64;
-    const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
-    BlockDecay<kReverse> dec;  // (only its key weights and λ^64 are used here)
-    dec.set_block(nl2, p.scale, warp * 16 + (lane >> 2), tq, 64);
-    // block b of a group: its key weights times λ^{64(kGroup-1-b)}; the group's decay
-    // λ^{64·kGroup}
-    float lift[Tr::kGroup];
+  const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
+  BlockDecay<kReverse> dec;  // (only its key weights and λ^64 are used here)
+  dec.set_block(nl2, p.scale, warp * 16 + (lane >> 2), tq, 64);
+  // block b of a group: its key weights times λ^{64(kGroup-1-b)}; the group's decay λ^{64·kGroup}
+  float lift[Tr::kGroup];
 #pragma unroll
-    for (int b = 0; b < Tr::kGroup; ++b)
-      lift[b] = decay_pow(nl2, (float)(64 * (Tr::kGroup - 1 - b)));
-    const float group_total = decay_pow(nl2, (float)(64 * Tr::kGroup));
-    // the key weights of a full block for this thread's rows of its K box (weighted_rows:
-    // tokens t / 8 + 16q)
-    float krow[4];
-    row_key_weights<kReverse>(krow, nl2, p.scale, t, 64);
+  for (int b = 0; b < Tr::kGroup; ++b) lift[b] = decay_pow(nl2, (float)(64 * (Tr::kGroup - 1 - b)));
+  const float group_total = decay_pow(nl2, (float)(64 * Tr::kGroup));
+  // the key weights of a full block for this thread's rows of its K box (weighted_rows:
+  // tokens t / 8 + 16q)
+  float krow[4];
+  row_key_weights<kReverse>(krow, nl2, p.scale, t, 64);
 
-    float s_acc[kTiles][32];
+  float s_acc[kTiles][32];
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
+  float m_acc[kTiles][32];  // kMoments: the moment slice (unused, and dropped, otherwise)
+  if constexpr (kMoments) {
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) s_acc[dt][i] = 0.f;
-    float m_acc[kTiles][32];  // kMoments: the moment slice (unused, and dropped, otherwise)
-    if constexpr (kMoments) {
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) m_acc[dt][i] = 0.f;
-    }
+      for (int i = 0; i < 32; ++i) m_acc[dt][i] = 0.f;
+  }
 
-    // Blocks c .. c + G - 1 of the piece in processing order: G == kGroup full blocks, or
-    // G == 1 block of any length (a partial one is the segment's last block). Nothing is in
-    // flight on return.
-    auto blocks = [&](auto group, int c) {
-      constexpr int G = decltype(group)::value;
-      const int blk = kReverse ? nblk - 1 - c : c;
-      const int n = G == 1 ? min(64, si.len - blk * 64) : 64;
-      float total = G > 1 ? group_total : dec.block_total(nl2, n);
+  // this warp is done reading stage c % kStages: its ldmatrix ran before its wgmma were issued
+  auto release = [&](int c) {
+    if (lane == 0) mbar_arrive(ring.empty(c % kStages));
+  };
+  // Blocks c .. c + G - 1 in processing order: G == kGroup full blocks, or G == 1 block of
+  // any length (a partial one is the segment's last block). Nothing is in flight on return.
+  auto blocks = [&](auto group, int c) {
+    constexpr int G = decltype(group)::value;
+    const int blk = kReverse ? nblk - 1 - c : c;
+    const int n = G == 1 ? min(64, si.len - blk * 64) : 64;
+    float total = G > 1 ? group_total : dec.block_total(nl2, n);
 #pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt)
+    for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
 #pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
+    for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
 #pragma unroll
-      for (int b = 0; b < G; ++b) {
-        const int r = first + c + b, s = r % kStages;
-        const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
-        const uint32_t uKw = uK + w * Fwd::kBoxBytes;  // this consumer's box of K
-        mbar_wait(ring.full(s), (r / kStages) & 1);
-        float wr[4];
-        if (n < 64) {
-          // rows past the sequence's end may hold the next packed sequence (finite or not):
-          // zero them in V and in K (whose weights there are 0, but 0 · NaN is not)
-          zero_rows(uV, n, t);
-          zero_rows(uKw, n, t);
-          named_barrier(1 + w, 128);
-          row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
-        } else {
-#pragma unroll
-          for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
-        }
-        weighted_rows<T, true>(uKw, uKw, wr, t);
-        fence_async_shared();
-        named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
-        wgmma_fence();
-        const uint64_t dK = desc_sw128(uK), dV = desc_sw128(uV);
-#pragma unroll
-        for (int dt = 0; dt < kTiles; ++dt)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            wgmma_ss_64x64<T, true, true>(s_acc[dt], desc_add(dK, dt * Fwd::kBoxBytes + kk * 2048),
-                                          desc_add(dV, kk * 2048), true);
-        wgmma_commit();
-        if (b > 0) {  // block b - 1 is done; block b runs while the next block is weighted
-          wgmma_wait<1>();
-          release(r - 1);
-        }
-      }
-      // an accumulator in flight must not cross the loop's back edge (the compiler would
-      // copy it there and serialise every wgmma)
-      wgmma_wait<0>();
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
-      release(first + c + G - 1);
-    };
-
-    // kMoments: block c (forward) of n tokens, M's update then S's, one 64-row box of D at a
-    // time with split operands (as split_update_box); nothing is in flight when the stage is
-    // released
-    auto moment_block = [&](int c) {
-      const int r = first + c, s = r % kStages, n = min(64, si.len - c * 64);
+    for (int b = 0; b < G; ++b) {
+      const int s = (c + b) % kStages;
       const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
-      mbar_wait(ring.full(s), (r / kStages) & 1);
-      if (n < 64) {  // (as in `blocks`)
+      const uint32_t uKw = uK + w * Fwd::kBoxBytes;  // this consumer's box of K
+      mbar_wait(ring.full(s), ((c + b) / kStages) & 1);
+      float wr[4];
+      if (n < 64) {
+        // rows past the sequence's end may hold the next packed sequence (finite or not):
+        // zero them in V and in K (whose weights there are 0, but 0 · NaN is not)
         zero_rows(uV, n, t);
-        fence_async_shared();
+        zero_rows(uKw, n, t);
         named_barrier(1 + w, 128);
+        row_key_weights<kReverse>(wr, nl2, p.scale, t, n);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) wr[q] = G == 1 ? krow[q] : krow[q] * lift[b];
       }
-      float wk[4][4], wm[4][4], total;
-      dec.keys(wk, total, nl2, p.scale, tq, n);
-      moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
+      weighted_rows<T, true>(uKw, uKw, wr, t);
+      fence_async_shared();
+      named_barrier(1 + Fwd::kConsumers, 128 * Fwd::kConsumers);  // every box of K weighted
+      wgmma_fence();
+      const uint64_t dK = desc_sw128(uK), dV = desc_sw128(uV);
 #pragma unroll
       for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
-      // the box updates j = (M, then S) × box dt: each one's split operands are built while
-      // the previous one's wgmma run (two operand sets, alternating)
-      uint32_t hi[2][1][4][4], lo[2][1][4][4];
-#pragma unroll
-      for (int j = 0; j < 2 * kTiles; ++j) {
-        const int dt = j % kTiles;
-        float(&acc)[32] = j < kTiles ? m_acc[dt] : s_acc[dt];
-        weighted_keys_t<T, 1, true>(hi[j & 1], uK + dt * 8192, j < kTiles ? wm : wk, warp, lane,
-                                    n, lo[j & 1]);
-        fence_regs(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          wgmma_rs_64x64<T>(acc, hi[j & 1][0][kk], desc_sw128(uV + kk * 2048));
-          wgmma_rs_64x64<T>(acc, lo[j & 1][0][kk], desc_sw128(uV + kk * 2048));
-        }
-        wgmma_commit();
-        if (j > 0) wgmma_wait<1>();  // update j - 1 is done: its operand set is free
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_ss_64x64<T, true, true>(s_acc[dt], desc_add(dK, dt * Fwd::kBoxBytes + kk * 2048),
+                                        desc_add(dV, kk * 2048), true);
+      wgmma_commit();
+      if (b > 0) {  // block b - 1 is done; block b runs while the next block is weighted
+        wgmma_wait<1>();
+        release(c + b - 1);
       }
-      wgmma_wait<0>();
+    }
+    // an accumulator in flight must not cross the loop's back edge (the compiler would copy
+    // it there and serialise every wgmma)
+    wgmma_wait<0>();
 #pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) {
-        fence_regs(m_acc[dt]);
-        fence_regs(s_acc[dt]);
-      }
-      release(r);
-    };
+    for (int dt = 0; dt < kTiles; ++dt) fence_regs(s_acc[dt]);
+    release(c + G - 1);
+  };
 
-    if constexpr (kMoments) {
-      for (int c = 0; c < nblk; ++c) moment_block(c);
-    } else {
-      // a partial block is the first one in reversed order, else the last one
-      const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
-      for (int c = 0; c < nblk;) {
-        if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
-          blocks(std::integral_constant<int, Tr::kGroup>{}, c);
-          c += Tr::kGroup;
-        } else {
-          blocks(std::integral_constant<int, 1>{}, c);
-          c += 1;
-        }
+  // kMoments: block c (forward) of n tokens, M's update then S's, one 64-row box of D at a
+  // time with split operands (as split_update_box); nothing is in flight when the stage is
+  // released
+  auto moment_block = [&](int c) {
+    const int s = c % kStages, n = min(64, si.len - c * 64);
+    const uint32_t uK = tile(s, 0), uV = tile(s, 1) + w * Fwd::kBoxBytes;
+    mbar_wait(ring.full(s), (c / kStages) & 1);
+    if (n < 64) {  // (as in `blocks`)
+      zero_rows(uV, n, t);
+      fence_async_shared();
+      named_barrier(1 + w, 128);
+    }
+    float wk[4][4], wm[4][4], total;
+    dec.keys(wk, total, nl2, p.scale, tq, n);
+    moment_decay(m_acc, s_acc, wm, wk, total, tq, n);
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_acc[dt][i] *= total;
+    // the box updates j = (M, then S) × box dt: each one's split operands are built while the
+    // previous one's wgmma run (two operand sets, alternating)
+    uint32_t hi[2][1][4][4], lo[2][1][4][4];
+#pragma unroll
+    for (int j = 0; j < 2 * kTiles; ++j) {
+      const int dt = j % kTiles;
+      float(&acc)[32] = j < kTiles ? m_acc[dt] : s_acc[dt];
+      weighted_keys_t<T, 1, true>(hi[j & 1], uK + dt * 8192, j < kTiles ? wm : wk, warp, lane, n,
+                                  lo[j & 1]);
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs_64x64<T>(acc, hi[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+        wgmma_rs_64x64<T>(acc, lo[j & 1][0][kk], desc_sw128(uV + kk * 2048));
+      }
+      wgmma_commit();
+      if (j > 0) wgmma_wait<1>();  // update j - 1 is done: its operand set is free
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) {
+      fence_regs(m_acc[dt]);
+      fence_regs(s_acc[dt]);
+    }
+    release(c);
+  };
+
+  if constexpr (kMoments) {
+    for (int c = 0; c < nblk; ++c) moment_block(c);
+  } else {
+    // a partial block is the first one in reversed order, else the last one
+    const int partial = si.len % 64 == 0 ? -1 : (kReverse ? 0 : nblk - 1);
+    for (int c = 0; c < nblk;) {
+      if (c + Tr::kGroup <= nblk && (partial < c || partial >= c + Tr::kGroup)) {
+        blocks(std::integral_constant<int, Tr::kGroup>{}, c);
+        c += Tr::kGroup;
+      } else {
+        blocks(std::integral_constant<int, 1>{}, c);
+        c += 1;
       }
     }
-    wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
-    first += nblk;
-    if (dist > 0) {  // to the segment's reference, in two normal factors (see the top)
-      const float half = decay_pow(nl2, (float)(dist / 2)), rest = decay_pow(nl2, (float)(dist - dist / 2));
-#pragma unroll
-      for (int dt = 0; dt < kTiles; ++dt) {
-#pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= half;
-        fence_regs(s_acc[dt]);
-#pragma unroll
-        for (int i = 0; i < 32; ++i) s_acc[dt][i] *= rest;
-      }
-    }
-    store_state_slice<kTiles>(dst, s_acc, w, warp, lane);
-    if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + (dst - p.ws_local), m_acc, w, warp, lane);
-  });
+  }
+  wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
+  const int64_t at = ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
+  store_state_slice<kTiles>(p.ws_local + at, s_acc, w, warp, lane);
+  if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + at, m_acc, w, warp, lane);
 #endif
 }
 
@@ -451,7 +294,7 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
   using Tr = Sm90StateTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const bool moments = p.terms != nullptr;
-  if (moments && (reverse || p.seg.parts != 1 || p.seg.shares > 0 || p.ws_m == nullptr))
+  if (moments && (reverse || p.seg.parts != 1 || p.ws_m == nullptr))
     throw std::runtime_error("lightning_attn (cuda): the sm_90a pass 1 with moments is forward, "
                              "on whole segments, into ws_m");
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
@@ -460,8 +303,8 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
                 : reverse ? la_state_sm90_kernel<T, HD, true>
                           : la_state_sm90_kernel<T, HD, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
-  const dim3 grid = p.seg.shares > 0 ? dim3(p.seg.shares) : dim3(p.seg.num_segs * p.seg.parts, p.seg.H);
-  kernel<<<grid, Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem, stream>>>(tk, tv, p);
+  kernel<<<dim3(p.seg.num_segs * p.seg.parts, p.seg.H), Sm90FwdTraits<T, HD>::kThreads, Tr::kSmem,
+           stream>>>(tk, tv, p);
 }
 
 }  // namespace la
