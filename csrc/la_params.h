@@ -147,6 +147,61 @@ struct SegRows {
 __device__ __forceinline__ SegRows seg_rows(const SegParams& p, const SegInfo& si, int h) {
   return {p.seq_info ? 0 : si.seq, si.bos + si.start, h};
 }
+
+// Tokens from the state's reference within which a head's weights stay at or above 2^-190
+// (la_state_sm90.cuh says why the rest may be skipped); every token without decay.
+constexpr int64_t kNoHorizon = INT64_MAX / 4;
+__device__ __forceinline__ int64_t decay_horizon(const float* slope, int h) {
+  const float sl = slope != nullptr ? slope[h] : 0.f;
+  if (!(sl > 0.f)) return kNoHorizon;  // no decay, or not a number: every token counts
+  const float d = 190.f / (sl * 1.4426950408889634f);
+  return d < 1e15f ? (int64_t)ceilf(d) : kNoHorizon;
+}
+
+// The tokens pass 1 reads of part `part` of segment si: the part's range (none past the
+// segment's end), without the whole blocks past the horizon hz from the segment's reference
+// (forward: its last token; reverse: the token before its first). len 0: the part's local
+// state is 0.
+__device__ __forceinline__ SegInfo pass1_part(const SegParams& p, SegInfo si, int part, int64_t hz,
+                                              bool reverse) {
+  const int seg_start = si.start, seg_end = si.start + si.len;
+  si.start += part * p.part_len;
+  si.len = max(0, min(p.part_len, si.len - part * p.part_len));
+  if (reverse) {  // blocks that start before seg_start + hz - 1
+    const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
+    si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
+  } else {  // blocks that end after seg_end - hz
+    const int64_t drop =
+        min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
+    si.start += (int)drop * 64;
+    si.len = max(0, si.len - (int)drop * 64);
+  }
+  return si;
+}
+
+// Whether pass 1 stores the local state of part `part` with `len` tokens left (pass1_part):
+// only parts with tokens, and in reverse part 0 always, so that every segment has one stored
+// part (the state's reference end; a segment wholly past the horizon stores one zero state).
+// The scan reads exactly these.
+__device__ __forceinline__ bool pass1_stores(int len, int part, bool reverse) {
+  return len > 0 || (reverse && part == 0);
+}
+
+// The parts of a segment of `seg_len` tokens whose local states pass 1 stores: [x, y). They
+// are contiguous: the horizon drops a segment's earliest parts (forward) or its latest
+// (reverse), and only a short segment has parts without tokens, at its end. Never empty.
+__device__ __forceinline__ int2 pass1_stored_parts(const SegParams& p, int seg_len, int64_t hz,
+                                                   bool reverse) {
+  SegInfo si{};
+  si.len = seg_len;
+  int2 r = make_int2(p.parts, 0);
+  for (int j = 0; j < p.parts; ++j)
+    if (pass1_stores(pass1_part(p, si, j, hz, reverse).len, j, reverse)) {
+      r.x = min(r.x, j);
+      r.y = j + 1;
+    }
+  return r;
+}
 #endif  // __CUDACC__
 
 // Host-side launchers (instantiated per dtype and head dim in la_*_<dtype>_hd<D>.cu).

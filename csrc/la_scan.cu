@@ -67,7 +67,10 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // the parts of its sequence's segments in order (forward) or in reverse (backward). Part j of
 // segment s holds the tokens [s·seg_len + j·part_len, + part_len) of the sequence, clipped to
 // the segment (maybe empty); its local state is ws_local[s·parts + j], ws[s] itself with one
-// part. With carry_0 = state_in:
+// part. Pass 1 stores only some parts' local states (pass1_stored_parts: none for the parts
+// without tokens or wholly past the decay horizon); the others are 0 and only decay the
+// carry, so the walk reads the stored ones and folds the others' tokens into the decay of the
+// next stored part. With carry_0 = state_in:
 //   forward:  carry = λ^{len} carry + local over the parts of segments 0 .. nseg-2 in order;
 //             after the last part of segment s, ws[s + 1] = carry (segment s + 1's incoming)
 //   backward: the parts of segments nseg-1 .. 1 in reverse; after the first part of segment s,
@@ -111,30 +114,50 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   auto loc_off = [&](int f) { return ((int64_t)first * parts + f) * H * DE + h * DE + idx; };
   auto load = [](const float* src) { return *reinterpret_cast<const float4*>(src); };
   auto store = [](float* dst, float4 x) { *reinterpret_cast<float4*>(dst) = x; };
-  // tokens of part f (= s·parts + j)
-  auto len_of = [&](int f) {
-    const int s = f / parts, j = f - s * parts;
-    const int seg = min(p.seg_len, seqlen - s * p.seg_len);
-    return max(0, min(p.part_len, seg - j * p.part_len));
-  };
   const int64_t row = state_in ? state_in_row(rows, seq) : -1;
   auto in = [&](int i) {
     return row >= 0 ? state_in[(row * H + h) * DE + d * sd + (e + i) * se] : 0.f;
   };
   float4 carry = make_float4(in(0), in(1), in(2), in(3));
   float4 carry_m = carry;
-  // parts in processing order: f = part(i); every part but those of the last segment in
-  // processing order has a local state
-  const int cnt = (nseg - 1) * parts;
-  auto part = [&](int i) { return reverse ? nseg * parts - 1 - i : i; };
+
+  // The stored parts in processing order. Every segment but a sequence's last is full, so one
+  // range serves them all; only the backward walks the last one (first).
+  const int64_t hz = p.horizon ? decay_horizon(slope, h) : kNoHorizon;
+  const int last_len = seqlen - (nseg - 1) * p.seg_len;
+  const int2 full = pass1_stored_parts(p, p.seg_len, hz, reverse);
+  const int2 lead = reverse ? pass1_stored_parts(p, last_len, hz, true) : full;
+  const int kf = full.y - full.x, k0 = lead.y - lead.x;  // >= 1 each (pass1_stored_parts)
+  const int cnt = k0 + (nseg - 2) * kf;
+  // A cursor over them: segment t in processing order (0 first), its i-th stored part.
+  struct Cursor {
+    int t, i;
+  };
+  auto range = [&](int t) { return t == 0 ? lead : full; };
+  auto seg_of = [&](int t) { return reverse ? nseg - 1 - t : t; };
+  auto part_of = [&](const Cursor& c) {
+    const int2 r = range(c.t);
+    return reverse ? r.y - 1 - c.i : r.x + c.i;
+  };
+  auto advance = [&](Cursor& c) {
+    const int2 r = range(c.t);
+    if (++c.i == r.y - r.x) c = Cursor{c.t + 1, 0};
+  };
+  Cursor ld{0, 0}, at{0, 0};  // the next part to load, and to add
+  auto load_next = [&](float4& x, float4& x_m) {
+    const int f = seg_of(ld.t) * parts + part_of(ld);
+    x = load(ws_local + loc_off(f));
+    if (kMoment) x_m = load(ws_m + loc_off(f));
+    advance(ld);
+  };
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   // Loads run a chunk ahead of the dependent chain of carries.
   constexpr int kC = 3;
-  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   float4 nxt[kC], nxt_m[kC];
 #pragma unroll
   for (int j = 0; j < kC; ++j) {
-    nxt[j] = j < cnt ? load(ws_local + loc_off(part(j))) : zero;
-    if (kMoment) nxt_m[j] = j < cnt ? load(ws_m + loc_off(part(j))) : zero;
+    nxt[j] = nxt_m[j] = zero;
+    if (j < cnt) load_next(nxt[j], nxt_m[j]);
   }
   if (rows.slots != nullptr) {  // (loaded above) pass 2 reads them here
     store(ws + off(reverse ? nseg - 1 : 0), carry);
@@ -157,24 +180,27 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
     }
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
-      const int i = base + kC + j;
-      nxt[j] = i < cnt ? load(ws_local + loc_off(part(i))) : zero;
-      if (kMoment) nxt_m[j] = i < cnt ? load(ws_m + loc_off(part(i))) : zero;
+      nxt[j] = nxt_m[j] = zero;
+      if (base + kC + j < cnt) load_next(nxt[j], nxt_m[j]);
     }
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
-      const int f = part(base + j);
       if (base + j < cnt) {
-        const float len = (float)len_of(f);
+        // the tokens the carry decays over: the part's, and on a segment's first stored part
+        // also those of the parts before it (in processing order) that have none stored
+        const int sg = seg_of(at.t), pj = part_of(at);
+        const int slen = sg == nseg - 1 ? last_len : p.seg_len;
+        const int pstart = pj * p.part_len, pend = min(pstart + p.part_len, slen);
+        const int n = at.i > 0 ? pend - pstart : reverse ? slen - pstart : pend;
+        const float len = (float)n;
         const float dl = exp2f(nl2 * len);
         if (kMoment) step_m(carry_m, dl, len, carry, loc_m[j]);
         step(carry, dl, loc[j]);
-        const int s = f / parts;
-        if (!reverse && f - s * parts == parts - 1) {
-          if (kMoment) store(ws_m + off(s + 1), carry_m);
-          store(ws + off(s + 1), carry);
-        } else if (reverse && f - s * parts == 0) {
-          store(ws + off(s - 1), carry);
+        advance(at);
+        if (at.i == 0) {  // the segment's last stored part: the next one's incoming state
+          const int to = reverse ? sg - 1 : sg + 1;
+          if (kMoment) store(ws_m + off(to), carry_m);
+          store(ws + off(to), carry);
         }
       }
     }
@@ -185,12 +211,9 @@ void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float*
                     const float* state_in, int64_t sd, int64_t se, const StateRows& rows,
                     const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E / 4 + 255) / 256);
-  if (ws_m != nullptr)
-    la_state_scan_kernel<true><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd, se,
-                                                         rows, slope, D, E, reverse);
-  else
-    la_state_scan_kernel<false><<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd,
-                                                          se, rows, slope, D, E, reverse);
+  auto kernel = ws_m != nullptr ? la_state_scan_kernel<true> : la_state_scan_kernel<false>;
+  kernel<<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd, se, rows, slope, D, E,
+                                   reverse);
 }
 
 }  // namespace la

@@ -36,21 +36,13 @@
 // model reaches) that is below 2^-126, the smallest normal float32, which these kernels'
 // fast math flushes to 0. So the state is the full sum up to float32 rounding, and pass 1
 // reads only the tokens within each head's horizon: for H = 32 ALiBi slopes and 16K-token
-// segments a third of them.
+// segments a third of them. A part with no tokens left stores nothing (pass1_stores; the scan
+// reads only the stored parts). decay_horizon, pass1_part: la_params.h, shared with the scan.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
 
 namespace la {
-
-// Tokens from the state's reference within which a head's weights stay at or above 2^-190
-// (see above); every token without decay.
-__device__ __forceinline__ int64_t decay_horizon(const float* slope, int h) {
-  const float sl = slope != nullptr ? slope[h] : 0.f;
-  if (!(sl > 0.f)) return INT64_MAX / 4;  // no decay, or not a number: every token counts
-  const float d = 190.f / (sl * 1.4426950408889634f);
-  return d < 1e15f ? (int64_t)ceilf(d) : INT64_MAX / 4;
-}
 
 template <typename T, int HD>
 struct Sm90StateTraits {
@@ -87,22 +79,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   if (!si.valid) return;
   // nobody reads the local state of the last segment in processing order
   if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
-  // the part's tokens (none past the segment's end: its local state is 0)
-  const int seg_start = si.start, seg_end = si.start + si.len;
-  si.start += part * p.seg.part_len;
-  si.len = max(0, min(p.seg.part_len, si.len - part * p.seg.part_len));
-  if (!kMoments && p.seg.horizon) {  // only the whole blocks within the horizon
-    const int64_t hz = decay_horizon(p.slope, h);
-    if (kReverse) {  // blocks that start before seg_start + hz - 1
-      const int64_t keep = (seg_start + hz - 1 - si.start + 63) / 64;
-      si.len = (int)min((int64_t)si.len, max((int64_t)0, keep) * 64);
-    } else {  // blocks that end after seg_end - hz
-      const int64_t drop =
-          min((int64_t)(si.len + 63) / 64, max((int64_t)0, (seg_end - hz - si.start) / 64));
-      si.start += (int)drop * 64;
-      si.len = max(0, si.len - (int)drop * 64);
-    }
-  }
+  // the part's tokens, within the horizon (decay_horizon, above)
+  si = pass1_part(p.seg, si, part, !kMoments && p.seg.horizon ? decay_horizon(p.slope, h) : kNoHorizon,
+                  kReverse);
+  if (!pass1_stores(si.len, part, kReverse)) return;
 
   // smem: [stage][K V][box] | full[], empty[] barriers
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;

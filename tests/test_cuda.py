@@ -121,7 +121,7 @@ def test_decay_horizon(D, switch):
     (LIGHTNING_ATTENTION_HORIZON, which the extension reads once per process: so in a child
     process): heads without decay and with weak, medium and strong decay (a horizon inside
     one block) over 1024-token segments (pass 1 in parts of 256 tokens, some of which read
-    no tokens with the horizon and write a state of 0), the forward and the fixed-slope
+    no tokens with the horizon and store no state), the forward and the fixed-slope
     backward (both directions of pass 1), packed sequences with an empty one, states in and
     out, against the float64 truth; and a NaN past the horizon that the skip keeps from the
     neighbouring segment, and only the skip."""
