@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   // nobody reads the local state of the last segment in processing order
   if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
   // the part's tokens, within the horizon (decay_horizon, above)
-  si = pass1_part(p.seg, si, part, !kMoments && p.seg.horizon ? decay_horizon(p.slope, h) : kNoHorizon,
-                  kReverse);
+  const int64_t hz = !kMoments && p.seg.horizon ? decay_horizon(p.slope, h) : kNoHorizon;
+  si = pass1_part(p.seg, si, part, hz, kReverse);
   if (!pass1_stores(si.len, part, kReverse)) return;
 
   // smem: [stage][K V][box] | full[], empty[] barriers
