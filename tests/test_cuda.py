@@ -123,15 +123,16 @@ def test_decay_horizon(D, switch):
     one block) over 1024-token segments (pass 1 in parts of 256 tokens, some of which read
     no tokens with the horizon and store no state), the forward and the fixed-slope
     backward (both directions of pass 1), packed sequences with an empty one, states in and
-    out, against the float64 truth; and a NaN past the horizon that the skip keeps from the
-    neighbouring segment, and only the skip."""
+    out, against the float64 truth; a head with a horizon of one token (decay="steep": in
+    reverse no part of a segment has tokens left, and part 0 stores a zero state); and a NaN
+    past the horizon that the skip keeps from the neighbouring segment, and only the skip."""
     code = f"""
 import torch, utils
 from lightning_attention import dispatch
 dispatch.BACKENDS["cuda"] = cuda = utils.cuda_with_seg_len(1024)
-for cu in (None, [0, 700, 700, 2300, 3000]):
+for decay, cu in (("mixed", None), ("mixed", [0, 700, 700, 2300, 3000]), ("steep", None)):
     utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
-                        D={D}, E={D}, dtype=torch.bfloat16, decay="mixed", cu_seqlens=cu,
+                        D={D}, E={D}, dtype=torch.bfloat16, decay=decay, cu_seqlens=cu,
                         initial_state=True, final_state=True, slope_grad=False, scale=0.5)
 # the skip happens: a NaN past the strong head's horizon (a key 250 tokens before segment 0's
 # last token; a dO in segment 1's second block) stays out of the neighbouring segment

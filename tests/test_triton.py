@@ -145,8 +145,9 @@ def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
     horizon of 44 tokens, inside a 64-token segment of 16-token float32 blocks), both
     directions of pass 1, packed sequences with an empty one, against the float64 truth,
     fixed and learnable slope (the moments' pass 1 keeps every token); the forward's output
-    and final states within float32 rounding of those with the switch off; and a NaN past
-    the horizon that only the skip keeps from the neighbouring segment."""
+    and final states within float32 rounding of those with the switch off; a NaN past the
+    horizon that only the skip keeps from the neighbouring segment; and a head with a horizon
+    of one token (decay="steep")."""
     seg(64)
     cu = [0, 40, 40, 230, 300] if varlen else None
     B = 1 if varlen else 2
@@ -176,6 +177,9 @@ def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
     for slope_grad in (False, True):
         check(B=B, H=4, N=300, D=32, E=16, device=interp, decay="mixed", cu_seqlens=cu,
               initial_state=True, final_state=True, scale=0.8, slope_grad=slope_grad)
+    if not varlen:
+        check(B=B, H=4, N=300, D=32, E=16, device=interp, decay="steep", initial_state=True,
+              final_state=True, scale=0.8, slope_grad=False)
 
 
 @pytest.mark.parametrize("seg_len", [None, 64])

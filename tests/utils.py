@@ -270,11 +270,13 @@ def assert_dslope(g, ref, dtype, name="dslope", base=None):
 def make_slope(decay, H, device="cpu", dtype=torch.float32):
     """decay: True (random slopes), "zero" (slopes of 0: λ = 1, with a d slope), "mixed"
     (by head: none, weak, medium and strong decay, λ = e^-3: a token's weight falls below
-    2^-190 within 44 tokens) or False (no slope)."""
+    2^-190 within 44 tokens), "steep" (as mixed, but the last head's λ = e^-200: every
+    weight but a token's own is below 2^-190, a horizon of one token) or False (no slope)."""
     if decay == "zero":
         return torch.zeros(H, device=device, dtype=dtype)
-    if decay == "mixed":
-        return torch.tensor([0.0, 0.01, 0.3, 3.0], device=device, dtype=dtype).repeat(H)[:H]
+    if decay in ("mixed", "steep"):
+        last = 3.0 if decay == "mixed" else 200.0
+        return torch.tensor([0.0, 0.01, 0.3, last], device=device, dtype=dtype).repeat(H)[:H]
     return rand_slope(H, device).to(dtype) if decay else None
 
 
