@@ -108,4 +108,4 @@ if [ -n "${SP:-}" ]; then
 fi
 cat /tmp/ptxas_summary.txt
 cat $OUT/decode.log 2>/dev/null
-tail -40 $OUT/speed.log 2>/dev/null
+tail -40 $OUT/speed.log 2>/dev/null || true  # (none in AB mode)
