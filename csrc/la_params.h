@@ -157,6 +157,11 @@ __device__ __forceinline__ int64_t decay_horizon(const float* slope, int h) {
   const float d = 190.f / (sl * 1.4426950408889634f);
   return d < 1e15f ? (int64_t)ceilf(d) : kNoHorizon;
 }
+// The horizon pass 1 stops at for head h, and the scan with it: decay_horizon where the plan
+// turned it on (p.horizon: the sm_90a pass 1 with decay, without moments), else none.
+__device__ __forceinline__ int64_t pass1_horizon(const SegParams& p, const float* slope, int h) {
+  return p.horizon ? decay_horizon(slope, h) : kNoHorizon;
+}
 
 // The tokens pass 1 reads of part `part` of segment si: the part's range (none past the
 // segment's end), without the whole blocks past the horizon hz from the segment's reference

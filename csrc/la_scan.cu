@@ -123,7 +123,7 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
 
   // The stored parts in processing order. Every segment but a sequence's last is full, so one
   // range serves them all; only the backward walks the last one (first).
-  const int64_t hz = p.horizon ? decay_horizon(slope, h) : kNoHorizon;
+  const int64_t hz = pass1_horizon(p, slope, h);
   const int last_len = seqlen - (nseg - 1) * p.seg_len;
   const int2 full = pass1_stored_parts(p, p.seg_len, hz, reverse);
   const int2 lead = reverse ? pass1_stored_parts(p, last_len, hz, true) : full;

@@ -79,9 +79,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   if (!si.valid) return;
   // nobody reads the local state of the last segment in processing order
   if (kReverse ? si.seg == 0 : si.seg == si.nseg - 1) return;
-  // the part's tokens, within the horizon (decay_horizon, above)
-  const int64_t hz = !kMoments && p.seg.horizon ? decay_horizon(p.slope, h) : kNoHorizon;
-  si = pass1_part(p.seg, si, part, hz, kReverse);
+  // the part's tokens, within the horizon (above)
+  si = pass1_part(p.seg, si, part, pass1_horizon(p.seg, p.slope, h), kReverse);
   if (!pass1_stores(si.len, part, kReverse)) return;
 
   // smem: [stage][K V][box] | full[], empty[] barriers
