@@ -1,6 +1,7 @@
 """Energy per call under sustained load: what the card's power limit leaves of each kernel.
 
-    python bench/bench_power.py [--seconds 2] [--n 16384 65536]
+    python bench/bench_power.py [--seconds 2] [--n 16384 65536] [--heads 32 --dim 128]
+                                [--dslope] [--no-peers] [--no-reference]
 
 Each workload runs back to back for --seconds (the card reaches its power limit within a
 fraction of a second when the work keeps the tensor cores and HBM busy together) while NVML
@@ -8,8 +9,9 @@ is sampled every 10 ms. Printed per workload: ms per call in the first and the l
 chunk (cool card, then sustained), the median SM clock and power over the second half, and
 the energy per call (power x sustained time) and above idle ((power - idle) x time).
 Workloads: idle, a 1 GiB device copy (energy per byte moved), a bf16 8192^3 matmul (per
-FLOP), and workload W (bf16, H = 32, D = E = 128, B·N = 65,536) forward and forward+backward
-on our CUDA backend (and fla's chunk_simple_gla when importable) at each --n.
+FLOP), and workload W (bf16, H = 32, D = E = 128, B·N = 65,536; --heads, --dim change it)
+forward and forward+backward on our CUDA backend (and fla's chunk_simple_gla when importable)
+at each --n; --dslope adds our forward+backward with a learnable slope.
 """
 import argparse
 import statistics
@@ -50,42 +52,56 @@ def sustained(fn, seconds):
     return chunks[0], chunks[-1], clock, power
 
 
-def workloads(ns):
+def workloads(args):
     dev = torch.device("cuda")
+    if not args.no_reference:
+        yield from references(dev)
+    impls = {"ours cuda": (lambda q, k, v, s: la.lightning_attn(q, k, v, s, backend="cuda"), "bnhd")}
+    if not args.no_peers:
+        impls.update({name: impl for name, impl in peers().items() if name.startswith("fla")})
+    H, D = args.heads, args.dim
+    for N in args.n:
+        B = args.tokens // N
+        for name, (fn, layout) in impls.items():
+            q, k = (rand(B, H, N, D, layout, torch.bfloat16, dev, D ** -0.5) for _ in range(2))
+            v = rand(B, H, N, D, layout, torch.bfloat16, dev)
+            do = rand(B, H, N, D, layout, torch.bfloat16, dev).detach()
+            slope = la.build_slopes(H, device=dev)
+            learnable = slope.clone().requires_grad_()
+
+            def fwd():
+                with torch.no_grad():
+                    fn(q, k, v, slope)
+
+            def fwdbwd(s=slope):
+                q.grad = k.grad = v.grad = s.grad = None
+                fn(q, k, v, s).backward(do)
+
+            yield f"{name} fwd N={N}", fwd
+            yield f"{name} fwd+bwd N={N}", fwdbwd
+            if args.dslope and name == "ours cuda":
+                yield f"{name} fwd+bwd, d slope N={N}", lambda: fwdbwd(learnable)
+
+
+def references(dev):
     src = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     yield "copy 1 GiB (2 GiB moved)", lambda: dst.copy_(src)
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     yield "matmul bf16 8192^3 (1.1 TFLOP)", lambda: torch.mm(a, b)
-    del src, dst, a, b
-    impls = {"ours cuda": (lambda q, k, v, s: la.lightning_attn(q, k, v, s, backend="cuda"), "bnhd")}
-    impls.update({name: impl for name, impl in peers().items() if name.startswith("fla")})
-    H, D = 32, 128
-    for N in ns:
-        B = 65536 // N
-        for name, (fn, layout) in impls.items():
-            q, k = (rand(B, H, N, D, layout, torch.bfloat16, dev, D ** -0.5) for _ in range(2))
-            v = rand(B, H, N, D, layout, torch.bfloat16, dev)
-            do = rand(B, H, N, D, layout, torch.bfloat16, dev).detach()
-            slope = la.build_slopes(H, device=dev)
-
-            def fwd():
-                with torch.no_grad():
-                    fn(q, k, v, slope)
-
-            def fwdbwd():
-                q.grad = k.grad = v.grad = None
-                fn(q, k, v, slope).backward(do)
-
-            yield f"{name} fwd N={N}", fwd
-            yield f"{name} fwd+bwd N={N}", fwdbwd
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--n", type=int, nargs="+", default=[16384, 65536])
+    ap.add_argument("--tokens", type=int, default=65536, help="B·N per call")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=128, help="D = E")
+    ap.add_argument("--dslope", action="store_true", help="also our fwd+bwd with a learnable slope")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="without the copy and the matmul")
     args = ap.parse_args()
     with GpuSampler(torch.device("cuda")) as gpu:
         time.sleep(1.0)
@@ -93,7 +109,7 @@ def main():
     print(f"{torch.cuda.get_device_name()}, idle {idle:.0f} W; ms/call first / last 100 ms chunk, "
           f"then the second half's medians")
     print(f"{'workload':34} {'cool ms':>8} {'hot ms':>8} {'MHz':>5} {'W':>5} {'mJ/call':>8} {'above idle':>10}")
-    for name, fn in workloads(args.n):
+    for name, fn in workloads(args):
         first, last, clock, power = sustained(fn, args.seconds)
         print(f"{name:34} {first:8.3f} {last:8.3f} {clock:5.0f} {power:5.0f} {power * last:8.2f} "
               f"{(power - idle) * last:10.2f}", flush=True)
