@@ -10,7 +10,8 @@
 #           SPEED_ARGS="--n 1024 65536" (bench_speed.py arguments beside the peers),
 #           MMA=1 (the mma.sync kernels of sm_80 builds on this card too:
 #           test_cuda.py without the long sequences, LIGHTNING_ATTENTION_SM90=0),
-#           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times, nsys if libdw travels in .dl/),
+#           CMAKE=1 (CMake library + ctest), PROFILE=1 (per-kernel times: bench/cuda_profile.py),
+#           POWER=1 (bench_power.py: ms per call cool and sustained, energy per call; POWER_ARGS),
 #           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
 # A candidate behind a switch: AB="LIGHTNING_ATTENTION_...=1" times our CUDA backend without and
 # with it, alternating, twice each (AB_ARGS adds bench_speed.py arguments, e.g. "--heads 64
@@ -98,6 +99,10 @@ if [ -n "${CMAKE:-}" ]; then
 fi
 if [ -n "${PROFILE:-}" ]; then
   timeout 90 python3 bench/cuda_profile.py > $OUT/profile.log 2>&1; tail -25 $OUT/profile.log
+fi
+if [ -n "${POWER:-}" ]; then  # energy per call under sustained load (POWER_ARGS: bench_power.py's)
+  timeout 200 python3 bench/bench_power.py ${POWER_ARGS:-} > $OUT/power.log 2>&1
+  echo "bench_power rc=$?"; cat $OUT/power.log
 fi
 if [ -n "${SP:-}" ]; then
   NP=$(nvidia-smi -L | wc -l)
