@@ -20,7 +20,7 @@ import time
 import torch
 
 import lightning_attention as la
-from bench_speed import GpuSampler, peers, rand
+from bench_speed import GpuSampler, ours, peers, rand
 
 CHUNK_MS = 100.0
 
@@ -56,7 +56,7 @@ def workloads(args):
     dev = torch.device("cuda")
     if not args.no_reference:
         yield from references(dev)
-    impls = {"ours cuda": (lambda q, k, v, s: la.lightning_attn(q, k, v, s, backend="cuda"), "bnhd")}
+    impls = {"ours cuda": ours("cuda")}
     if not args.no_peers:
         impls.update({name: impl for name, impl in peers().items() if name.startswith("fla")})
     H, D = args.heads, args.dim
