@@ -1,7 +1,7 @@
 """Energy per call under sustained load: what the card's power limit leaves of each kernel.
 
     python bench/bench_power.py [--seconds 2] [--n 16384 65536] [--heads 32 --dim 128]
-                                [--dslope] [--no-peers] [--no-reference]
+                                [--dtype bf16] [--dslope] [--no-peers] [--no-reference]
 
 Each workload runs back to back for --seconds (the card reaches its power limit within a
 fraction of a second when the work keeps the tensor cores and HBM busy together) while NVML
@@ -11,7 +11,7 @@ the energy per call (power x sustained time) and above idle ((power - idle) x ti
 Workloads: idle, a 1 GiB device copy (energy per byte moved), a bf16 8192^3 matmul (per
 FLOP), and workload W (bf16, H = 32, D = E = 128, B·N = 65,536; --heads, --dim change it)
 forward and forward+backward on our CUDA backend (and fla's chunk_simple_gla when importable)
-at each --n; --dslope adds our forward+backward with a learnable slope.
+at each --n (--dtype fp16 for float16 inputs); --dslope adds our forward+backward with a learnable slope.
 """
 import argparse
 import statistics
@@ -20,7 +20,7 @@ import time
 import torch
 
 import lightning_attention as la
-from bench_speed import GpuSampler, ours, peers, rand
+from bench_speed import DTYPES, GpuSampler, ours, peers, rand
 
 CHUNK_MS = 100.0
 
@@ -59,13 +59,13 @@ def workloads(args):
     impls = {"ours cuda": ours("cuda")}
     if not args.no_peers:
         impls.update({name: impl for name, impl in peers().items() if name.startswith("fla")})
-    H, D = args.heads, args.dim
+    H, D, dtype = args.heads, args.dim, DTYPES[args.dtype]
     for N in args.n:
         B = args.tokens // N
         for name, (fn, layout) in impls.items():
-            q, k = (rand(B, H, N, D, layout, torch.bfloat16, dev, D ** -0.5) for _ in range(2))
-            v = rand(B, H, N, D, layout, torch.bfloat16, dev)
-            do = rand(B, H, N, D, layout, torch.bfloat16, dev).detach()
+            q, k = (rand(B, H, N, D, layout, dtype, dev, D ** -0.5) for _ in range(2))
+            v = rand(B, H, N, D, layout, dtype, dev)
+            do = rand(B, H, N, D, layout, dtype, dev).detach()
             slope = la.build_slopes(H, device=dev)
             learnable = slope.clone().requires_grad_()
 
@@ -77,10 +77,11 @@ def workloads(args):
                 q.grad = k.grad = v.grad = s.grad = None
                 fn(q, k, v, s).backward(do)
 
-            yield f"{name} fwd N={N}", fwd
-            yield f"{name} fwd+bwd N={N}", fwdbwd
+            tag = f"N={N}" + ("" if args.dtype == "bf16" else f" {args.dtype}")
+            yield f"{name} fwd {tag}", fwd
+            yield f"{name} fwd+bwd {tag}", fwdbwd
             if args.dslope and name == "ours cuda":
-                yield f"{name} fwd+bwd, d slope N={N}", lambda: fwdbwd(learnable)
+                yield f"{name} fwd+bwd, d slope {tag}", lambda: fwdbwd(learnable)
 
 
 def references(dev):
@@ -99,6 +100,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=65536, help="B·N per call")
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--dim", type=int, default=128, help="D = E")
+    ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     ap.add_argument("--dslope", action="store_true", help="also our fwd+bwd with a learnable slope")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-reference", action="store_true", help="without the copy and the matmul")
