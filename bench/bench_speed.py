@@ -12,7 +12,10 @@ the ratio to the memory floor (each input read once, each output written once, a
 rate measured in the same run) and the peak memory beyond the inputs. Peers join when
 importable: lightning-attn 0.0.5 (`lightning_attn2`), fla-core (`chunk_simple_gla`),
 and PyTorch SDPA causal softmax attention. Prints a table, writes JSON. On a GPU each row
-ends with the card's SM clock, temperature and power while it ran (medians of samples taken
+starts after --settle seconds of idle (default 1): the kernels that keep HBM and the tensor
+cores busy hold the card at its power limit, which lowers the clock for whatever runs next
+(bench_power.py), so without the pause a row's time would depend on the rows before it. Each
+row ends with the card's SM clock, temperature and power while it ran (medians of samples taken
 during the timed calls), where pynvml (nvidia-ml-py) is importable.
 """
 import argparse
@@ -193,6 +196,8 @@ def main(argv=None):
     p.add_argument("--fwd-only", action="store_true")
     p.add_argument("--dslope", action="store_true",
                    help="a learnable slope: the backward also computes d slope (with --no-peers)")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="seconds of idle before each row on a GPU (0: none)")
     p.add_argument("--json", default="bench/results/speed.json")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--decode", action="store_true", help="time one decode step instead")
@@ -244,6 +249,8 @@ def main(argv=None):
         B = max(1, args.tokens // N)
         tensor_bytes = B * N * H * D * elt
         for name, impl in impls.items():
+            if device.type == "cuda":
+                time.sleep(args.settle)  # every row starts from the same card state
             sampler = GpuSampler(device)
             try:
                 with sampler:
