@@ -61,6 +61,7 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     TORCH_CHECK(!pl.multi || pl.ws_m.defined(), "lightning_attention_C: d slope terms need a plan "
                 "with moments");
     p.ws_m = pl.multi ? pl.ws_m.data_ptr<float>() : nullptr;
+    p.ws_m_local = pl.multi ? pl.ws_m_local.data_ptr<float>() : nullptr;
     p.terms = terms;
   }
   return p;
@@ -70,7 +71,7 @@ namespace {
 
 // The passes of one sweep: when the plan has several segments per sequence and the incoming
 // states are not given, pass 1 (the local state of each segment, or of each part of it, and
-// moment with ws_m) and the scan (incoming states, in sequence order or reversed, the first
+// its moment with ws_m, the plan's ws_m_local) and the scan (incoming states, in sequence order or reversed, the first
 // one being `state_in` with element strides (sd, se) at the rows `rows` names); then pass 2.
 template <typename Pass>
 void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
@@ -79,8 +80,9 @@ void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state
   if (pl.multi && !states_given) {
     pass(/*pass1=*/true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    run_state_scan(pl.seg, pl.ws_local.data_ptr<float>(), pl.ws.data_ptr<float>(), ws_m, state_in,
-                   sd, se, rows, slope, (int)D, (int)E, reverse, stream);
+    run_state_scan(pl.seg, pl.ws_local.data_ptr<float>(), pl.ws.data_ptr<float>(), ws_m,
+                   ws_m ? pl.ws_m_local.data_ptr<float>() : nullptr, state_in, sd, se, rows,
+                   slope, (int)D, (int)E, reverse, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   pass(/*pass1=*/false);
@@ -93,10 +95,9 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
                        const Plan& pl, cudaStream_t stream, bool states_given) {
   // The forward kernel: the sm_90a kernel (TMA, wgmma) on compute capability 9.0 when the
   // build has it; the mma.sync kernel otherwise, the dq sweep's d slope terms included (pass 1
-  // with the moments, pass 2 with the terms). A pass 1 with moments takes whole segments (the
-  // plan's parts == 1), as does the mma.sync pass 1.
-  TORCH_CHECK((pl.sm90 && p.terms == nullptr) || pl.seg.parts == 1,
-              "lightning_attention_C: this pass 1 takes whole segments");
+  // with the moments, pass 2 with the terms). The mma.sync pass 1 takes whole segments (the
+  // plan's parts == 1).
+  TORCH_CHECK(pl.sm90 || pl.seg.parts == 1, "lightning_attention_C: this pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;

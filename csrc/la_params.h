@@ -60,12 +60,14 @@ struct FwdParams {
   // d slope terms (dq sweep only, on (do, v, k)): terms[b, h, t] = τ_t, the per-token terms
   // of d log λ in the direct form (docs/DSLOPE.md), from the real q (rq) and k (the kernel's
   // v), the final state's gradient dstate_f (read through the strides of state_in), and the
-  // moment state beside S: ws_m per (segment, head) like ws. terms nullptr: off; terms is
-  // contiguous (B, H, N) float32.
+  // moment state beside S: ws_m per (segment, head) like ws, ws_m_local per (segment part,
+  // head) like ws_local (ws_m itself with one part). terms nullptr: off; terms is contiguous
+  // (B, H, N) float32.
   const void* rq;
   int64_t rq_bs, rq_hs, rq_rs;
   const float* dstate_f;
   float* ws_m;
+  float* ws_m_local;
   float* terms;
 };
 
@@ -235,6 +237,9 @@ bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
 // LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
+// Whether the sm_90a pass 1 with moments runs in parts of segments (la_plan.cpp): with
+// LIGHTNING_ATTENTION_MOMENT_PARTS=1 (la_sm90_host.cu).
+bool sm90_moment_parts();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,
@@ -243,13 +248,14 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // with one part) into the segments' incoming states ws[segment], in sequence order (forward:
 // the first segment's incoming state is state_in or 0) or reverse order (backward: the last
 // segment's is state_in), state_in's rows as `rows` says. Each D×E matrix is `DE` floats.
-// With ws_m (forward only, one part per segment), the moments ws_m[segment] likewise,
-// carried beside the states (the first one is state_in too). With slots (a pool, which pass 2
+// With ws_m (forward only), the moments ws_m[segment] likewise from the parts' local moments
+// ws_m_local (laid out as ws_local), carried beside the states (the first one is state_in
+// too). With slots (a pool, which pass 2
 // updates in place) the scan also writes that first incoming state (and moment) into ws
 // (ws_m): pass 2 then reads every incoming state of a sequence of several segments from ws,
 // never the pool row that the sequence's last segment overwrites meanwhile.
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                    const float* state_in, int64_t state_in_sd, int64_t state_in_se,
+                    const float* ws_m_local, const float* state_in, int64_t state_in_sd, int64_t state_in_se,
                     const StateRows& rows, const float* slope, int D, int E, bool reverse,
                     cudaStream_t stream);
 

@@ -81,6 +81,22 @@ int pick_parts(int64_t segs, int64_t blocks, int64_t slots) {
   return (int)parts;
 }
 
+// Pass 1 with moments (la_state_sm90.cuh kMoments) is bound by its products, not by the copy
+// rate: a CTA's time is its blocks, so the parts (powers of two of at least kMinPartBlocks
+// blocks) that give the fewest waves × (blocks per part + 2, a part's start and its two state
+// stores), the fewest parts on ties. W at N = 64K: 96 segments of 256 blocks, 4 parts in 3
+// waves of 132 (198) against whole segments (258); D = 64, H = 64: 64 segments of 512 blocks,
+// 4 parts in one wave of 264 (130 against 514).
+int pick_moment_parts(int64_t segs, int64_t blocks, int64_t slots) {
+  auto cost = [&](int64_t parts) {
+    return ((segs * parts + slots - 1) / slots) * ((blocks + parts - 1) / parts + 2);
+  };
+  int64_t best = 1;
+  for (int64_t parts = 2; (blocks + parts - 1) / parts >= kMinPartBlocks; parts *= 2)
+    if (cost(parts) < cost(best)) best = parts;
+  return (int)best;
+}
+
 }  // namespace
 
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
@@ -128,21 +144,21 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     pl.seg.seq_info = pl.seq_info.data_ptr<int>();
     pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
   }
-  // Pass 1 in parts: only the sm_90a one without moments (the scan carries the moments of
-  // whole segments; the mma.sync pass 1 takes whole segments too). With the decay horizon
-  // (la_state_sm90.cuh) the parts of a strongly decaying head end at once, so up to three
-  // waves of parts: the weakly decaying heads' parts then share the machine.
+  // Pass 1 in parts: only the sm_90a one (the mma.sync pass 1 takes whole segments). With the
+  // decay horizon (la_state_sm90.cuh) the parts of a strongly decaying head end at once, so
+  // up to three waves of parts: the weakly decaying heads' parts then share the machine.
   pl.seg.parts = 1;
   pl.seg.part_len = L;
   pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
-  if (pl.multi && pl.sm90 && !moments) {
+  if (pl.multi && pl.sm90 && (!moments || sm90_moment_parts())) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
     const int64_t segs =
         cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
     const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-    const int waves = pl.seg.horizon ? 3 : 1;
-    const int parts = pick_parts(segs, blocks, (int64_t)dev.sms * per_sm * waves);
+    const int64_t slots = (int64_t)dev.sms * per_sm;
+    const int parts = moments ? pick_moment_parts(segs, blocks, slots)
+                              : pick_parts(segs, blocks, slots * (pl.seg.horizon ? 3 : 1));
     const int64_t part_blocks = (blocks + parts - 1) / parts;
     pl.seg.part_len = (int)(part_blocks * 64);
     pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);
@@ -154,7 +170,10 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
                       ? at::empty({(int64_t)pl.seg.num_segs * pl.seg.parts, H, D, E}, f32)
                       : pl.ws;
   }
-  if (pl.multi && moments) pl.ws_m = at::empty_like(pl.ws);
+  if (pl.multi && moments) {
+    pl.ws_m = at::empty_like(pl.ws);
+    pl.ws_m_local = pl.seg.parts > 1 ? at::empty_like(pl.ws_local) : pl.ws_m;
+  }
   return pl;
 }
 

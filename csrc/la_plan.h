@@ -24,6 +24,7 @@ struct Plan {
   at::Tensor ws_local;  // with several segments: pass 1's local states per (segment part,
                         // head) when seg.parts > 1, else ws itself
   at::Tensor ws_m;     // with moments and several segments: per-segment moments, like ws
+  at::Tensor ws_m_local;  // and pass 1's local moments, like ws_local
   bool multi = false;  // some sequence has more than one segment: pass 1 and the scan run
   int fwd_stages = 2;  // cp.async pipeline depth of the forward's pass 2 (2 or 3)
   int cc_major = 0, cc_minor = 0;  // the device's compute capability

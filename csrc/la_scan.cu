@@ -75,10 +75,10 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 //             after the last part of segment s, ws[s + 1] = carry (segment s + 1's incoming)
 //   backward: the parts of segments nseg-1 .. 1 in reverse; after the first part of segment s,
 //             ws[s - 1] = carry
-// kMoment (forward, one part per segment): the moments beside the states, with the states'
-// old value,
-//   ws_m[s] = λ^{len_{s-1}} (ws_m_in[s-1] + len_{s-1} · ws_in[s-1]) + local moment_{s-1},
-//   in_0 = state_in (la_fwd_kernel.cuh, d slope).
+// kMoment (forward): the moments beside the states, part by part with the states' old value,
+//   carry_m = λ^{len} (carry_m + len · carry) + local moment (ws_m_local, laid out as ws_local)
+// over the part's len tokens; ws_m[s + 1] = carry_m after segment s; carry_m_0 = state_in
+// (la_fwd_kernel.cuh, d slope).
 // With slots, carry_0 (backward: for the last segment) also goes to ws, and the moment's to
 // ws_m (run_state_scan says why). With one part ws_local is ws: every store targets a
 // segment whose local state was loaded already. A fixed order of additions: deterministic.
@@ -87,7 +87,8 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // where one element a thread took three waves of long chains (bench/NOTES.md).
 template <bool kMoment>
 __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, float* ws,
-                                     float* ws_m, const float* __restrict__ state_in, int64_t sd,
+                                     float* ws_m, const float* ws_m_local,
+                                     const float* __restrict__ state_in, int64_t sd,
                                      int64_t se, const StateRows rows,
                                      const float* __restrict__ slope, int D, int E, bool reverse) {
   const int seq = blockIdx.x, h = blockIdx.y;
@@ -147,7 +148,7 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
   auto load_next = [&](float4& x, float4& x_m) {
     const int f = seg_of(ld.t) * parts + part_of(ld);
     x = load(ws_local + loc_off(f));
-    if (kMoment) x_m = load(ws_m + loc_off(f));
+    if (kMoment) x_m = load(ws_m_local + loc_off(f));
     advance(ld);
   };
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -208,12 +209,13 @@ __global__ void la_state_scan_kernel(const SegParams p, const float* ws_local, f
 }
 
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                    const float* state_in, int64_t sd, int64_t se, const StateRows& rows,
-                    const float* slope, int D, int E, bool reverse, cudaStream_t stream) {
+                    const float* ws_m_local, const float* state_in, int64_t sd, int64_t se,
+                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
+                    cudaStream_t stream) {
   const dim3 grid(p.num_seqs, p.H, (D * E / 4 + 255) / 256);
   auto kernel = ws_m != nullptr ? la_state_scan_kernel<true> : la_state_scan_kernel<false>;
-  kernel<<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, state_in, sd, se, rows, slope, D, E,
-                                   reverse);
+  kernel<<<grid, 256, 0, stream>>>(p, ws_local, ws, ws_m, ws_m_local, state_in, sd, se, rows,
+                                   slope, D, E, reverse);
 }
 
 }  // namespace la

@@ -92,4 +92,11 @@ bool sm90_horizon() {
   return on;
 }
 
+// Pass 1 with moments in parts of segments (la_plan.cpp) with
+// LIGHTNING_ATTENTION_MOMENT_PARTS=1 (read once).
+bool sm90_moment_parts() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_MOMENT_PARTS", false);
+  return on;
+}
+
 }  // namespace la

@@ -22,11 +22,11 @@
 // kMoments (forward only: pass 1 of the dq sweep with the d slope terms, la_fwd_sm90.cuh
 // kTerms): beside S the moment of the segment (docs/DSLOPE.md, la_fwd_kernel.cuh kSlope),
 //   M = λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
-// (M and S at the block's start), in fp32 accumulators beside S's, stored to p.ws_m beside the
-// local state. The roundings are the mma.sync kernel's: both updates block by block with the
-// weighted keys split into two 16-bit operands (as split_update_box), so no groups: the lifted
-// weights of a group would be other operands. Whole segments only (p.seg.parts == 1: the
-// scan carries moments of whole segments).
+// (M and S at the block's start), in fp32 accumulators beside S's, stored to p.ws_m_local
+// beside the local state (per part, as S; the scan combines the parts' (S, M)). The roundings
+// are the mma.sync kernel's: both updates block by block with the weighted keys split into
+// two 16-bit operands (as split_update_box), so no groups: the lifted weights of a group would
+// be other operands.
 //
 // p.seg.horizon (with decay, without moments): a token's weight in the state, λ^d at distance
 // d from the state's reference (forward: the segment's last token; reversed: the token before
@@ -263,19 +263,19 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
   wgmma_wait<0>();  // (nothing is pending; tells the compiler so for the nblk == 0 path)
   const int64_t at = ((int64_t)blockIdx.x * p.seg.H + h) * HD * HD;
   store_state_slice<kTiles>(p.ws_local + at, s_acc, w, warp, lane);
-  if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m + at, m_acc, w, warp, lane);
+  if constexpr (kMoments) store_state_slice<kTiles>(p.ws_m_local + at, m_acc, w, warp, lane);
 #endif
 }
 
-// With p.terms (the dq sweep with d slope terms: forward, whole segments) the moments too.
+// With p.terms (the dq sweep with d slope terms: forward) the moments too.
 template <typename T, int HD>
 void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream) {
   using Tr = Sm90StateTraits<T, HD>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const bool moments = p.terms != nullptr;
-  if (moments && (reverse || p.seg.parts != 1 || p.ws_m == nullptr))
+  if (moments && (reverse || p.ws_m_local == nullptr))
     throw std::runtime_error("lightning_attn (cuda): the sm_90a pass 1 with moments is forward, "
-                             "on whole segments, into ws_m");
+                             "into ws_m_local");
   const CUtensorMap tk = make_tile_map(p.k, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.k_rs, p.k_hs, p.k_bs);
   const CUtensorMap tv = make_tile_map(p.v, kBf16, HD, p.seg.N, p.seg.H, p.seg.B, p.v_rs, p.v_hs, p.v_bs);
   auto kernel = moments ? la_state_sm90_kernel<T, HD, false, true>
