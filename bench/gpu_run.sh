@@ -15,7 +15,8 @@
 #           SP=1 (2+ GPUs: sequence parallelism, NCCL bf16 equality and the 1 vs 2 GPU timing)
 # A candidate behind a switch: AB="LIGHTNING_ATTENTION_...=1" times our CUDA backend without and
 # with it, alternating, twice each (AB_ARGS adds bench_speed.py arguments, e.g. "--heads 64
-# --dim 64"; default N = 1K, 16K, 64K), instead of the benchmark beside the peers; with NCU=1
+# --dim 64", several shapes separated by ';', e.g. "--dslope; --dslope --heads 64 --dim 64";
+# AB_N the N, default 1K, 16K, 64K), instead of the benchmark beside the peers; with NCU=1
 # also ncu's duration of each sm_90a kernel and scan of one W step without and with it (fwd+bwd timings
 # move ~3% between runs, a kernel's under ncu ~0.1%); with AB_SERVING=1 the decode steps of
 # bench_serving.py (eager and in CUDA graphs) instead; the tests and the sanitizer then run with
@@ -50,9 +51,12 @@ if [ -n "${AB:-}" ]; then
         env $sw timeout 150 python3 bench/bench_serving.py --only decode graph --json /tmp/ab.json > /tmp/ab.log 2>&1
         echo "A/B run $r ${sw:-default} rc=$?"; grep -E "^bench=" /tmp/ab.log | tee -a $OUT/ab.log
       else
-        env $sw timeout 90 python3 bench/bench_speed.py --backends cuda --no-peers --n ${AB_N:-1024 16384 65536} \
-          ${AB_ARGS:-} --json /tmp/ab.json > /tmp/ab.log 2>&1
-        echo "A/B run $r ${sw:-default} rc=$?"; grep "lightning_attention cuda" /tmp/ab.log | tee -a $OUT/ab.log
+        IFS=';' read -ra shapes <<< "${AB_ARGS:-}"
+        for a in "${shapes[@]:-}"; do
+          env $sw timeout 90 python3 bench/bench_speed.py --backends cuda --no-peers --n ${AB_N:-1024 16384 65536} \
+            $a --json /tmp/ab.json > /tmp/ab.log 2>&1
+          echo "A/B run $r ${sw:-default} $a rc=$?"; grep "lightning_attention cuda" /tmp/ab.log | tee -a $OUT/ab.log
+        done
       fi
     done
   done

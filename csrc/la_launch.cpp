@@ -71,8 +71,9 @@ namespace {
 
 // The passes of one sweep: when the plan has several segments per sequence and the incoming
 // states are not given, pass 1 (the local state of each segment, or of each part of it, and
-// its moment with ws_m, the plan's ws_m_local) and the scan (incoming states, in sequence order or reversed, the first
-// one being `state_in` with element strides (sd, se) at the rows `rows` names); then pass 2.
+// with ws_m its moment, into the plan's ws_m_local) and the scan (incoming states, in sequence
+// order or reversed, the first one being `state_in` with element strides (sd, se) at the rows
+// `rows` names); then pass 2.
 template <typename Pass>
 void segment_passes(const Plan& pl, Pass&& pass, float* ws_m, const float* state_in, int64_t sd,
                     int64_t se, const StateRows& rows, const float* slope, int64_t D, int64_t E,
@@ -97,7 +98,8 @@ void launch_fwd_passes(const FwdParams& p, at::ScalarType dtype, int64_t D, int6
   // build has it; the mma.sync kernel otherwise, the dq sweep's d slope terms included (pass 1
   // with the moments, pass 2 with the terms). The mma.sync pass 1 takes whole segments (the
   // plan's parts == 1).
-  TORCH_CHECK(pl.sm90 || pl.seg.parts == 1, "lightning_attention_C: this pass 1 takes whole segments");
+  TORCH_CHECK(pl.sm90 || pl.seg.parts == 1,
+              "lightning_attention_C: this pass 1 takes whole segments");
   dispatch_kernel(dtype, D, [&](auto t, auto hd) {
     using T = typename decltype(t)::type;
     constexpr int kHD = decltype(hd)::value;

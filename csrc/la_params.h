@@ -250,14 +250,14 @@ void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, in
 // segment's is state_in), state_in's rows as `rows` says. Each D×E matrix is `DE` floats.
 // With ws_m (forward only), the moments ws_m[segment] likewise from the parts' local moments
 // ws_m_local (laid out as ws_local), carried beside the states (the first one is state_in
-// too). With slots (a pool, which pass 2
-// updates in place) the scan also writes that first incoming state (and moment) into ws
-// (ws_m): pass 2 then reads every incoming state of a sequence of several segments from ws,
-// never the pool row that the sequence's last segment overwrites meanwhile.
+// too). With slots (a pool, which pass 2 updates in place) the scan also writes that first
+// incoming state (and moment) into ws (ws_m): pass 2 then reads every incoming state of a
+// sequence of several segments from ws, never the pool row that the sequence's last segment
+// overwrites meanwhile.
 void run_state_scan(const SegParams& p, const float* ws_local, float* ws, float* ws_m,
-                    const float* ws_m_local, const float* state_in, int64_t state_in_sd, int64_t state_in_se,
-                    const StateRows& rows, const float* slope, int D, int E, bool reverse,
-                    cudaStream_t stream);
+                    const float* ws_m_local, const float* state_in, int64_t state_in_sd,
+                    int64_t state_in_se, const StateRows& rows, const float* slope, int D,
+                    int E, bool reverse, cudaStream_t stream);
 
 // One decode step (la_decode.cu): for each row b of q, k (B, H, D) and v (B, H, E), the state
 // S = state[rows(b), h] (D×E, contiguous) becomes λ S + kᵀ v in place and o[b, h] =
