@@ -261,6 +261,9 @@ def test_kept_states(D, varlen):
     assert (dq - dq_rebuilt).abs().max() <= 2e-2 * dq_rebuilt.abs().max()
     for a, b in zip(with_kept[1:], rebuilt[1:]):  # dk, dv, d initial state: another sweep
         assert torch.equal(a, b)
+    # and the dq sweep does read them: other kept states, another dq
+    other = C.bwd(do, None, q, k, v, slope, 0.7, s0, cu, False, kept + 1, seg_len=256)
+    assert not torch.equal(other[0], with_kept[0])
     with pytest.raises(RuntimeError, match="kept states"):
         C.bwd(do, None, q, k, v, slope, 0.7, s0, cu, False, kept, seg_len=128)
 
@@ -271,16 +274,18 @@ def test_kept_states(D, varlen):
 @pytest.mark.parametrize("decay", [True, False])
 def test_one_million_tokens(decay):
     """One sequence of 2^20 tokens: the same as the torch block form in float32 (the
-    states are float32 across 16K blocks and 1K segments; exponents stay bounded)."""
+    states are float32 across 16K blocks and 1K segments; exponents stay bounded), each head
+    against its own size (the strongly decaying head's output is a few % of the other's)."""
     N, H, D = 1 << 20, 2, 64
     q, k, v = utils.make_inputs(1, H, N, D, D, dtype=torch.bfloat16, device="cuda")
     slope = torch.tensor([0.001, 2.0], device="cuda") if decay else None
     o, fs, _ = C.fwd(q, k, v, slope, 1.0, None, None, True)
     ro, rfs, _ = blocks.fwd(q.float(), k.float(), v.float(), slope, 1.0, None, None, True,
                          block=1024)  # 1K Python steps instead of 16K
-    rel = ((o.float() - ro).norm() / ro.norm()).item()
-    assert rel < 1e-2, rel
-    assert ((fs - rfs).norm() / rfs.norm()).item() < 1e-2
+    def rel(x, r):  # the largest relative error norm over the heads (dim 1)
+        return max(((x[:, h].float() - r[:, h]).norm() / r[:, h].norm()).item() for h in range(H))
+    assert rel(o, ro) < 1e-2, rel(o, ro)
+    assert rel(fs, rfs) < 1e-2, rel(fs, rfs)
 
 
 @gpu

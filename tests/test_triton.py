@@ -134,6 +134,9 @@ def test_cpu_kept_states(interp, seg, varlen):
     rebuilt = T.bwd(do, df, q, k, v, slope, 0.8, s0, cut, False, None)
     for a, b in zip(with_kept, rebuilt):
         assert torch.equal(a, b)
+    # and the dq pass does read them: other kept states, another dq
+    other = T.bwd(do, df, q, k, v, slope, 0.8, s0, cut, False, kept + 1)
+    assert not torch.equal(other[0], with_kept[0])
     check(B=B, H=2, N=300, D=32, E=16, device=interp, cu_seqlens=cu, initial_state=True,
           final_state=True, scale=0.8, slope_grad=False)
 
