@@ -270,23 +270,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   }
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream, /*states_given=*/reuse);
 
+  // The dk/dv sweep carries no moments: with the d slope terms and
+  // LIGHTNING_ATTENTION_DSLOPE_PLANS=1 it takes a plan of its own, the fixed-slope backward's
+  // (pass 1 up to the decay horizon, in parts), instead of the dq sweep's.
+  std::optional<Plan> own;
+  if (need_dslope && pl.sm90 && sm90_dslope_plans())
+    own = make_plan(q, cu, num_seqs, D, E, seg_len, slope.has_value(), stream);
+  const Plan& pk = own ? *own : pl;
+
   // dv_t = k_t G_t and dk_t = v_t G_tᵀ on sm_90a: the kernel in reversed time on (k, q, do)
   // with the final state's gradient (its last state is the initial state's gradient) ...
   const float* dfin = ptr_or_null<float>(dfinal);
   float* dinit_p = initial_state.has_value() ? dinit.data_ptr<float>() : nullptr;
   const FwdParams pdv = fwd_params(k, q, dout, dv, slope_p, (float)scale, dfin, /*sd=*/E, /*se=*/1,
-                                   dinit_p, pl);
-  if (pl.sm90 && !sm90_fused_bwd()) {
+                                   dinit_p, pk);
+  if (pk.sm90 && !sm90_fused_bwd()) {
     // ... and on (v, do, q) with that gradient transposed
-    launch_reverse_sm90_passes(pdv, q.scalar_type(), D, E, pl, stream);
+    launch_reverse_sm90_passes(pdv, q.scalar_type(), D, E, pk, stream);
     launch_reverse_sm90_passes(
-        fwd_params(v, dout, q, dk, slope_p, (float)scale, dfin, /*sd=*/1, /*se=*/E, nullptr, pl),
-        q.scalar_type(), D, E, pl, stream);
+        fwd_params(v, dout, q, dk, slope_p, (float)scale, dfin, /*sd=*/1, /*se=*/E, nullptr, pk),
+        q.scalar_type(), D, E, pk, stream);
     return {dq, dk, dv, dinit, terms};
   }
 
   BwdParams p{};
-  p.seg = pl.seg;
+  p.seg = pk.seg;
   p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.dout = dout.data_ptr();
   p.dk = dk.data_ptr(); p.dv = dv.data_ptr();
   p.q_bs = q.stride(0); p.q_hs = q.stride(1); p.q_rs = q.stride(2);
@@ -299,12 +307,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   p.scale = (float)scale;
   p.dstate_in = dfin;
   p.dstate_out = dinit_p;
-  p.ws = pl.multi ? pl.ws.data_ptr<float>() : nullptr;
-  if (pl.sm90) {  // ... or both products in one sweep (the fused kernel)
-    launch_fused_bwd_sm90_passes(p, pdv, q.scalar_type(), D, E, pl, stream);
+  p.ws = pk.multi ? pk.ws.data_ptr<float>() : nullptr;
+  if (pk.sm90) {  // ... or both products in one sweep (the fused kernel)
+    launch_fused_bwd_sm90_passes(p, pdv, q.scalar_type(), D, E, pk, stream);
     return {dq, dk, dv, dinit, terms};
   }
-  launch_bwd_passes(p, q.scalar_type(), D, E, pl, stream);
+  launch_bwd_passes(p, q.scalar_type(), D, E, pk, stream);
   return {dq, dk, dv, dinit, terms};
 }
 

@@ -237,9 +237,10 @@ bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
 // LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
-// Whether the sm_90a pass 1 with moments runs in parts of segments (la_plan.cpp): with
-// LIGHTNING_ATTENTION_MOMENT_PARTS=1 (la_sm90_host.cu).
-bool sm90_moment_parts();
+// Whether the learnable-slope backward on sm_90a runs its pass 1 with moments in parts of
+// segments (la_plan.cpp) and its dk/dv sweep on a plan of its own, without moments
+// (la_ops.cpp): with LIGHTNING_ATTENTION_DSLOPE_PLANS=1 (la_sm90_host.cu).
+bool sm90_dslope_plans();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

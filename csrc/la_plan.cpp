@@ -150,7 +150,7 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
   pl.seg.parts = 1;
   pl.seg.part_len = L;
   pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
-  if (pl.multi && pl.sm90 && (!moments || sm90_moment_parts())) {
+  if (pl.multi && pl.sm90 && (!moments || sm90_dslope_plans())) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
     const int64_t segs =

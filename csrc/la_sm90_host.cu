@@ -92,10 +92,10 @@ bool sm90_horizon() {
   return on;
 }
 
-// Pass 1 with moments in parts of segments (la_plan.cpp) with
-// LIGHTNING_ATTENTION_MOMENT_PARTS=1 (read once).
-bool sm90_moment_parts() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_MOMENT_PARTS", false);
+// The learnable-slope backward's plans (la_plan.cpp, la_ops.cpp) with
+// LIGHTNING_ATTENTION_DSLOPE_PLANS=1 (read once).
+bool sm90_dslope_plans() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_DSLOPE_PLANS", false);
   return on;
 }
 

@@ -24,8 +24,9 @@
 //   M = λ^n (M + n S) + (diag((n-j) λ^{n-1-j}) K)ᵀ V_w    per block of n tokens
 // (M and S at the block's start), in fp32 accumulators beside S's, stored to p.ws_m_local
 // beside the local state (per part, as S; the scan combines the parts' (S, M)). The roundings
-// are the mma.sync kernel's: both updates block by block with the weighted keys split into
-// two 16-bit operands (as split_update_box), so no groups: the lifted weights of a group would
+// are the mma.sync kernel's (with parts but for the order of the fp32 sums, which the scan
+// adds part by part): both updates block by block with the weighted keys split into two
+// 16-bit operands (as split_update_box), so no groups: the lifted weights of a group would
 // be other operands.
 //
 // p.seg.horizon (with decay, without moments): a token's weight in the state, λ^d at distance
