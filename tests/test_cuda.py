@@ -7,7 +7,8 @@ combination (decay or slopes of 0, scale, initial/final state, cu_seqlens with e
 length-1 sequences; malformed offsets), every dtype of
 config.CUDA_DTYPES and D = E of config.CUDA_HEAD_DIMS, BHND/BNHD/strided inputs, awkward N,
 outputs poisoned with NaN, N = 1M tokens, bitwise-deterministic backward, decode, opcheck,
-pass 1 with and without the decay horizon (a switch read once: in child processes).
+pass 1 with and without the decay horizon and the learnable-slope backward with and without
+its own plans (switches read once: in child processes).
 """
 import os
 import subprocess
@@ -44,6 +45,15 @@ def check_cuda(*, D=64, dtype=torch.bfloat16, initial_state=True, final_state=Tr
     """lightning_attn(backend="cuda"), D = E, outputs poisoned, against truth and baseline."""
     utils.check_backend("cuda", device="cuda", D=D, E=D, dtype=dtype,
                         initial_state=initial_state, final_state=final_state, **kw)
+
+
+def run_child(code, **env):
+    """`code` in a fresh Python process with `env` set (the extension reads its switches once
+    per process), tests/ on the path; it must print "ok" last."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join([here, os.path.join(here, "..")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
 
 
 @pytest.fixture
@@ -147,11 +157,7 @@ kept = bool(torch.isfinite(o[0, 3, 1024:]).all()), bool(torch.isfinite(dk[0, 3, 
 assert kept == ({switch == "1"},) * 2, kept
 print("ok")
 """
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, LIGHTNING_ATTENTION_HORIZON=switch,
-               PYTHONPATH=os.pathsep.join([here, os.path.join(here, "..")]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+    run_child(code, LIGHTNING_ATTENTION_HORIZON=switch)
 
 
 @gpu
@@ -163,6 +169,30 @@ def test_dslope_long_segments(D, seg_len):
     empty one, an initial state."""
     seg_len(512)
     check_cuda(B=1, H=2, N=2000, D=D, cu_seqlens=[0, 100, 100, 1300, 1301, 2000])
+
+
+@gpu
+@built
+@pytest.mark.parametrize("switch", ["0", "1"])
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_dslope_plans(D, switch):
+    """The learnable-slope backward without and with LIGHTNING_ATTENTION_DSLOPE_PLANS (in a
+    child process): over 1024-token segments the switch runs the dq sweep's pass 1 with
+    moments in 4 parts of 4 blocks, the scan combining them, and the dk/dv sweep on a plan
+    without moments (pass 1 up to the decay horizon, in parts: random slopes put some heads'
+    horizons inside a segment); dense and packed (an empty sequence), states in and out, every
+    gradient and d slope against the float64 truth."""
+    code = f"""
+import torch, utils
+from lightning_attention import dispatch
+dispatch.BACKENDS["cuda"] = utils.cuda_with_seg_len(1024)
+for cu in (None, [0, 700, 700, 2300, 3000]):
+    utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=3, N=3000 if cu else 4097,
+                        D={D}, E={D}, dtype=torch.bfloat16, cu_seqlens=cu, initial_state=True,
+                        final_state=True, scale=0.5)
+print("ok")
+"""
+    run_child(code, LIGHTNING_ATTENTION_DSLOPE_PLANS=switch)
 
 
 @gpu
