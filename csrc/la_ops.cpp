@@ -271,11 +271,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream, /*states_given=*/reuse);
 
   // The dk/dv sweep carries no moments: with the d slope terms and
-  // LIGHTNING_ATTENTION_DSLOPE_PLANS=1 it takes a plan of its own, the fixed-slope backward's
-  // (pass 1 up to the decay horizon, in parts), instead of the dq sweep's.
+  // LIGHTNING_ATTENTION_DSLOPE_PLANS=1 its pass 1 is laid out as the fixed-slope backward's
+  // (up to the decay horizon, in parts), not as the dq sweep's.
   std::optional<Plan> own;
   if (need_dslope && pl.sm90 && sm90_dslope_plans())
-    own = make_plan(q, cu, num_seqs, D, E, seg_len, slope.has_value(), stream);
+    own = without_moments(pl, q, D, E, slope.has_value());
   const Plan& pk = own ? *own : pl;
 
   // dv_t = k_t G_t and dk_t = v_t G_tᵀ on sm_90a: the kernel in reversed time on (k, q, do)

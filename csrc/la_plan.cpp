@@ -97,6 +97,42 @@ int pick_moment_parts(int64_t segs, int64_t blocks, int64_t slots) {
   return (int)best;
 }
 
+// The pass-1 layout of the plan's segments (the decay horizon, the parts) and its workspaces:
+// ws (kept if the plan has it), ws_local, and with moments ws_m, ws_m_local.
+void layout_pass1(Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool decay, bool moments) {
+  const int64_t B = pl.seg.B, H = pl.seg.H, N = pl.seg.N, L = pl.seg.seg_len;
+  // Pass 1 in parts: only the sm_90a one (the mma.sync pass 1 takes whole segments). With the
+  // decay horizon (la_state_sm90.cuh) the parts of a strongly decaying head end at once, so
+  // up to three waves of parts: the weakly decaying heads' parts then share the machine.
+  pl.seg.parts = 1;
+  pl.seg.part_len = (int)L;
+  pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
+  if (pl.multi && pl.sm90 && (!moments || sm90_dslope_plans())) {
+    const int64_t blocks = (L + 63) / 64;
+    // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
+    const int64_t segs =
+        pl.seg.seq_info ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
+    const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
+    const int64_t slots = (int64_t)pl.sms * per_sm;
+    const int parts = moments ? pick_moment_parts(segs, blocks, slots)
+                              : pick_parts(segs, blocks, slots * (pl.seg.horizon ? 3 : 1));
+    const int64_t part_blocks = (blocks + parts - 1) / parts;
+    pl.seg.part_len = (int)(part_blocks * 64);
+    pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);
+  }
+  pl.ws_local = pl.ws_m = pl.ws_m_local = at::Tensor();
+  if (!pl.multi) return;
+  const auto f32 = q.options().dtype(at::kFloat);
+  if (!pl.ws.defined()) pl.ws = at::empty({pl.seg.num_segs, H, D, E}, f32);
+  pl.ws_local = pl.seg.parts > 1
+                    ? at::empty({(int64_t)pl.seg.num_segs * pl.seg.parts, H, D, E}, f32)
+                    : pl.ws;
+  if (moments) {
+    pl.ws_m = at::empty_like(pl.ws);
+    pl.ws_m_local = pl.seg.parts > 1 ? at::empty_like(pl.ws_local) : pl.ws_m;
+  }
+}
+
 }  // namespace
 
 Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t num_seqs,
@@ -144,37 +180,14 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
     pl.seg.seq_info = pl.seq_info.data_ptr<int>();
     pl.seg.seg_seq = pl.seg_seq.data_ptr<int>();
   }
-  // Pass 1 in parts: only the sm_90a one (the mma.sync pass 1 takes whole segments). With the
-  // decay horizon (la_state_sm90.cuh) the parts of a strongly decaying head end at once, so
-  // up to three waves of parts: the weakly decaying heads' parts then share the machine.
-  pl.seg.parts = 1;
-  pl.seg.part_len = L;
-  pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
-  if (pl.multi && pl.sm90 && (!moments || sm90_dslope_plans())) {
-    const int64_t blocks = (L + 63) / 64;
-    // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
-    const int64_t segs =
-        cu.has_value() ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
-    const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
-    const int64_t slots = (int64_t)dev.sms * per_sm;
-    const int parts = moments ? pick_moment_parts(segs, blocks, slots)
-                              : pick_parts(segs, blocks, slots * (pl.seg.horizon ? 3 : 1));
-    const int64_t part_blocks = (blocks + parts - 1) / parts;
-    pl.seg.part_len = (int)(part_blocks * 64);
-    pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);
-  }
-  const auto f32 = q.options().dtype(at::kFloat);
-  if (pl.multi) {
-    pl.ws = at::empty({pl.seg.num_segs, H, D, E}, f32);
-    pl.ws_local = pl.seg.parts > 1
-                      ? at::empty({(int64_t)pl.seg.num_segs * pl.seg.parts, H, D, E}, f32)
-                      : pl.ws;
-  }
-  if (pl.multi && moments) {
-    pl.ws_m = at::empty_like(pl.ws);
-    pl.ws_m_local = pl.seg.parts > 1 ? at::empty_like(pl.ws_local) : pl.ws_m;
-  }
+  layout_pass1(pl, q, D, E, decay, moments);
   return pl;
+}
+
+Plan without_moments(const Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool decay) {
+  Plan pk = pl;
+  layout_pass1(pk, q, D, E, decay, /*moments=*/false);
+  return pk;
 }
 
 }  // namespace la

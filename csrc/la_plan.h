@@ -40,4 +40,9 @@ Plan make_plan(const at::Tensor& q, const std::optional<at::Tensor>& cu, int64_t
                int64_t D, int64_t E, std::optional<int64_t> seg_len, bool decay,
                cudaStream_t stream, bool moments = false);
 
+// The plan `pl` (made with moments) for a sweep without them, e.g. the dk/dv sweep beside the
+// d slope dq sweep: the same segments, varlen table and ws (the sweeps run one after the other
+// on one stream), pass 1's own horizon, parts and local workspace.
+Plan without_moments(const Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool decay);
+
 }  // namespace la
