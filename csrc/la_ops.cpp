@@ -270,9 +270,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> la_bwd(
   }
   launch_fwd_passes(pq, q.scalar_type(), D, E, pl, stream, /*states_given=*/reuse);
 
-  // The dk/dv sweep carries no moments: with the d slope terms and
-  // LIGHTNING_ATTENTION_DSLOPE_PLANS=1 its pass 1 is laid out as the fixed-slope backward's
-  // (up to the decay horizon, in parts), not as the dq sweep's.
+  // The dk/dv sweep carries no moments: with the d slope terms its pass 1 is laid out as the
+  // fixed-slope backward's (up to the decay horizon, in parts), not as the dq sweep's, unless
+  // LIGHTNING_ATTENTION_DSLOPE_PLANS=0.
   std::optional<Plan> own;
   if (need_dslope && pl.sm90 && sm90_dslope_plans())
     own = without_moments(pl, q, D, E, slope.has_value());

@@ -239,7 +239,7 @@ bool sm90_fused_bwd();
 bool sm90_horizon();
 // Whether the learnable-slope backward on sm_90a runs its pass 1 with moments in parts of
 // segments (la_plan.cpp) and its dk/dv sweep on a plan of its own, without moments
-// (la_ops.cpp): with LIGHTNING_ATTENTION_DSLOPE_PLANS=1 (la_sm90_host.cu).
+// (la_ops.cpp): unless LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (la_sm90_host.cu).
 bool sm90_dslope_plans();
 
 // la_scan.cu

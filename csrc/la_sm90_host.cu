@@ -92,10 +92,10 @@ bool sm90_horizon() {
   return on;
 }
 
-// The learnable-slope backward's plans (la_plan.cpp, la_ops.cpp) with
-// LIGHTNING_ATTENTION_DSLOPE_PLANS=1 (read once).
+// The learnable-slope backward's plans (la_plan.cpp, la_ops.cpp), unless
+// LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (read once, for comparisons).
 bool sm90_dslope_plans() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_DSLOPE_PLANS", false);
+  static const bool on = env_switch("LIGHTNING_ATTENTION_DSLOPE_PLANS", true);
   return on;
 }
 
