@@ -21,9 +21,16 @@ struct SegParams {
                         // one CTA each; 1 part: the segment itself
   const int* seq_info;  // with cu_seqlens: per sequence {bos, eos, first segment, segments}
   const int* seg_seq;   // with cu_seqlens: per segment its sequence, or -1 (unused CTA)
-  bool horizon;         // the sm_90a pass 1 skips the tokens past each head's decay horizon
-                        // (la_state_sm90.cuh; off: LIGHTNING_ATTENTION_HORIZON=0)
+  int horizon_log2;     // the sm_90a pass 1 skips the tokens whose weight in a segment's
+                        // state (and moment) is below 2^-horizon_log2, past each head's decay
+                        // horizon (la_state_sm90.cuh): kHorizonLog2, kMomentHorizonLog2 with
+                        // moments; 0: every token (LIGHTNING_ATTENTION_HORIZON=0)
 };
+
+// The decay horizons' weights: a state's (λ^d at distance d, la_state_sm90.cuh says why 2^-190
+// is enough), and with moments 2^32 lower, since a moment weights the same token by up to
+// 2^31 times more ((d + 1) λ^d, d + 1 ≤ 2^31).
+constexpr int kHorizonLog2 = 190, kMomentHorizonLog2 = 222;
 
 // Where each sequence's state lives in state_in / state_out: rows of H·D·E floats. Serving
 // addresses rows of a pool by slot; otherwise sequence i is row i.
@@ -150,19 +157,19 @@ __device__ __forceinline__ SegRows seg_rows(const SegParams& p, const SegInfo& s
   return {p.seq_info ? 0 : si.seq, si.bos + si.start, h};
 }
 
-// Tokens from the state's reference within which a head's weights stay at or above 2^-190
-// (la_state_sm90.cuh says why the rest may be skipped); every token without decay.
+// Tokens from the state's reference within which a head's weights stay at or above
+// 2^-log2 (la_state_sm90.cuh says why the rest may be skipped); every token without decay.
 constexpr int64_t kNoHorizon = INT64_MAX / 4;
-__device__ __forceinline__ int64_t decay_horizon(const float* slope, int h) {
+__device__ __forceinline__ int64_t decay_horizon(const float* slope, int h, int log2) {
   const float sl = slope != nullptr ? slope[h] : 0.f;
   if (!(sl > 0.f)) return kNoHorizon;  // no decay, or not a number: every token counts
-  const float d = 190.f / (sl * 1.4426950408889634f);
+  const float d = (float)log2 / (sl * 1.4426950408889634f);
   return d < 1e15f ? (int64_t)ceilf(d) : kNoHorizon;
 }
 // The horizon pass 1 stops at for head h, and the scan with it: decay_horizon where the plan
-// turned it on (p.horizon: the sm_90a pass 1 with decay, without moments), else none.
+// turned it on (p.horizon_log2: the sm_90a pass 1 with decay), else none.
 __device__ __forceinline__ int64_t pass1_horizon(const SegParams& p, const float* slope, int h) {
-  return p.horizon ? decay_horizon(slope, h) : kNoHorizon;
+  return p.horizon_log2 ? decay_horizon(slope, h, p.horizon_log2) : kNoHorizon;
 }
 
 // The tokens pass 1 reads of part `part` of segment si: the part's range (none past the
@@ -235,8 +242,10 @@ template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream);
 bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
-// LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
+// LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu); with moments only where
+// LIGHTNING_ATTENTION_MOMENT_HORIZON=1 as well.
 bool sm90_horizon();
+bool sm90_moment_horizon();
 // Whether the learnable-slope backward on sm_90a runs its pass 1 with moments in parts of
 // segments (la_plan.cpp) and its dk/dv sweep on a plan of its own, without moments
 // (la_ops.cpp): unless LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (la_sm90_host.cu).

@@ -106,7 +106,9 @@ void layout_pass1(Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool deca
   // up to three waves of parts: the weakly decaying heads' parts then share the machine.
   pl.seg.parts = 1;
   pl.seg.part_len = (int)L;
-  pl.seg.horizon = pl.multi && pl.sm90 && !moments && decay && sm90_horizon();
+  const bool horizon = pl.multi && pl.sm90 && decay && sm90_horizon() &&
+                       (!moments || sm90_moment_horizon());
+  pl.seg.horizon_log2 = !horizon ? 0 : moments ? kMomentHorizonLog2 : kHorizonLog2;
   if (pl.multi && pl.sm90 && (!moments || sm90_dslope_plans())) {
     const int64_t blocks = (L + 63) / 64;
     // segments that have a pass 1 (all but each sequence's last; packed: at most N / L)
@@ -114,8 +116,14 @@ void layout_pass1(Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool deca
         pl.seg.seq_info ? H * ((N + L - 1) / L) : B * H * (pl.seg.segs_per_seq - 1);
     const int per_sm = D == 64 ? 2 : 1;  // pass-1 CTAs per SM (Sm90FwdTraits kMinBlocksPerSM)
     const int64_t slots = (int64_t)pl.sms * per_sm;
-    const int parts = moments ? pick_moment_parts(segs, blocks, slots)
-                              : pick_parts(segs, blocks, slots * (pl.seg.horizon ? 3 : 1));
+    // With moments and the horizon the weakest heads keep all their blocks and the others few
+    // (ALiBi slopes: 35% of the blocks in all at W's 16K-token segments, 22% at D = 64, H = 64's
+    // 32K), so the weak heads' parts, first in the grid, set the time: counting the slots four
+    // times over gives them shorter parts. A list-scheduling model of the kept blocks: W at
+    // 64K 4 parts, 80 block-times against 198 without the horizon; at 32K 8 parts, 68
+    // against 130; D = 64 at 64K 16 parts, 68 against 260 (8 parts: 132).
+    const int parts = moments ? pick_moment_parts(segs, blocks, slots * (horizon ? 4 : 1))
+                              : pick_parts(segs, blocks, slots * (horizon ? 3 : 1));
     const int64_t part_blocks = (blocks + parts - 1) / parts;
     pl.seg.part_len = (int)(part_blocks * 64);
     pl.seg.parts = (int)((blocks + part_blocks - 1) / part_blocks);

@@ -92,6 +92,13 @@ bool sm90_horizon() {
   return on;
 }
 
+// Pass 1 with moments up to the moments' decay horizon (la_plan.cpp) with
+// LIGHTNING_ATTENTION_MOMENT_HORIZON=1 (read once).
+bool sm90_moment_horizon() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_MOMENT_HORIZON", false);
+  return on;
+}
+
 // The learnable-slope backward's plans (la_plan.cpp, la_ops.cpp), unless
 // LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (read once, for comparisons).
 bool sm90_dslope_plans() {

@@ -29,16 +29,19 @@
 // 16-bit operands (as split_update_box), so no groups: the lifted weights of a group would
 // be other operands.
 //
-// p.seg.horizon (with decay, without moments): a token's weight in the state, λ^d at distance
-// d from the state's reference (forward: the segment's last token; reversed: the token before
-// its first), falls below 2^-190 past the horizon d = 190 / (slope · log2 e), and whole blocks
+// p.seg.horizon_log2 (with decay): a token's weight in the state, λ^d at distance d from the
+// state's reference (forward: the segment's last token; reversed: the token before its
+// first), falls below 2^-190 past the horizon d = 190 / (slope · log2 e), and whole blocks
 // past it are skipped. Such a block adds less than 2^-190 times a partial state to the state;
 // for entries below 2^64 (a sum of |k_i v_j| that no fp16 input and no bf16 activation of a
 // model reaches) that is below 2^-126, the smallest normal float32, which these kernels'
 // fast math flushes to 0. So the state is the full sum up to float32 rounding, and pass 1
 // reads only the tokens within each head's horizon: for H = 32 ALiBi slopes and 16K-token
-// segments a third of them. A part with no tokens left stores nothing (pass1_stores; the scan
-// reads only the stored parts). decay_horizon, pass1_part: la_params.h, shared with the scan.
+// segments a third of them. With moments the horizon is d = 222 / (slope · log2 e): a moment
+// weights a token by (d + 1) λ^d, d + 1 ≤ 2^31 (token counts are 32-bit), which past it is
+// below 2^-191 (and so is n S in the scan's combination). A part with no tokens
+// left stores nothing (pass1_stores; the scan reads only the stored parts). decay_horizon,
+// pass1_part: la_params.h, shared with the scan.
 #pragma once
 
 #include "la_fwd_sm90.cuh"
@@ -74,7 +77,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD>::kThreads,
 
   // with the horizon, heads in reverse order: CTAs start roughly in grid order, and the
   // weakest decay (ALiBi's last heads) keeps the most blocks, so its parts go first
-  const int h = p.seg.horizon ? p.seg.H - 1 - (int)blockIdx.y : (int)blockIdx.y;
+  const int h = p.seg.horizon_log2 ? p.seg.H - 1 - (int)blockIdx.y : (int)blockIdx.y;
   const int g = blockIdx.x / p.seg.parts, part = blockIdx.x - g * p.seg.parts;
   SegInfo si = get_seg(p.seg, g);
   if (!si.valid) return;

@@ -128,14 +128,16 @@ def test_long_segments(D, seg, varlen, seg_len):
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_decay_horizon(D, switch):
     """Pass 1 with and without the stop at each head's decay horizon
-    (LIGHTNING_ATTENTION_HORIZON, which the extension reads once per process: so in a child
-    process): heads without decay and with weak, medium and strong decay (a horizon inside
-    one block) over 1024-token segments (pass 1 in parts of 256 tokens, some of which read
-    no tokens with the horizon and store no state), the forward and the fixed-slope
-    backward (both directions of pass 1), packed sequences with an empty one, states in and
-    out, against the float64 truth; a head with a horizon of one token (decay="steep": in
-    reverse no part of a segment has tokens left, and part 0 stores a zero state); and a NaN
-    past the horizon that the skip keeps from the neighbouring segment, and only the skip."""
+    (LIGHTNING_ATTENTION_HORIZON and, for the moments, LIGHTNING_ATTENTION_MOMENT_HORIZON,
+    which the extension reads once per process: so in a child process): heads without decay
+    and with weak, medium and strong decay (a horizon inside one block) over 1024-token
+    segments (pass 1 in parts of 256 tokens, some of which read no tokens with the horizon
+    and store no state), the forward and the fixed-slope backward (both directions of pass
+    1), packed sequences with an empty one, states in and out, against the float64 truth; a
+    head with a horizon of one token (decay="steep": in reverse no part of a segment has
+    tokens left, and part 0 stores a zero state); the learnable-slope backward (pass 1 with
+    moments up to their horizon, in parts; d slope per head); and a NaN past the horizon that the
+    skip keeps from the neighbouring segment, and only the skip, in each pass 1."""
     code = f"""
 import torch, utils
 from lightning_attention import dispatch
@@ -144,6 +146,10 @@ for decay, cu in (("mixed", None), ("mixed", [0, 700, 700, 2300, 3000]), ("steep
     utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
                         D={D}, E={D}, dtype=torch.bfloat16, decay=decay, cu_seqlens=cu,
                         initial_state=True, final_state=True, slope_grad=False, scale=0.5)
+for cu in (None, [0, 700, 700, 2300, 3000]):  # a learnable slope
+    utils.check_backend("cuda", device="cuda", B=1 if cu else 2, H=4, N=3000 if cu else 4097,
+                        D={D}, E={D}, dtype=torch.bfloat16, decay="mixed", cu_seqlens=cu,
+                        initial_state=True, final_state=True, scale=0.5)
 # the skip happens: a NaN past the strong head's horizon (a key 250 tokens before segment 0's
 # last token; a dO in segment 1's second block) stays out of the neighbouring segment
 q, k, v = utils.make_inputs(1, 4, 2048, {D}, {D}, dtype=torch.bfloat16, device="cuda")
@@ -153,11 +159,13 @@ do[0, 3, 1124] = float("nan")
 dk = cuda.bwd(do, None, q, k, v, slope, 1.0, None, None, False)[1]
 k[0, 3, 773] = float("nan")
 o = cuda.fwd(q, k, v, slope, 1.0, None, None, False)[0]
-kept = bool(torch.isfinite(o[0, 3, 1024:]).all()), bool(torch.isfinite(dk[0, 3, :1024]).all())
-assert kept == ({switch == "1"},) * 2, kept
+dq = cuda.bwd(torch.randn_like(v), None, q, k, v, slope, 1.0, None, None, True)[0]  # moments
+kept = [bool(torch.isfinite(x[0, 3, a:b]).all())
+        for x, a, b in ((o, 1024, 2048), (dk, 0, 1024), (dq, 1024, 2048))]
+assert kept == [{switch == "1"}] * 3, kept
 print("ok")
 """
-    run_child(code, LIGHTNING_ATTENTION_HORIZON=switch)
+    run_child(code, LIGHTNING_ATTENTION_HORIZON=switch, LIGHTNING_ATTENTION_MOMENT_HORIZON=switch)
 
 
 @gpu
