@@ -147,10 +147,10 @@ def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
     turns it off): heads without decay and with weak, medium and strong decay (λ = e^-3: a
     horizon of 44 tokens, inside a 64-token segment of 16-token float32 blocks), both
     directions of pass 1, packed sequences with an empty one, against the float64 truth,
-    fixed and learnable slope (the moments' pass 1 keeps every token); the forward's output
-    and final states within float32 rounding of those with the switch off; a NaN past the
-    horizon that only the skip keeps from the neighbouring segment; and a head with a horizon
-    of one token (decay="steep")."""
+    fixed and learnable slope (the moments' pass 1 stops at its own horizon, 222 / 190 times
+    the state's); the forward's output and final states within float32 rounding of those with
+    the switch off; a NaN past the horizon that only the skip keeps from the neighbouring
+    segment, in each pass 1; and a head with a horizon of one token (decay="steep")."""
     seg(64)
     cu = [0, 40, 40, 230, 300] if varlen else None
     B = 1 if varlen else 2
@@ -177,12 +177,17 @@ def test_cpu_decay_horizon(interp, seg, monkeypatch, varlen):
             dk = T.bwd(do, None, q, k.nan_to_num(), v, slope, 0.8, None, None, False)[1]
             assert torch.isfinite(o[0, 3, 64:128]).all() == (switch == "1")
             assert torch.isfinite(dk[0, 3, :64]).all() == (switch == "1")
+            # the moments' pass 1 (the dq sweep with a learnable slope): the NaN is 58 tokens
+            # before the segment's end, past the moment horizon of a head with λ = e^-200
+            steep = utils.make_slope("steep", 4, interp)
+            dq = T.bwd(torch.randn_like(v), None, q, k, v, steep, 0.8, None, None, True)[0]
+            assert torch.isfinite(dq[0, 3, 64:128]).all() == (switch == "1")
     for slope_grad in (False, True):
         check(B=B, H=4, N=300, D=32, E=16, device=interp, decay="mixed", cu_seqlens=cu,
               initial_state=True, final_state=True, scale=0.8, slope_grad=slope_grad)
     if not varlen:
         check(B=B, H=4, N=300, D=32, E=16, device=interp, decay="steep", initial_state=True,
-              final_state=True, scale=0.8, slope_grad=False)
+              final_state=True, scale=0.8, slope_grad=True)
 
 
 @pytest.mark.parametrize("seg_len", [None, 64])
@@ -471,7 +476,9 @@ def _workload(name):
         T.bwd(torch.randn_like(v), torch.randn_like(s4), q, k, v, None, 0.5, s4, cu, False)
     elif name == "horizon":  # (LIGHTNING_ATTENTION_HORIZON=1; the others with it off)
         T.fwd(q, k, v, slope, 1.0, s0, None, True)
-        T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None, False)
+        for need_dslope in (False, True):
+            T.bwd(torch.randn_like(v), torch.randn_like(s0), q, k, v, slope, 1.0, s0, None,
+                  need_dslope)
     elif name == "serving":
         pool = torch.randn(6, 2, 64, 64)
         slots = torch.tensor([4, -1, 0, 2], dtype=torch.int32)

@@ -42,12 +42,15 @@ def interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def horizon() -> bool:
-    """Whether pass 1 skips the tokens past each head's decay horizon: their weight in a
-    segment's state is below 2^-190, so they add less than float32's smallest normal number
-    to any state entry below 2^64 (csrc/la_state_sm90.cuh, the CUDA kernel's twin).
-    On unless LIGHTNING_ATTENTION_HORIZON=0 (read at each call, for comparisons)."""
-    return os.environ.get("LIGHTNING_ATTENTION_HORIZON", "1") != "0"
+def horizon_log2(moment: bool) -> int:
+    """Pass 1 skips the tokens past each head's decay horizon, whose weight in a segment's
+    state is below 2^-190 (with moments 2^-222: a moment weights a token up to 2^31 times
+    more), so they add less than float32's smallest normal number to any state entry below
+    2^64 (csrc/la_state_sm90.cuh, the CUDA kernel's twin): that exponent, or 0 (every
+    token) with LIGHTNING_ATTENTION_HORIZON=0 (read at each call, for comparisons)."""
+    if os.environ.get("LIGHTNING_ATTENTION_HORIZON", "1") == "0":
+        return 0
+    return 222 if moment else 190
 
 
 def interpreter_problem():

@@ -56,7 +56,7 @@ def _seg_state_kernel(
     s_ab, s_ah, s_an, s_bb, s_bh, s_bn,
     scale,
     HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
-    OWN_SLOT: tl.constexpr, MOMENT: tl.constexpr, SPLIT: tl.constexpr, HORIZON: tl.constexpr,
+    OWN_SLOT: tl.constexpr, MOMENT: tl.constexpr, SPLIT: tl.constexpr, HORIZON_LOG2: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Local (zero-start) state of one segment, K x V tile (ik, iv), weights lam^(end-1-t)
@@ -64,9 +64,9 @@ def _seg_state_kernel(
     (forward: g+1; REVERSE: g-1), or with OWN_SLOT to slot g for every segment. With MOMENT
     (forward, with decay), also its moment, weights (end-1-t) lam^(end-1-t), into mom_ptr:
     per block mom <- lam^L (mom + L acc) + (diag((L-1-i) lam^(L-1-i)) a)^T b, its weighted
-    operands (and the state's) split in two 16-bit parts with SPLIT (C.dot_t). With HORIZON
-    (with decay, without MOMENT) the whole blocks past the head's decay horizon, where every
-    weight is below 2^-190, are skipped (C.horizon)."""
+    operands (and the state's) split in two 16-bit parts with SPLIT (C.dot_t). With
+    HORIZON_LOG2 > 0 (with decay) the whole blocks past the head's decay horizon, where every
+    weight is below 2^-HORIZON_LOG2, are skipped (C.horizon_log2)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     NKT = (K + BK - 1) // BK
@@ -103,9 +103,9 @@ def _seg_state_kernel(
     acc = tl.full([BK, BV], 0.0, dtype=tl.float32)
     mom = tl.full([BK, BV], 0.0, dtype=tl.float32)
     ib0 = 0  # the first block in processing order that counts
-    if HORIZON:  # skipped: forward the blocks ending >= hz before s1 - 1, reversed those
-        # starting >= hz after s0 - 1 (both are the first ones processed)
-        hz = 190.0 / (tl.maximum(sl, 1e-30) * 1.4426950408889634)
+    if HORIZON_LOG2 > 0:  # skipped: forward the blocks ending >= hz before s1 - 1, reversed
+        # those starting >= hz after s0 - 1 (both are the first ones processed)
+        hz = HORIZON_LOG2 * 1.0 / (tl.maximum(sl, 1e-30) * 1.4426950408889634)
         if REVERSE:
             lo = n_blk.to(tl.float32) - tl.ceil((hz - 1.0) / BT)
         else:
@@ -385,7 +385,8 @@ def _segment_states(a, b, slope, scale, table, H, K, V, reverse, own_slot, dot_p
         float(scale),
         HAS_DECAY=slope is not None, REVERSE=reverse, VARLEN=table.varlen, OWN_SLOT=own_slot,
         MOMENT=moment, SPLIT=moment and a.dtype != torch.float32,
-        HORIZON=slope is not None and not moment and C.horizon(), BT=C.block_tokens("state", a.dtype),
+        HORIZON_LOG2=C.horizon_log2(moment) if slope is not None else 0,
+        BT=C.block_tokens("state", a.dtype),
         BK=BK, BV=BV, DOT_PREC=dot_prec,
         num_warps=C.CONFIG["state_warps"], num_stages=C.CONFIG["state_stages"])
     return (st, mom) if moment else st
