@@ -242,10 +242,8 @@ template <typename T, int HD>
 void run_bwd_sm90(const BwdParams& p, bool one_per_sm, cudaStream_t stream);
 bool sm90_fused_bwd();
 // Whether the sm_90a pass 1 stops at the decay horizon (la_state_sm90.cuh): unless
-// LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu); with moments only where
-// LIGHTNING_ATTENTION_MOMENT_HORIZON=1 as well.
+// LIGHTNING_ATTENTION_HORIZON=0 (la_sm90_host.cu).
 bool sm90_horizon();
-bool sm90_moment_horizon();
 // Whether the learnable-slope backward on sm_90a runs its pass 1 with moments in parts of
 // segments (la_plan.cpp) and its dk/dv sweep on a plan of its own, without moments
 // (la_ops.cpp): unless LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (la_sm90_host.cu).

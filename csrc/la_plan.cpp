@@ -106,8 +106,7 @@ void layout_pass1(Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool deca
   // up to three waves of parts: the weakly decaying heads' parts then share the machine.
   pl.seg.parts = 1;
   pl.seg.part_len = (int)L;
-  const bool horizon = pl.multi && pl.sm90 && decay && sm90_horizon() &&
-                       (!moments || sm90_moment_horizon());
+  const bool horizon = pl.multi && pl.sm90 && decay && sm90_horizon();
   pl.seg.horizon_log2 = !horizon ? 0 : moments ? kMomentHorizonLog2 : kHorizonLog2;
   if (pl.multi && pl.sm90 && (!moments || sm90_dslope_plans())) {
     const int64_t blocks = (L + 63) / 64;
@@ -119,9 +118,10 @@ void layout_pass1(Plan& pl, const at::Tensor& q, int64_t D, int64_t E, bool deca
     // With moments and the horizon the weakest heads keep all their blocks and the others few
     // (ALiBi slopes: 35% of the blocks in all at W's 16K-token segments, 22% at D = 64, H = 64's
     // 32K), so the weak heads' parts, first in the grid, set the time: counting the slots four
-    // times over gives them shorter parts. A list-scheduling model of the kept blocks: W at
-    // 64K 4 parts, 80 block-times against 198 without the horizon; at 32K 8 parts, 68
-    // against 130; D = 64 at 64K 16 parts, 68 against 260 (8 parts: 132).
+    // times over gives them shorter parts: 8 at W's 32K, 16 at its 64K and at D = 64's 64K
+    // (a list-scheduling model of the kept blocks: 68, 87 and 68 block-times, against 130, 198
+    // and 260 without the horizon; on an H200 the learnable-slope fwd+bwd took 0.15-0.29 ms
+    // less, bench/NOTES.md).
     const int parts = moments ? pick_moment_parts(segs, blocks, slots * (horizon ? 4 : 1))
                               : pick_parts(segs, blocks, slots * (horizon ? 3 : 1));
     const int64_t part_blocks = (blocks + parts - 1) / parts;

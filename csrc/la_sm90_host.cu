@@ -85,17 +85,10 @@ bool sm90_fused_bwd() {
   return on;
 }
 
-// Pass 1 up to each head's decay horizon (la_state_sm90.cuh), unless
+// Pass 1 (with moments too) up to each head's decay horizon (la_state_sm90.cuh), unless
 // LIGHTNING_ATTENTION_HORIZON=0 (read once, for comparisons).
 bool sm90_horizon() {
   static const bool on = env_switch("LIGHTNING_ATTENTION_HORIZON", true);
-  return on;
-}
-
-// Pass 1 with moments up to the moments' decay horizon (la_plan.cpp) with
-// LIGHTNING_ATTENTION_MOMENT_HORIZON=1 (read once).
-bool sm90_moment_horizon() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_MOMENT_HORIZON", false);
   return on;
 }
 

@@ -128,16 +128,16 @@ def test_long_segments(D, seg, varlen, seg_len):
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_decay_horizon(D, switch):
     """Pass 1 with and without the stop at each head's decay horizon
-    (LIGHTNING_ATTENTION_HORIZON and, for the moments, LIGHTNING_ATTENTION_MOMENT_HORIZON,
-    which the extension reads once per process: so in a child process): heads without decay
-    and with weak, medium and strong decay (a horizon inside one block) over 1024-token
-    segments (pass 1 in parts of 256 tokens, some of which read no tokens with the horizon
-    and store no state), the forward and the fixed-slope backward (both directions of pass
-    1), packed sequences with an empty one, states in and out, against the float64 truth; a
-    head with a horizon of one token (decay="steep": in reverse no part of a segment has
-    tokens left, and part 0 stores a zero state); the learnable-slope backward (pass 1 with
-    moments up to their horizon, in parts; d slope per head); and a NaN past the horizon that the
-    skip keeps from the neighbouring segment, and only the skip, in each pass 1."""
+    (LIGHTNING_ATTENTION_HORIZON, which the extension reads once per process: so in a child
+    process): heads without decay and with weak, medium and strong decay (a horizon inside
+    one block) over 1024-token segments (pass 1 in parts of 256 tokens, some of which read
+    no tokens with the horizon and store no state), the forward and the fixed-slope backward
+    (both directions of pass 1), packed sequences with an empty one, states in and out,
+    against the float64 truth; a head with a horizon of one token (decay="steep": in reverse
+    no part of a segment has tokens left, and part 0 stores a zero state); the
+    learnable-slope backward (pass 1 with moments up to their horizon, in parts; d slope per
+    head); and a NaN past the horizon that the skip keeps from the neighbouring segment, and
+    only the skip, in each pass 1."""
     code = f"""
 import torch, utils
 from lightning_attention import dispatch
@@ -165,7 +165,7 @@ kept = [bool(torch.isfinite(x[0, 3, a:b]).all())
 assert kept == [{switch == "1"}] * 3, kept
 print("ok")
 """
-    run_child(code, LIGHTNING_ATTENTION_HORIZON=switch, LIGHTNING_ATTENTION_MOMENT_HORIZON=switch)
+    run_child(code, LIGHTNING_ATTENTION_HORIZON=switch)
 
 
 @gpu
