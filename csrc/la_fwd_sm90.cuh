@@ -88,6 +88,9 @@ struct Sm90FwdTraits {
 // (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
 // staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
 // once per block to add up the terms. tm_r is unused without kTerms.
+// kResidual (kTerms; LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1, being measured): the block's moment
+// term also takes back the rounding of S's 16-bit copy that r · rq·(the inter-block output)
+// read, <S − S̃, G'> (moment_share): one more product per box of D.
 // kEarly (the forward-time pass 2 without terms; measured on W: the forward 5% faster at
 // D = 128, then 8% more with kShareP; at D = 64, H = 64 1% at N <= 16K, 11% at 64K): the
 // block's state update is issued right behind its Q·S (Q·S reads the shared copy of S_w, the
@@ -109,7 +112,7 @@ struct Sm90FwdTraits {
 // becomes one of 64 × 64 elements per consumer (measured: the forward 5% faster at D = 128;
 // at D = 64, one consumer and as many weights either way, 1,363 -> 1,219 instructions a
 // loop and about 1% at 64K).
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms, bool kResidual>
 __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThreads,
                                   Sm90FwdTraits<T, HD, kReverse, kTerms>::kMinBlocksPerSM)
     la_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -118,6 +121,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
                        const __grid_constant__ CUtensorMap tm_o,
                        const __grid_constant__ CUtensorMap tm_r, const FwdParams p) {
 #ifdef LA_SM90_ENABLED
+  static_assert(kTerms || !kResidual, "the residual is a d slope term's");
   using namespace sm90;
   using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
   constexpr bool kEarly = Tr::kEarly, kShareP = Tr::kShareP, kWeightV = Tr::kWeightV;
@@ -386,7 +390,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
 
     float first = 0.f;  // kTerms: the warp's share of the block's moment term c <M, G>
     if constexpr (kTerms) {
-      first = p.scale * moment_share<T, Tr::kBoxes>(m_acc, uQ, uRw, nl2, warp, lane, n);
+      first = p.scale * moment_share<T, Tr::kBoxes, kResidual>(m_acc, s_acc, uQ, uRw, nl2, warp,
+                                                               lane, n);
       dec.set_block(nl2, p.scale, r0, tq + opaque_zero(), n);
     }
     if constexpr (kTerms) {
@@ -488,10 +493,10 @@ void run_state_sm90(const FwdParams& p, bool reverse, cudaStream_t stream);
 CUtensorMap make_tile_map(const void* base, bool bf16, int HD, int N, int H, int B, int64_t rs,
                           int64_t hs, int64_t bs);
 
-template <typename T, int HD, bool kReverse, bool kTerms>
+template <typename T, int HD, bool kReverse, bool kTerms, bool kResidual = false>
 void launch_fwd_sm90(const CUtensorMap (&m)[5], const FwdParams& p, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<T, HD, kReverse, kTerms>;
-  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms>;
+  auto kernel = la_fwd_sm90_kernel<T, HD, kReverse, kTerms, kResidual>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmem);
   kernel<<<dim3(p.seg.num_segs, p.seg.H), Tr::kThreads, Tr::kSmem, stream>>>(m[0], m[1], m[2], m[3],
                                                                              m[4], p);
@@ -515,7 +520,9 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
                                                p.rq_hs, p.rq_bs)
                                : tq;
   const CUtensorMap maps[5] = {tq, tk, tv, to, tr};
-  if (terms) {
+  if (terms && p.s_residual) {
+    launch_fwd_sm90<T, HD, false, true, true>(maps, p, stream);
+  } else if (terms) {
     launch_fwd_sm90<T, HD, false, true>(maps, p, stream);
   } else if (reverse) {
     launch_fwd_sm90<T, HD, true, false>(maps, p, stream);

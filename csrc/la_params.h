@@ -76,6 +76,9 @@ struct FwdParams {
   float* ws_m;
   float* ws_m_local;
   float* terms;
+  bool s_residual;  // (sm_90a) the r · rq·dq_inter term's rounding of S taken back: the
+                    // kernel's kResidual (la_terms_sm90.cuh moment_share;
+                    // LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1)
 };
 
 // Backward dk/dv kernel: the reverse sweep with the running state gradient.
@@ -248,6 +251,10 @@ bool sm90_horizon();
 // segments (la_plan.cpp) and its dk/dv sweep on a plan of its own, without moments
 // (la_ops.cpp): unless LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (la_sm90_host.cu).
 bool sm90_dslope_plans();
+// Whether the sm_90a dq sweep with d slope terms takes back its 16-bit copy of S's rounding
+// in the r · rq·dq_inter term (la_terms_sm90.cuh moment_share): with
+// LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1 (la_sm90_host.cu).
+bool sm90_dslope_residual();
 
 // la_scan.cu
 void run_varlen_plan(const int* cu_seqlens, int num_seqs, int N, int seg_len, int num_segs,

@@ -92,6 +92,13 @@ bool sm90_horizon() {
   return on;
 }
 
+// The dq sweep's d slope terms with the state copy's rounding taken back (la_terms_sm90.cuh
+// moment_share) with LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1 (read once).
+bool sm90_dslope_residual() {
+  static const bool on = env_switch("LIGHTNING_ATTENTION_DSLOPE_RESIDUAL", false);
+  return on;
+}
+
 // The learnable-slope backward's plans (la_plan.cpp, la_ops.cpp), unless
 // LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (read once, for comparisons).
 bool sm90_dslope_plans() {
