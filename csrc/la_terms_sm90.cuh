@@ -115,16 +115,18 @@ __device__ __forceinline__ float moment_share(const float (&m)[kTiles][32],
     split_update_box<T>(g, uQ + dt * 8192, uRw, wq, warp, lane, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) x += m[dt][i] * g[i];
-    if constexpr (kResidual) {
-      float wr[4][4];
+  }
+  if constexpr (kResidual) {  // G' after every G: the weights j λ^{j+1} in place of wq
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-        for (int y = 0; y < 4; ++y)
-          wr[kk][y] = wq[kk][y] * (float)(16 * kk + 2 * tq + (y & 1) + ((y & 2) ? 8 : 0));
+      for (int y = 0; y < 4; ++y) wq[kk][y] *= (float)(16 * kk + 2 * tq + (y & 1) + ((y & 2) ? 8 : 0));
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) {
+      float g[32];
 #pragma unroll
       for (int i = 0; i < 32; ++i) g[i] = 0.f;
-      split_update_box<T, false>(g, uQ + dt * 8192, uRw, wr, warp, lane, n);
+      split_update_box<T, false>(g, uQ + dt * 8192, uRw, wq, warp, lane, n);
 #pragma unroll
       for (int i = 0; i < 32; i += 2) {
         const float2 c = P2::unpack(P2::pack(s[dt][i], s[dt][i + 1]));
