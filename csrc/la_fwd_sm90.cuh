@@ -520,7 +520,7 @@ void run_fwd_sm90(const FwdParams& p, bool pass1, bool reverse, cudaStream_t str
                                                p.rq_hs, p.rq_bs)
                                : tq;
   const CUtensorMap maps[5] = {tq, tk, tv, to, tr};
-  if (terms && p.s_residual) {
+  if (terms && sm90_dslope_residual()) {
     launch_fwd_sm90<T, HD, false, true, true>(maps, p, stream);
   } else if (terms) {
     launch_fwd_sm90<T, HD, false, true>(maps, p, stream);

@@ -63,7 +63,6 @@ FwdParams fwd_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     p.ws_m = pl.multi ? pl.ws_m.data_ptr<float>() : nullptr;
     p.ws_m_local = pl.multi ? pl.ws_m_local.data_ptr<float>() : nullptr;
     p.terms = terms;
-    p.s_residual = sm90_dslope_residual();
   }
   return p;
 }

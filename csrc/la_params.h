@@ -76,9 +76,6 @@ struct FwdParams {
   float* ws_m;
   float* ws_m_local;
   float* terms;
-  bool s_residual;  // (sm_90a) the r · rq·dq_inter term's rounding of S taken back: the
-                    // kernel's kResidual (la_terms_sm90.cuh moment_share;
-                    // LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1)
 };
 
 // Backward dk/dv kernel: the reverse sweep with the running state gradient.

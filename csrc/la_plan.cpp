@@ -84,9 +84,10 @@ int pick_parts(int64_t segs, int64_t blocks, int64_t slots) {
 // Pass 1 with moments (la_state_sm90.cuh kMoments) is bound by its products, not by the copy
 // rate: a CTA's time is its blocks, so the parts (powers of two of at least kMinPartBlocks
 // blocks) that give the fewest waves × (blocks per part + 2, a part's start and its two state
-// stores), the fewest parts on ties. W at N = 64K: 96 segments of 256 blocks, 4 parts in 3
-// waves of 132 (198) against whole segments (258); D = 64, H = 64: 64 segments of 512 blocks,
-// 4 parts in one wave of 264 (130 against 514).
+// stores), the fewest parts on ties. Without the decay horizon (slots as they are), W at
+// N = 64K: 96 segments of 256 blocks, 4 parts in 3 waves of 132 (198) against whole segments
+// (258); D = 64, H = 64: 64 segments of 512 blocks, 4 parts in one wave of 264 (130 against
+// 514).
 int pick_moment_parts(int64_t segs, int64_t blocks, int64_t slots) {
   auto cost = [&](int64_t parts) {
     return ((segs * parts + slots - 1) / slots) * ((blocks + parts - 1) / parts + 2);
