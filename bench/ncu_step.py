@@ -1,7 +1,8 @@
 """One forward+backward of workload W through the public API inside the profiler's range, at
 N = 1K (B = 64) and 64K (B = 1), for Nsight Compute (`--heads 64 --dim 64`: W's other shape;
 `--n`: other lengths, B = 65536 / N; `--layout bhnd`: each head's tokens contiguous, instead of
-the (B, N, H, D) memory of a model's projections):
+the (B, N, H, D) memory of a model's projections; `--dslope`: a learnable slope, so that the dq
+sweep runs its d slope terms):
 
     ncu --clock-control none --profile-from-start off -k regex:la_ \
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
@@ -34,7 +35,7 @@ def summary(path):
     return [(k["kernel"], k.get("us"), k.get("dram")) for _, k in ordered]
 
 
-def step(H, D, ns, layout):
+def step(H, D, ns, layout, dslope):
     import torch
 
     import lightning_attention as la
@@ -48,7 +49,7 @@ def step(H, D, ns, layout):
             q, k, v, do = (x.transpose(1, 2) for x in (q, k, v, do))
         for x in (q, k, v):
             x.requires_grad_(True)
-        slope = la.build_slopes(H, device="cuda")
+        slope = la.build_slopes(H, device="cuda").requires_grad_(dslope)
         for _ in range(2):
             la.lightning_attn(q, k, v, slope, backend="cuda").backward(do)
         torch.cuda.synchronize()
@@ -65,10 +66,11 @@ if __name__ == "__main__":
     p.add_argument("--dim", type=int, default=128, help="D = E")
     p.add_argument("--n", type=int, nargs="+", default=[1024, 65536], help="B = 65536 / N")
     p.add_argument("--layout", choices=["bnhd", "bhnd"], default="bnhd")
+    p.add_argument("--dslope", action="store_true", help="a learnable slope")
     args = p.parse_args()
     if args.summary:
         for kernel, us, dram in summary(args.summary):
             print(f"{kernel:<28}{us if us is not None else float('nan'):10.1f} us"
                   f"{dram if dram is not None else float('nan'):7.1f} % DRAM")
     else:
-        step(args.heads, args.dim, args.n, args.layout)
+        step(args.heads, args.dim, args.n, args.layout, args.dslope)

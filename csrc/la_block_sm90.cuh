@@ -51,6 +51,23 @@ __device__ __forceinline__ void state_copy(uint32_t dst, const float (&s)[kTiles
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt) tile_to_box<T>(dst + dt * 8192, s[dt], warp, lane);
 }
+// What state_copy's rounding leaves out, S − S̃, itself in 16 bits, laid out as state_copy's:
+// Q S̃ + Q (S − S̃) is Q S to about 2^-16 of S.
+template <typename T, int kTiles>
+__device__ __forceinline__ void state_residual_copy(uint32_t dst, const float (&s)[kTiles][32],
+                                                    int warp, int lane) {
+  using P2 = Pack2<T>;
+#pragma unroll
+  for (int dt = 0; dt < kTiles; ++dt)
+    words_to_box(
+        dst + dt * 8192,
+        [&](int kk, int i) {
+          const float a = s[dt][8 * kk + 2 * i], b = s[dt][8 * kk + 2 * i + 1];
+          const float2 r = P2::unpack(P2::pack(a, b));
+          return P2::pack(a - r.x, b - r.y);
+        },
+        warp, lane);
+}
 
 // Calls f(dt, i, d, e) for accumulator register s[dt][i] of the state slice: row d of S,
 // column e of the slice (0..63).
@@ -172,15 +189,15 @@ __device__ __forceinline__ void issue_qk(float (&acc)[32], uint32_t uQ, uint32_t
   }
 }
 // O = Q S_w (64 × 64, k over HD): S_w's copy as an MN-major operand, 16 rows per k step;
-// kDescAdd as in issue_qk.
-template <typename T, int HD, bool kDescAdd = false>
+// kDescAdd as in issue_qk; kAccumulate: O += Q S_w.
+template <typename T, int HD, bool kDescAdd = false, bool kAccumulate = false>
 __device__ __forceinline__ void issue_qs(float (&acc)[32], uint32_t uQ, uint32_t uS) {
   const uint64_t dQ = desc_sw128(uQ), dS = desc_sw128(uS);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
     const uint32_t oQ = (kk >> 2) * 8192 + (kk & 3) * 32, oS = kk * 2048;
     wgmma_ss_64x64<T, true>(acc, kDescAdd ? desc_add(dQ, oQ) : desc_sw128(uQ + oQ),
-                            kDescAdd ? desc_add(dS, oS) : desc_sw128(uS + oS), kk > 0);
+                            kDescAdd ? desc_add(dS, oS) : desc_sw128(uS + oS), kAccumulate || kk > 0);
   }
 }
 

@@ -88,9 +88,12 @@ struct Sm90FwdTraits {
 // (issued at the block's start, not under the previous epilogue), Q S, P V (the outputs are
 // staged right after it), then G, M and S one 64-row box of D at a time. The consumers meet
 // once per block to add up the terms. tm_r is unused without kTerms.
-// kResidual (kTerms; LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1, being measured): the block's moment
-// term also takes back the rounding of S's 16-bit copy that r · rq·(the inter-block output)
-// read, <S − S̃, G'> (moment_share): one more product per box of D.
+// kResidual (kTerms; the default, LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=0 turns it off): Q S from S's
+// 16-bit copy S̃ and, in the same group of products, from S − S̃ in 16 bits beside it (the
+// second state copy, which without kResidual alternates by block parity), so that the
+// r · rq·(the inter-block output) term, which a weakly decaying head's block terms cancel by
+// orders of magnitude, reads S to about 2^-16 rather than 2^-9. One copy of S̃ is enough here:
+// a block's Q S is waited for, and the consumers meet, before the copy is rewritten.
 // kEarly (the forward-time pass 2 without terms; measured on W: the forward 5% faster at
 // D = 128, then 8% more with kShareP; at D = 64, H = 64 1% at N <= 16K, 11% at 64K): the
 // block's state update is issued right behind its Q·S (Q·S reads the shared copy of S_w, the
@@ -184,8 +187,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
   // kernel when one is issued on a path it takes as divergent (C7520)
   const int w_uniform = kShareP ? __shfl_sync(0xffffffffu, w, 0) : w;
   const uint32_t copy0 = states + w * Tr::kStateCopies * Tr::kStateCopyBytes;
-  // the copy of the state entering block c
-  auto copy_at = [&](int c) { return copy0 + (c & (Tr::kStateCopies - 1)) * Tr::kStateCopyBytes; };
+  // the copy of the state entering block c (kResidual: always the first, S − S̃ in the second)
+  auto copy_at = [&](int c) {
+    return copy0 + (kResidual ? 0 : (c & (Tr::kStateCopies - 1)) * Tr::kStateCopyBytes);
+  };
+  const uint32_t residual_copy = copy0 + Tr::kStateCopyBytes;  // kResidual
   const uint32_t out_box = staging + w * Tr::kBoxBytes;
   const float nl2 = p.slope ? -p.slope[h] * 1.4426950408889634f : 0.f;
   const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's rows of a block
@@ -229,7 +235,12 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
       }
     }
   }
-  state_copy<T>(copy0, s_acc, warp, lane);
+  // the copy (kResidual: the copies) of S entering block c, from its registers
+  auto copy_state = [&](int c) {
+    state_copy<T>(copy_at(c), s_acc, warp, lane);
+    if constexpr (kResidual) state_residual_copy<T>(residual_copy, s_acc, warp, lane);
+  };
+  copy_state(0);
   fence_async_shared();
   named_barrier(bar_id, 128);
   // kTerms: the segment's τ, and whether the sequence's final-state gradient meets its last
@@ -323,6 +334,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
       });
       wgmma_fence();
       issue_qs<T, HD>(o_acc, uQ, copy_at(c));
+      if constexpr (kResidual) issue_qs<T, HD, false, true>(o_acc, uQ, residual_copy);
       wgmma_commit();
     } else {
       // O = Q S_w from the copy of the state entering the block (kEarly: the state
@@ -390,8 +402,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
 
     float first = 0.f;  // kTerms: the warp's share of the block's moment term c <M, G>
     if constexpr (kTerms) {
-      first = p.scale * moment_share<T, Tr::kBoxes, kResidual>(m_acc, s_acc, uQ, uRw, nl2, warp,
-                                                               lane, n);
+      first = p.scale * moment_share<T, Tr::kBoxes>(m_acc, uQ, uRw, nl2, warp, lane, n);
       dec.set_block(nl2, p.scale, r0, tq + opaque_zero(), n);
     }
     if constexpr (kTerms) {
@@ -440,7 +451,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
       wgmma_wait<2>();
 #pragma unroll
       for (int dt = 0; dt < Tr::kBoxes; ++dt) fence_regs(s_acc[dt]);
-      state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
+      copy_state(c + 1);
     }
     if (next && !kTerms) {
       wgmma_wait<1>();
@@ -460,8 +471,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<T, HD, kReverse, kTerms>::kThrea
                                   first, last, w, t, r0, n, consumers_bar);
     }
     if constexpr (!kTerms) stage_outputs();
-    if (next && !kEarly)
-      state_copy<T>(copy_at(c + 1), s_acc, warp, lane);
+    if (next && !kEarly) copy_state(c + 1);
     fence_async_shared();
     named_barrier(bar_id, 128);  // the warpgroup is done with stage s (and the old copy)
     if (t == 0) {

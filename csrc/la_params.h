@@ -248,9 +248,9 @@ bool sm90_horizon();
 // segments (la_plan.cpp) and its dk/dv sweep on a plan of its own, without moments
 // (la_ops.cpp): unless LIGHTNING_ATTENTION_DSLOPE_PLANS=0 (la_sm90_host.cu).
 bool sm90_dslope_plans();
-// Whether the sm_90a dq sweep with d slope terms takes back its 16-bit copy of S's rounding
-// in the r · rq·dq_inter term (la_terms_sm90.cuh moment_share): with
-// LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1 (la_sm90_host.cu).
+// Whether the sm_90a dq sweep with d slope terms reads S as its 16-bit copy and that copy's
+// residual (la_fwd_sm90.cuh kResidual): unless LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=0
+// (la_sm90_host.cu).
 bool sm90_dslope_residual();
 
 // la_scan.cu

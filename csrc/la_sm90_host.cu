@@ -92,10 +92,10 @@ bool sm90_horizon() {
   return on;
 }
 
-// The dq sweep's d slope terms with the state copy's rounding taken back (la_terms_sm90.cuh
-// moment_share) with LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1 (read once).
+// The dq sweep's d slope terms with Q S from the state copy and its residual (la_fwd_sm90.cuh
+// kResidual) unless LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=0 (read once).
 bool sm90_dslope_residual() {
-  static const bool on = env_switch("LIGHTNING_ATTENTION_DSLOPE_RESIDUAL", false);
+  static const bool on = env_switch("LIGHTNING_ATTENTION_DSLOPE_RESIDUAL", true);
   return on;
 }
 

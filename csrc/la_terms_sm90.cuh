@@ -45,19 +45,18 @@ __device__ __forceinline__ void row_dots(float& d0, float& d1, const float (&a)[
 
 // acc += (diag(w) X)ᵀ B for one 64-row box of D: X the (64 tokens, 64) box at uX (weights w
 // as weighted_keys_t's, tokens from n on selected away), B the MN-major box at uB, the
-// weighted operand in two 16-bit parts (split; kSplit = false: one, for a correction's
-// product); waits for it (frees the operand registers).
-template <typename T, bool kSplit = true>
+// weighted operand in two 16-bit parts (split); waits for it (frees the operand registers).
+template <typename T>
 __device__ __forceinline__ void split_update_box(float (&acc)[32], uint32_t uX, uint32_t uB,
                                                  const float (&w)[4][4], int warp, int lane, int n) {
   uint32_t hi[1][4][4], lo[1][4][4];
-  weighted_keys_t<T, 1, kSplit>(hi, uX, w, warp, lane, n, kSplit ? lo : nullptr);
+  weighted_keys_t<T, 1, true>(hi, uX, w, warp, lane, n, lo);
   fence_regs(acc);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     wgmma_rs_64x64<T>(acc, hi[0][kk], desc_sw128(uB + kk * 2048));
-    if constexpr (kSplit) wgmma_rs_64x64<T>(acc, lo[0][kk], desc_sw128(uB + kk * 2048));
+    wgmma_rs_64x64<T>(acc, lo[0][kk], desc_sw128(uB + kk * 2048));
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -88,17 +87,9 @@ __device__ __forceinline__ void moment_decay(float (&m)[kTiles][32], const float
 // are near 1 for weak decay), one box of D at a time. Waits for every wgmma of the warpgroup.
 // Its weights come from an opaque zero: computed at each call, not hoisted out of the
 // caller's loop.
-// kResidual: also <S_w − S̃_w, G'_w>, G'_w = (diag(j λ^{j+1}) Q)ᵀ R_w, S at the block's
-// start and S̃ its 16-bit copy (state_copy's rounding) that the r · rq_r·dq_inter term
-// multiplied: that term's rounding of S taken back. For a weakly decaying head the block
-// terms cancel by orders over a sequence (Σ|τ| ≈ 4,000 |Σ τ| at N = 1000, slope 0.01), and
-// that rounding alone left an absolute error of ~2 in d slope there (bench/NOTES.md). G' from
-// one 16-bit operand: its rounding is 2^-9 of a correction that is itself ~2^-9 of the term.
-template <typename T, int kTiles, bool kResidual>
-__device__ __forceinline__ float moment_share(const float (&m)[kTiles][32],
-                                              const float (&s)[kTiles][32], uint32_t uQ,
+template <typename T, int kTiles>
+__device__ __forceinline__ float moment_share(const float (&m)[kTiles][32], uint32_t uQ,
                                               uint32_t uRw, float nl2, int warp, int lane, int n) {
-  using P2 = Pack2<T>;
   const int tq = (lane & 3) + opaque_zero();
   float wq[4][4];
 #pragma unroll
@@ -115,24 +106,6 @@ __device__ __forceinline__ float moment_share(const float (&m)[kTiles][32],
     split_update_box<T>(g, uQ + dt * 8192, uRw, wq, warp, lane, n);
 #pragma unroll
     for (int i = 0; i < 32; ++i) x += m[dt][i] * g[i];
-  }
-  if constexpr (kResidual) {  // G' after every G: the weights j λ^{j+1} in place of wq
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int y = 0; y < 4; ++y) wq[kk][y] *= (float)(16 * kk + 2 * tq + (y & 1) + ((y & 2) ? 8 : 0));
-#pragma unroll
-    for (int dt = 0; dt < kTiles; ++dt) {
-      float g[32];
-#pragma unroll
-      for (int i = 0; i < 32; ++i) g[i] = 0.f;
-      split_update_box<T, false>(g, uQ + dt * 8192, uRw, wq, warp, lane, n);
-#pragma unroll
-      for (int i = 0; i < 32; i += 2) {
-        const float2 c = P2::unpack(P2::pack(s[dt][i], s[dt][i + 1]));
-        x += (s[dt][i] - c.x) * g[i] + (s[dt][i + 1] - c.y) * g[i + 1];
-      }
-    }
   }
   return warp_sum(x);
 }

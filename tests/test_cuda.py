@@ -205,16 +205,16 @@ print("ok")
 
 @gpu
 @built
+@pytest.mark.parametrize("switch", ["0", "1"])
 @pytest.mark.parametrize("D", HEAD_DIMS)
-def test_dslope_residual(D):
-    """LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=1 (in a child process): the d slope terms with the
-    rounding of S's 16-bit copy in r · rq·dq_inter taken back. A weakly decaying head (slope
-    0.0135) over 1000 tokens in 128-token segments, an initial state and a final-state loss:
-    there the block terms cancel ~4,000-fold, and that rounding alone left d slope errors of
-    0.5-5 (up to 6.8% of the largest head's; a float64 model of the terms with the kernel's
-    split operands puts them at 1e-6 to 4e-4 of it with the residual taken back, 6e-4 to 6e-2
-    without). check_backend's case, then d slope within 2e-3 of the largest head's over four
-    draws."""
+def test_dslope_residual(D, switch):
+    """The dq sweep's d slope terms read S as its 16-bit copy and that copy's residual (the
+    default), or with LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=0 the copy alone (in a child
+    process). check_backend's case with 128-token segments either way; then, with the
+    residual, a weakly decaying head (slope 0.0135) over 1000 tokens, an initial state and a
+    final-state loss, where the block terms cancel ~4,000-fold: d slope within 2.5e-4 of the
+    largest head's over six draws. On an H200 eight such draws read 6e-7 to 6e-5 with the
+    residual and 9e-5 to 4e-3 without it (bench/NOTES.md)."""
     code = f"""
 import torch, utils
 import lightning_attention as la
@@ -222,7 +222,7 @@ from lightning_attention import dispatch
 dispatch.BACKENDS["cuda"] = utils.cuda_with_seg_len(128)
 utils.check_backend("cuda", device="cuda", B=2, H=3, N=1000, D={D}, E={D}, dtype=torch.bfloat16,
                     initial_state=True, final_state=True, scale=0.5)
-for _ in range(4):
+for _ in range(6 if {switch} else 0):
     q, k, v = utils.make_inputs(2, 3, 1000, {D}, {D}, dtype=torch.bfloat16, device="cuda")
     slope = torch.tensor([0.0135, 0.1129, 0.3566], device="cuda", requires_grad=True)
     s0 = utils.rand_state(2, 3, {D}, {D}, "cuda")
@@ -232,10 +232,10 @@ for _ in range(4):
     torch.autograd.backward([o, fs], [do, dfinal])
     ref = utils.truth(q, k, v, slope.detach(), 0.5, s0, None, do, dfinal)[2][3]
     err = utils.dslope_error(slope.grad, ref)
-    assert err < 2e-3, (err, slope.grad.tolist(), ref.tolist())
+    assert err < 2.5e-4, (err, slope.grad.tolist(), ref.tolist())
 print("ok")
 """
-    run_child(code, LIGHTNING_ATTENTION_DSLOPE_RESIDUAL="1")
+    run_child(code, LIGHTNING_ATTENTION_DSLOPE_RESIDUAL=switch)
 
 
 @gpu
