@@ -41,6 +41,28 @@ def test_extension_registers_ops():
         assert hasattr(torch.ops.lightning_attention_C, name)
 
 
+@built
+def test_shared_memory_refusal_per_head_dim(monkeypatch):
+    """CPU too: a GPU with less shared memory per block than a head dim's kernels need refuses
+    that head dim alone (an A100's 163 KiB: D = 64 runs, D = 128 goes elsewhere, saying why),
+    and a GPU below compute capability 8.0 refuses every head dim."""
+    class Props:
+        def __init__(self, major, smem):
+            self.major, self.minor, self.shared_memory_per_block_optin = major, 0, smem
+    need = cuda._C.smem_bytes
+    small, large = min(need, key=need.get), max(need, key=need.get)
+    assert need[small] < need[large]
+    for props, refused in ((Props(8, need[large] - 1), {large}), (Props(9, need[large]), set()),
+                           (Props(7, 10 ** 6), set(need))):
+        monkeypatch.setattr(cuda, "_DEVICE_REFUSAL", {})
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+        for D in need:
+            why = cuda._device_refusal(0, D)
+            assert (why is not None) == (D in refused), (D, why)
+            if D in refused and props.major >= 8:
+                assert f"D = {D}" in why and str(need[D]) in why
+
+
 def check_cuda(*, D=64, dtype=torch.bfloat16, initial_state=True, final_state=True, **kw):
     """lightning_attn(backend="cuda"), D = E, outputs poisoned, against truth and baseline."""
     utils.check_backend("cuda", device="cuda", D=D, E=D, dtype=dtype,

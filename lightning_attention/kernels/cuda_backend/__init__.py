@@ -77,21 +77,24 @@ def unavailable():
     return _UNAVAILABLE
 
 
-_DEVICE_REFUSAL = {}  # device index -> why the kernels cannot run there, or None
+_DEVICE_REFUSAL = {}  # (device index, head dim) -> why the kernels cannot run there, or None
 
 
-def _device_refusal(index: int):
-    """Why the kernels cannot run on GPU `index`, or None (read once per device)."""
-    if index not in _DEVICE_REFUSAL:
+def _device_refusal(index: int, D: int):
+    """Why the kernels of head dim D cannot run on GPU `index`, or None (read once per device
+    and head dim). Each head dim needs its own shared memory per block: an A100 (163 KiB)
+    runs D = 64 (82 KiB) but not D = 128 (171 KiB), which then goes to Triton."""
+    if (index, D) not in _DEVICE_REFUSAL:
         props = torch.cuda.get_device_properties(index)
-        have, need = props.shared_memory_per_block_optin, max(_C.smem_bytes.values())
+        have, need = props.shared_memory_per_block_optin, _C.smem_bytes[D]
         why = None
         if (props.major, props.minor) < (8, 0):
             why = f"the CUDA kernels need compute capability >= 8.0 (got {props.major}.{props.minor})"
         elif have < need:
-            why = f"the kernels need {need} bytes of shared memory per block (this GPU: {have})"
-        _DEVICE_REFUSAL[index] = why
-    return _DEVICE_REFUSAL[index]
+            why = (f"the kernels for D = {D} need {need} bytes of shared memory per block "
+                   f"(this GPU: {have})")
+        _DEVICE_REFUSAL[(index, D)] = why
+    return _DEVICE_REFUSAL[(index, D)]
 
 
 def unsupported(q, k, v, cu_seqlens):
@@ -105,7 +108,7 @@ def unsupported(q, k, v, cu_seqlens):
         return f"the CUDA kernels are specialised for D = E in {HEAD_DIMS} (got D = {D}, E = {E})"
     if q.shape[2] >= 2 ** 31:
         return f"N must be below 2^31 (got {q.shape[2]})"
-    return _device_refusal(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    return _device_refusal(q.device.index if q.device.index is not None else torch.cuda.current_device(), D)
 
 
 #: The CUDA pool kernels serve serving.prefill/decode unless LIGHTNING_ATTENTION_CUDA_SERVING=0
