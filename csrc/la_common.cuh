@@ -225,6 +225,24 @@ __device__ __forceinline__ void state_to_smem(T* sS, int stride, const float (&a
         Pack2<T>::pack(acc[nt][2], acc[nt][3]);
   }
 }
+// What state_to_smem's rounding leaves out, S − S̃, in 16 bits, laid out as state_to_smem's:
+// Q S̃ + Q (S − S̃) is Q S to about 2^-16 of S.
+template <typename T, int kNT>
+__device__ __forceinline__ void state_residual_to_smem(T* sS, int stride, const float (&acc)[kNT][4],
+                                                       int m0, int n0, int lane) {
+  using P2 = Pack2<T>;
+  const int gq = lane >> 2, tq = lane & 3;
+  auto residual = [](float a, float b) {
+    const float2 r = P2::unpack(P2::pack(a, b));
+    return P2::pack(a - r.x, b - r.y);
+  };
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int e = n0 + nt * 8 + 2 * tq;
+    *reinterpret_cast<uint32_t*>(sS + (m0 + gq) * stride + e) = residual(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<uint32_t*>(sS + (m0 + gq + 8) * stride + e) = residual(acc[nt][2], acc[nt][3]);
+  }
+}
 
 // Two 16 × 8 accumulator n-tiles (keys 16·kk..) as the A fragment of one 16-deep k-step.
 template <typename T>

@@ -31,11 +31,11 @@ struct TileShape {
   static constexpr int kTile = kBlock * kStride;    // one (64, HD) tile
   static constexpr int kStateTile = HD * kStride;   // the 16-bit (HD, HD) state copy
   // Forward, in bytes. Pass 1: [K V] x 2 stages. Pass 2: [K V Q] x stages and the state
-  // copy. The dq sweep with d slope terms, pass 2: [K V Q q] x 2, the state copy, 128 floats
-  // of row partials and 2 x 8 of per-warp partials (D = 128: 171 KB).
+  // copy. The dq sweep with d slope terms, pass 2: [K V Q q] x 2, the state copy and its
+  // residual, 128 floats of row partials and 2 x 8 of per-warp partials (D = 128: 205 KB).
   static constexpr int kSmemFwdPass1 = 4 * kTile * 2;
   static constexpr int smem_fwd_pass2(int stages) { return (3 * stages * kTile + kStateTile) * 2; }
-  static constexpr int kSmemFwdSlopePass2 = (8 * kTile + kStateTile) * 2 + (128 + 16) * 4;
+  static constexpr int kSmemFwdSlopePass2 = (8 * kTile + 2 * kStateTile) * 2 + (128 + 16) * 4;
   // Backward dk/dv. Pass 1: [Q dO] x 2 stages. Pass 2: [Q dO K V] x 2 and the
   // state-gradient copy.
   static constexpr int kSmemBwdPass1 = 4 * kTile * 2;

@@ -83,7 +83,7 @@ _DEVICE_REFUSAL = {}  # (device index, head dim) -> why the kernels cannot run t
 def _device_refusal(index: int, D: int):
     """Why the kernels of head dim D cannot run on GPU `index`, or None (read once per device
     and head dim). Each head dim needs its own shared memory per block: an A100 (163 KiB)
-    runs D = 64 (82 KiB) but not D = 128 (171 KiB), which then goes to Triton."""
+    runs D = 64 (91 KiB) but not D = 128 (205 KiB), which then goes to Triton."""
     if (index, D) not in _DEVICE_REFUSAL:
         props = torch.cuda.get_device_properties(index)
         have, need = props.shared_memory_per_block_optin, _C.smem_bytes[D]
