@@ -56,15 +56,14 @@ __device__ __forceinline__ void state_copy(uint32_t dst, const float (&s)[kTiles
 template <typename T, int kTiles>
 __device__ __forceinline__ void state_residual_copy(uint32_t dst, const float (&s)[kTiles][32],
                                                     int warp, int lane) {
-  using P2 = Pack2<T>;
 #pragma unroll
   for (int dt = 0; dt < kTiles; ++dt)
     words_to_box(
         dst + dt * 8192,
         [&](int kk, int i) {
-          const float a = s[dt][8 * kk + 2 * i], b = s[dt][8 * kk + 2 * i + 1];
-          const float2 r = P2::unpack(P2::pack(a, b));
-          return P2::pack(a - r.x, b - r.y);
+          uint32_t lo;
+          split_pair<T>(s[dt][8 * kk + 2 * i], s[dt][8 * kk + 2 * i + 1], lo);
+          return lo;
         },
         warp, lane);
 }
@@ -274,9 +273,7 @@ __device__ __forceinline__ void weighted_keys_t(uint32_t (&ka)[kTiles][4][4], ui
         if constexpr (kSplit) {
           const float x0 = n == 64 || key0 < n ? f.x * w0 : 0.f;
           const float x1 = n == 64 || key0 + 1 < n ? f.y * w1 : 0.f;
-          ka[dt][kk][x] = P2::pack(x0, x1);
-          const float2 hi = P2::unpack(ka[dt][kk][x]);
-          lo[dt][kk][x] = P2::pack(x0 - hi.x, x1 - hi.y);
+          ka[dt][kk][x] = split_pair<T>(x0, x1, lo[dt][kk][x]);
         } else {
           ka[dt][kk][x] = n == 64
                               ? P2::pack(f.x * w0, f.y * w1)

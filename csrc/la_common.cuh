@@ -40,6 +40,16 @@ template <> struct Pack2<__half> {
   }
 };
 
+// (x, y) as a 16-bit pair (returned) and what that rounding leaves out, (x, y) − hi, as the
+// 16-bit pair `lo`: hi + lo is (x, y) to about 2^-16 (the split operands of the d slope terms).
+template <typename T>
+__device__ __forceinline__ uint32_t split_pair(float x, float y, uint32_t& lo) {
+  const uint32_t hi = Pack2<T>::pack(x, y);
+  const float2 h = Pack2<T>::unpack(hi);
+  lo = Pack2<T>::pack(x - h.x, y - h.y);
+  return hi;
+}
+
 // D += A·B on one m16n8k16 tile.
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
@@ -230,11 +240,11 @@ __device__ __forceinline__ void state_to_smem(T* sS, int stride, const float (&a
 template <typename T, int kNT>
 __device__ __forceinline__ void state_residual_to_smem(T* sS, int stride, const float (&acc)[kNT][4],
                                                        int m0, int n0, int lane) {
-  using P2 = Pack2<T>;
   const int gq = lane >> 2, tq = lane & 3;
   auto residual = [](float a, float b) {
-    const float2 r = P2::unpack(P2::pack(a, b));
-    return P2::pack(a - r.x, b - r.y);
+    uint32_t lo;
+    split_pair<T>(a, b, lo);
+    return lo;
   };
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
@@ -285,11 +295,7 @@ __device__ __forceinline__ uint32_t scale_pair(uint32_t u, float w0, float w1) {
 template <typename T>
 __device__ __forceinline__ uint32_t scale_pair_split(uint32_t u, float w0, float w1, uint32_t& lo) {
   const float2 f = Pack2<T>::unpack(u);
-  const float x = f.x * w0, y = f.y * w1;
-  const uint32_t hi = Pack2<T>::pack(x, y);
-  const float2 h = Pack2<T>::unpack(hi);
-  lo = Pack2<T>::pack(x - h.x, y - h.y);
-  return hi;
+  return split_pair<T>(f.x * w0, f.y * w1, lo);
 }
 
 // acc <- λ^n acc + diag-weighted Xᵀ · Y over the 64 rows of a block:
